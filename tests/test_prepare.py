@@ -1,0 +1,139 @@
+"""prepare: label mapping, validation with one-line errors naming the file, deterministic split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import ROOT, run_stage
+from pipeline.errors import PipelineError
+from pipeline.params import ClassesParams
+from pipeline.prepare import check_label_map, class_frequencies, map_labels, split_stems
+
+CLASSES = ClassesParams(num_classes=2, names=["background", "foreground"], ignore_index=255)
+
+
+def test_map_labels_turns_0_255_masks_into_class_ids() -> None:
+    mask = np.array([[0, 255], [255, 0]], np.uint8)
+    out = map_labels(mask, {0: 0, 255: 1}, Path("m.png"))
+    assert out.dtype == np.uint8
+    assert out.tolist() == [[0, 1], [1, 0]]
+
+
+def test_map_labels_can_send_a_value_to_ignore() -> None:
+    mask = np.array([[0, 128, 255]], np.uint8)
+    assert map_labels(mask, {0: 0, 128: 255, 255: 1}, Path("m.png")).tolist() == [[0, 255, 1]]
+
+
+def test_map_labels_names_file_and_unmapped_value() -> None:
+    with pytest.raises(PipelineError, match=r"masks/a\.png: mask value 7 is not covered by prepare\.label_map"):
+        map_labels(np.array([[0, 7]], np.uint8), {0: 0, 255: 1}, Path("masks/a.png"))
+
+
+def test_label_map_target_must_be_class_or_ignore() -> None:
+    check_label_map({0: 0, 255: 255}, CLASSES)
+    with pytest.raises(PipelineError, match="maps 255 to 2"):
+        check_label_map({0: 0, 255: 2}, CLASSES)
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    stems = [f"s{i:02d}" for i in range(20)]
+    fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+    a = split_stems(stems, fractions, seed=3)
+    assert a == split_stems(stems, fractions, seed=3)
+    assert a != split_stems(stems, fractions, seed=4)
+    assert sorted(sum(a.values(), [])) == stems
+    assert [len(a[k]) for k in ("train", "val", "test")] == [14, 3, 3]
+
+
+def test_class_frequencies_count_ignore_separately() -> None:
+    freq = class_frequencies([np.array([[0, 0, 1, 255]], np.uint8)], CLASSES)
+    assert freq == {"background": 0.5, "foreground": 0.25, "ignore": 0.25}
+
+
+def _raw_folder(root: Path, n: int = 4) -> Path:
+    raw = root / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(raw / "images" / f"p{i}.png")
+        mask = np.zeros((8, 8), np.uint8)
+        mask[2:4, 2:4] = 255
+        Image.fromarray(mask, mode="L").save(raw / "masks" / f"p{i}.png")
+    return raw
+
+
+@pytest.fixture()
+def prepare_dir(tmp_path: Path) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"]["raw_dir"] = "raw"
+    params["prepare"]["split"] = {"train": 0.5, "val": 0.25, "test": 0.25}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _raw_folder(tmp_path)
+    return tmp_path
+
+
+def test_prepare_writes_class_id_masks_and_summary(prepare_dir: Path) -> None:
+    result = run_stage(prepare_dir, "prepare")
+    assert result.returncode == 0, result.stderr
+    masks = sorted((prepare_dir / "data/prepared").glob("*/masks/*.png"))
+    assert len(masks) == 4
+    assert set(np.unique(np.asarray(Image.open(masks[0])))) == {0, 1}
+    summary = yaml.safe_load((prepare_dir / "reports/prepare_summary.json").read_text())
+    assert summary["n_images"] == 4
+    assert summary["splits"]["train"]["class_pixel_frequency"]["foreground"] == pytest.approx(4 / 64)
+    assert (prepare_dir / "data/prepared/prepare_run.json").exists()
+
+
+def _expect_clean_failure(repo: Path, message: str) -> None:
+    result = run_stage(repo, "prepare")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert not (repo / "data/prepared").exists()
+    assert not (repo / "reports/prepare_summary.json").exists()
+
+
+def test_unreadable_image_is_named(prepare_dir: Path) -> None:
+    (prepare_dir / "raw/images/p1.png").write_bytes(b"not a png")
+    _expect_clean_failure(prepare_dir, "raw/images/p1.png: unreadable image")
+
+
+def test_size_mismatch_is_named(prepare_dir: Path) -> None:
+    Image.fromarray(np.zeros((9, 8), np.uint8), mode="L").save(prepare_dir / "raw/masks/p2.png")
+    _expect_clean_failure(prepare_dir, "raw/masks/p2.png: mask size (8, 9) differs from image size (8, 8)")
+
+
+def test_unmapped_mask_value_is_named(prepare_dir: Path) -> None:
+    Image.fromarray(np.full((8, 8), 3, np.uint8), mode="L").save(prepare_dir / "raw/masks/p3.png")
+    _expect_clean_failure(prepare_dir, "raw/masks/p3.png: mask value 3 is not covered by prepare.label_map")
+
+
+def test_rgb_mask_is_rejected(prepare_dir: Path) -> None:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(prepare_dir / "raw/masks/p0.png")
+    _expect_clean_failure(prepare_dir, "raw/masks/p0.png: mask must be single-channel")
+
+
+def test_image_without_mask_is_named(prepare_dir: Path) -> None:
+    (prepare_dir / "raw/masks/p0.png").unlink()
+    _expect_clean_failure(prepare_dir, "raw/images/p0.png: no mask with the same stem")
+
+
+def test_bad_params_are_named(prepare_dir: Path) -> None:
+    params = yaml.safe_load((prepare_dir / "params.yaml").read_text())
+    params["prepare"]["split"] = {"train": 0.9, "val": 0.3, "test": 0.0}
+    (prepare_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    _expect_clean_failure(prepare_dir, "params.yaml: prepare: split fractions must be non-negative and sum to 1")
+
+
+def test_failed_run_keeps_previous_output(prepare_dir: Path) -> None:
+    assert run_stage(prepare_dir, "prepare").returncode == 0
+    before = sorted(p.relative_to(prepare_dir) for p in (prepare_dir / "data/prepared").rglob("*"))
+    (prepare_dir / "raw/images/p1.png").write_bytes(b"broken")
+    assert run_stage(prepare_dir, "prepare").returncode == 2
+    assert sorted(p.relative_to(prepare_dir) for p in (prepare_dir / "data/prepared").rglob("*")) == before
