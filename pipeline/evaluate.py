@@ -1,0 +1,380 @@
+"""Evaluate stage: predict the test split, post-process, and write metrics, diagnostics and figures.
+
+Besides the usual metrics it records the evidence that separates the causes of all-zero predictions
+(raw output range and kind, the raw outputs' own argmax, label values, input statistics next to the
+training ones) and lets pipeline.diagnostics name the likely cause.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline import diagnostics, figures, metrics, normalization
+from pipeline.errors import PipelineError, run_stage
+from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.params import load_section
+from pipeline.processed import SPEC_FILE, load_spec, load_split
+from pipeline.tracking import stage_run
+
+DATA_DIR = Path("data/processed")
+MODEL_FILE = Path("models/model.keras")
+META_FILE = Path("models/train_meta.json")
+METRICS_FILE = Path("reports/metrics.json")
+EVAL_DIR = Path("reports/evaluate")
+FIGURES_DIR = Path("reports/figures")
+PROBABILITY_TOLERANCE = 1e-3
+BACKGROUND = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    postprocess: Literal["argmax", "threshold"] = "argmax"
+    threshold: float = 0.5
+    batch_size: int = 8
+    n_overlays: int = 4
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in (0, 1], got {self.threshold}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.n_overlays < 0:
+            raise ValueError(f"n_overlays must be 0 or more, got {self.n_overlays}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the class axis (-1)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def postprocess(outputs: np.ndarray, params: EvaluateParams) -> np.ndarray:
+    """Class ids (N, H, W) from logits (N, H, W, C) as params say.
+
+    threshold: the best non-background class where its softmax probability reaches the threshold,
+    background elsewhere (trades recall for precision on rare foreground).
+    """
+    if params.postprocess == "argmax":
+        return outputs.argmax(axis=-1)
+    foreground = softmax(outputs)[..., BACKGROUND + 1 :]
+    if foreground.shape[-1] == 0:
+        return np.zeros(outputs.shape[:-1], np.int64)
+    best = foreground.argmax(axis=-1)
+    return np.where(foreground.max(axis=-1) >= params.threshold, best + BACKGROUND + 1, BACKGROUND)
+
+
+class ChannelStats:
+    """Streaming per-channel mean, std, min and max, in the layout of train_meta's input_stats."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: np.ndarray | float = 0.0
+        self.squares: np.ndarray | float = 0.0
+        self.low: np.ndarray | None = None
+        self.high: np.ndarray | None = None
+
+    def update(self, x: np.ndarray) -> None:
+        flat = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+        self.count += len(flat)
+        self.total = self.total + flat.sum(axis=0)
+        self.squares = self.squares + (flat**2).sum(axis=0)
+        low, high = flat.min(axis=0), flat.max(axis=0)
+        self.low = low if self.low is None else np.minimum(self.low, low)
+        self.high = high if self.high is None else np.maximum(self.high, high)
+
+    def result(self) -> dict[str, list[float]]:
+        mean = np.asarray(self.total) / self.count
+        std = np.sqrt(np.maximum(np.asarray(self.squares) / self.count - mean**2, 0.0))
+        return {k: [float(v) for v in arr] for k, arr in (("mean", mean), ("std", std), ("min", self.low), ("max", self.high))}
+
+
+class OutputStats:
+    """Streaming range of the raw outputs and whether they behave like probabilities."""
+
+    def __init__(self) -> None:
+        self.low = np.inf
+        self.high = -np.inf
+        self.total = 0.0
+        self.count = 0
+        self.worst_sum_error = 0.0
+        self.saturated_raw = 0
+        self.saturated_softmax = 0
+        self.pixels = 0
+        self.max_foreground_probability = 0.0
+
+    def update(self, outputs: np.ndarray) -> None:
+        self.low = min(self.low, float(outputs.min()))
+        self.high = max(self.high, float(outputs.max()))
+        self.total += float(outputs.sum(dtype=np.float64))
+        self.count += outputs.size
+        self.worst_sum_error = max(self.worst_sum_error, float(np.abs(outputs.sum(axis=-1) - 1.0).max()))
+        self.pixels += outputs.size // outputs.shape[-1]
+        self.saturated_raw += int((outputs.max(axis=-1) >= diagnostics.SATURATED).sum())
+        probabilities = softmax(outputs)
+        self.saturated_softmax += int((probabilities.max(axis=-1) >= diagnostics.SATURATED).sum())
+        if outputs.shape[-1] > 1:
+            top = float(probabilities[..., BACKGROUND + 1 :].max())
+            self.max_foreground_probability = max(self.max_foreground_probability, top)
+
+    @property
+    def bounded(self) -> bool:
+        return self.low >= -PROBABILITY_TOLERANCE and self.high <= 1.0 + PROBABILITY_TOLERANCE
+
+    @property
+    def probabilities(self) -> bool:
+        return self.bounded and self.worst_sum_error <= PROBABILITY_TOLERANCE
+
+    @property
+    def saturated_fraction(self) -> float:
+        """Share of pixels with a class probability >= SATURATED: of the raw outputs if they are probabilities, else of their softmax."""
+        return (self.saturated_raw if self.probabilities else self.saturated_softmax) / self.pixels
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Everything one pass over the test split yields."""
+
+    model_classes: int
+    cm: np.ndarray
+    reference_cm: np.ndarray
+    preds: np.ndarray
+    inputs: ChannelStats
+    outputs: OutputStats
+
+
+def predict_split(model: Any, images: np.ndarray, masks: np.ndarray, spec: dict[str, Any], params: EvaluateParams) -> Prediction:
+    """Predict in batches, accumulating confusion matrices and statistics instead of keeping the outputs."""
+    check_input_shape(model, images.shape)
+    outputs_per_pixel = model_classes(model)
+    num_labels = max(spec["num_classes"], outputs_per_pixel)
+    result = Prediction(
+        model_classes=outputs_per_pixel,
+        cm=np.zeros((num_labels, num_labels), np.int64),
+        reference_cm=np.zeros((num_labels, num_labels), np.int64),
+        preds=np.zeros(masks.shape, np.uint8),
+        inputs=ChannelStats(),
+        outputs=OutputStats(),
+    )
+    for start in range(0, len(images), params.batch_size):
+        batch = slice(start, start + params.batch_size)
+        x = np.asarray(normalization.apply(images[batch], spec["normalization"]))
+        result.inputs.update(x)
+        outputs = np.asarray(model.predict_on_batch(x), np.float32)
+        check_output_shape(outputs, masks[batch].shape)
+        result.outputs.update(outputs)
+        pred = postprocess(outputs, params)
+        result.preds[batch] = pred
+        result.cm += metrics.confusion_matrix(masks[batch], pred, num_labels, spec["ignore_index"])
+        result.reference_cm += metrics.confusion_matrix(masks[batch], outputs.argmax(axis=-1), num_labels, spec["ignore_index"])
+    return result
+
+
+def check_input_shape(model: Any, image_shape: tuple[int, ...]) -> None:
+    expected = model.input_shape
+    if not isinstance(expected, tuple) or len(expected) != 4:
+        raise PipelineError(f"{MODEL_FILE}: expected one image input (N, H, W, 3), got {expected}")
+    if any(e is not None and e != a for e, a in zip(expected[1:], image_shape[1:])):
+        raise PipelineError(f"{MODEL_FILE}: model input {expected} does not fit the test images {tuple(image_shape)}")
+
+
+def model_classes(model: Any) -> int:
+    shape = model.output_shape
+    if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] is None:
+        raise PipelineError(f"{MODEL_FILE}: expected one output of shape (N, H, W, classes), got {shape}")
+    return int(shape[-1])
+
+
+def check_output_shape(outputs: np.ndarray, mask_shape: tuple[int, ...]) -> None:
+    if outputs.ndim != 4 or outputs.shape[:3] != tuple(mask_shape):
+        raise PipelineError(f"{MODEL_FILE}: output shape {outputs.shape} does not match the test masks {tuple(mask_shape)}")
+
+
+def read_spec(folder: Path) -> dict[str, Any]:
+    """spec.json, checked for the keys evaluation relies on."""
+    path = folder / SPEC_FILE
+    spec = load_spec(folder)
+    if not isinstance(spec, dict):
+        raise PipelineError(f"{path}: expected a JSON object")
+    for key in ("num_classes", "class_names", "ignore_index", "normalization"):
+        if key not in spec:
+            raise PipelineError(f"{path}: missing key '{key}'")
+    if not isinstance(spec["num_classes"], int) or spec["num_classes"] < 2:
+        raise PipelineError(f"{path}: num_classes must be an integer >= 2, got {spec['num_classes']!r}")
+    if not isinstance(spec["class_names"], list) or len(spec["class_names"]) != spec["num_classes"]:
+        raise PipelineError(f"{path}: class_names must list {spec['num_classes']} names, got {spec['class_names']!r}")
+    norm = spec["normalization"]
+    if not isinstance(norm, dict) or norm.get("method") not in normalization.METHODS:
+        raise PipelineError(f"{path}: normalization.method must be one of {', '.join(normalization.METHODS)}, got {norm!r}")
+    if norm["method"] == "standardize" and not all(len(norm.get(k) or []) == 3 for k in ("mean", "std")):
+        raise PipelineError(f"{path}: standardize normalization needs 3-channel 'mean' and 'std'")
+    return spec
+
+
+def read_test_split(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    images, masks, stems = load_split(folder, "test")
+    path = folder / "test.npz"
+    if len(images) == 0:
+        raise PipelineError(f"{path}: the test split is empty")
+    if images.ndim != 4 or images.shape[-1] != 3 or masks.shape != images.shape[:3]:
+        raise PipelineError(f"{path}: images {images.shape} and masks {masks.shape} are not (N, H, W, 3) and (N, H, W)")
+    return images, masks, stems
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = read_json(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found (run the train stage first)") from None
+    except ValueError as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise PipelineError(f"{path}: expected a JSON object")
+    return meta
+
+
+def load_model(path: Path) -> Any:
+    if not path.exists():
+        raise PipelineError(f"{path}: not found (run the train stage first)")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types for a bad file; all mean the same to the user
+        raise PipelineError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def class_names(spec: dict[str, Any], num_labels: int) -> list[str]:
+    names = [str(n) for n in spec["class_names"]]
+    return names + [f"class_{i}" for i in range(len(names), num_labels)]
+
+
+def build_metrics(pred: Prediction, names: list[str]) -> dict[str, Any]:
+    result = metrics.summarize(pred.cm, names)
+    result.update(
+        reference_foreground_fraction=metrics.foreground_fraction(pred.reference_cm),
+        output_min=pred.outputs.low,
+        output_max=pred.outputs.high,
+        output_mean=pred.outputs.total / pred.outputs.count,
+        outputs_are_probabilities=int(pred.outputs.probabilities),
+    )
+    return result
+
+
+def build_evidence(
+    pred: Prediction, scores: dict[str, Any], masks: np.ndarray, spec: dict[str, Any], meta: dict[str, Any], params: EvaluateParams
+) -> diagnostics.Evidence:
+    values, counts = np.unique(masks, return_counts=True)
+    return diagnostics.Evidence(
+        num_classes=spec["num_classes"],
+        model_classes=pred.model_classes,
+        ignore_index=spec["ignore_index"],
+        foreground_fraction=scores["foreground_fraction"],
+        reference_foreground_fraction=scores["reference_foreground_fraction"],
+        true_foreground_fraction=scores["true_foreground_fraction"],
+        label_counts={int(v): int(c) for v, c in zip(values, counts)},
+        output_min=pred.outputs.low,
+        output_max=pred.outputs.high,
+        output_mean=scores["output_mean"],
+        outputs_are_probabilities=pred.outputs.probabilities,
+        outputs_bounded=pred.outputs.bounded,
+        saturated_fraction=pred.outputs.saturated_fraction,
+        postprocess=params.postprocess,
+        threshold=params.threshold,
+        max_foreground_probability=pred.outputs.max_foreground_probability,
+        eval_normalization=spec["normalization"],
+        eval_input_stats=pred.inputs.result(),
+        **training_evidence(meta),
+    )
+
+
+def training_evidence(meta: dict[str, Any]) -> dict[str, Any]:
+    """The train_meta fields the diagnostics use; a malformed field becomes None (unknown), never a crash."""
+    stats = meta.get("input_stats")
+    stats_ok = isinstance(stats, dict) and all(isinstance(stats.get(k), list) and len(stats[k]) == 3 for k in ("mean", "std"))
+    best = meta.get("best_val_mean_iou")
+    weights = meta.get("class_weights")
+    return {
+        "from_logits": meta.get("from_logits") if isinstance(meta.get("from_logits"), bool) else None,
+        "best_val_mean_iou": float(best) if isinstance(best, (int, float)) and not isinstance(best, bool) else None,
+        "class_weights": weights if isinstance(weights, list) else None,
+        "train_normalization": meta.get("normalization") if isinstance(meta.get("normalization"), dict) else None,
+        "train_input_stats": stats if stats_ok else None,
+    }
+
+
+def overlay_indices(masks: np.ndarray, ignore_index: int | None, n: int) -> list[int]:
+    """The samples with the most true foreground, so the overlays show what the model should find."""
+    foreground = masks != BACKGROUND
+    if ignore_index is not None:
+        foreground &= masks != ignore_index
+    counts = foreground.reshape(len(masks), -1).sum(axis=1)
+    return [int(i) for i in np.argsort(-counts, kind="stable")[:n]]
+
+
+def flat_metrics(scores: dict[str, Any]) -> dict[str, float]:
+    """MLflow wants flat numeric keys: per_class_iou.foreground -> iou_foreground, matrix cells -> confusion_matrix_i_j."""
+    prefixes = {"per_class_iou": "iou", "predicted_class_histogram": "predicted_fraction", "true_class_histogram": "true_fraction"}
+    flat: dict[str, float] = {}
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            flat.update({f"{prefixes.get(key, key)}_{_metric_name(k)}": float(v) for k, v in value.items()})
+        elif isinstance(value, list):
+            flat.update({f"{key}_{i}_{j}": float(v) for i, row in enumerate(value) for j, v in enumerate(row)})
+        else:
+            flat[key] = float(value)
+    return flat
+
+
+def _metric_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", name)
+
+
+def write_figures(
+    folder: Path, pred: Prediction, split: tuple[np.ndarray, np.ndarray, list[str]], names: list[str], ignore_index: int | None, n_overlays: int
+) -> None:
+    images, masks, stems = split
+    figures.plot_confusion_matrix(pred.cm, names, folder / "confusion_matrix.png")
+    picks = overlay_indices(masks, ignore_index, n_overlays)
+    if picks:
+        figures.plot_overlays(
+            images[picks], masks[picks], pred.preds[picks], [stems[i] for i in picks], len(names), ignore_index, folder / "overlays.png"
+        )
+
+
+def main() -> None:
+    params = load_section("evaluate", EvaluateParams)
+    spec = read_spec(DATA_DIR)
+    split = read_test_split(DATA_DIR)
+    images, masks, _ = split
+    meta = read_meta(META_FILE)
+    model = load_model(MODEL_FILE)
+    pred = predict_split(model, images, masks, spec, params)
+    if pred.cm.sum() == 0:
+        raise PipelineError(f"{DATA_DIR / 'test.npz'}: no test pixel has a class id (all are ignore or out of range)")
+    names = class_names(spec, pred.cm.shape[0])
+    scores = build_metrics(pred, names)
+    record = diagnostics.diagnose(build_evidence(pred, scores, masks, spec, meta, params))
+    scores["all_zero_symptom"] = int(record["symptom"])
+    print(f"mean_iou {scores['mean_iou']:.4f}  foreground_fraction {scores['foreground_fraction']:.4f}  "
+          f"diagnosis {record['category']}/{record['cause']}")
+    with atomic_dir(EVAL_DIR) as eval_dir, atomic_dir(FIGURES_DIR) as fig_dir, stage_run("evaluate", params, eval_dir / "evaluate_run.json"):
+        import mlflow
+
+        write_json(eval_dir / "diagnostics.json", record)
+        write_figures(fig_dir, pred, split, names, spec["ignore_index"], params.n_overlays)
+        mlflow.log_metrics(flat_metrics(scores))
+        mlflow.set_tags({"diagnosis": record["category"], "diagnosis.cause": record["cause"],
+                         "model_sha256": str(meta.get("model_sha256", "unknown"))})
+        mlflow.log_artifact(str(eval_dir / "diagnostics.json"), "evaluate")
+        mlflow.log_artifacts(str(fig_dir), "figures")
+        write_json(METRICS_FILE, scores)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,195 @@
+"""End-to-end evaluate stage on a tiny hand-built model and dataset, in a temporary workspace."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import evaluate, normalization
+from pipeline.errors import PipelineError
+from pipeline.io import write_json
+from pipeline.processed import save_split
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 8
+IGNORE = 255
+METRIC_KEYS = {
+    "mean_iou", "pixel_accuracy", "foreground_fraction", "true_foreground_fraction", "per_class_iou",
+    "predicted_class_histogram", "true_class_histogram", "output_min", "output_max", "output_mean",
+    "outputs_are_probabilities", "confusion_matrix",
+}
+
+
+def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Foreground is a pure-red square; background has no red, so a 1x1 conv on red separates them."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, SIZE, SIZE, 3), np.uint8)
+    images[..., 1:] = rng.integers(0, 256, (n, SIZE, SIZE, 2))
+    masks = np.zeros((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        r, c = 1 + i % 4, 2 + i % 3
+        images[i, r : r + 3, c : c + 3] = (255, 0, 0)
+        masks[i, r : r + 3, c : c + 3] = 1
+    masks[:, 0, :2] = IGNORE
+    return images, masks, [f"s{i}" for i in range(n)]
+
+
+def input_stats(images: np.ndarray, spec: dict) -> dict[str, list[float]]:
+    stats = evaluate.ChannelStats()
+    stats.update(normalization.apply(images, spec))
+    return stats.result()
+
+
+def save_model(red_weight: float, size: int = SIZE, path: Path = Path("models/model.keras")) -> None:
+    """Logits: background 0, foreground red_weight * red - 2 (red in [0, 1] after unit normalization)."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    conv = keras.layers.Conv2D(2, 1)
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.zeros((1, 1, 3, 2), np.float32)
+    kernel[0, 0, 0, 1] = red_weight
+    conv.set_weights([kernel, np.array([0.0, -2.0], np.float32)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+
+
+def write_params(**evaluate_params) -> None:
+    section = {"postprocess": "argmax", "threshold": 0.5, "batch_size": 3, "n_overlays": 2, **evaluate_params}
+    Path("params.yaml").write_text(yaml.safe_dump({"evaluate": section}))
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """Processed data, train_meta.json and params.yaml as the upstream stages would leave them (no model yet)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    spec = {
+        "image_size": SIZE, "num_classes": 2, "class_names": ["background", "foreground"], "ignore_index": IGNORE,
+        "normalization": {"method": "unit"}, "image_interpolation": "bilinear", "mask_interpolation": "nearest",
+    }
+    folder = Path("data/processed")
+    folder.mkdir(parents=True)
+    for split, (n, seed) in {"train": (6, 0), "val": (2, 1), "test": (5, 2)}.items():
+        save_split(folder, split, *make_split(n, seed))
+    write_json(folder / "spec.json", spec)
+    write_meta(input_stats=input_stats(make_split(6, 0)[0], spec["normalization"]), normalization=spec["normalization"])
+    write_params()
+    return tmp_path
+
+
+def write_meta(**fields) -> None:
+    meta = {"from_logits": True, "num_classes": 2, "ignore_index": IGNORE, "class_weights": None, "epochs_run": 1,
+            "best_val_mean_iou": 0.45, "model_sha256": "0" * 64, **fields}
+    write_json("models/train_meta.json", meta)
+
+
+def run() -> tuple[dict, dict]:
+    evaluate.main()
+    return json.loads(Path("reports/metrics.json").read_text()), json.loads(Path("reports/evaluate/diagnostics.json").read_text())
+
+
+def test_healthy_model_end_to_end(workspace):
+    save_model(red_weight=4.0)
+    scores, record = run()
+    assert METRIC_KEYS <= set(scores)
+    assert scores["mean_iou"] == pytest.approx(1.0)
+    assert scores["per_class_iou"] == {"background": pytest.approx(1.0), "foreground": pytest.approx(1.0)}
+    assert scores["foreground_fraction"] == pytest.approx(scores["true_foreground_fraction"])
+    assert scores["foreground_fraction"] == pytest.approx(5 * 9 / (5 * 62))
+    assert sum(map(sum, scores["confusion_matrix"])) == 5 * (SIZE * SIZE - 2)
+    assert (scores["output_min"], scores["output_max"], scores["outputs_are_probabilities"]) == (-2.0, 2.0, 0)
+    assert (record["symptom"], record["category"], scores["all_zero_symptom"]) == (False, "none", 0)
+    assert {p.name for p in Path("reports/figures").iterdir()} == {"confusion_matrix.png", "overlays.png"}
+    assert_mlflow_run(json.loads(Path("reports/evaluate/evaluate_run.json").read_text())["run_id"], "none")
+
+
+def assert_mlflow_run(run_id: str, diagnosis: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    logged = client.get_run(run_id)
+    assert logged.data.tags["diagnosis"] == diagnosis
+    assert logged.data.metrics["iou_foreground"] == pytest.approx(1.0)
+    assert logged.data.params["postprocess"] == "argmax"
+    artifacts = {a.path for folder in ("figures", "evaluate") for a in client.list_artifacts(run_id, folder)}
+    assert artifacts == {"figures/confusion_matrix.png", "figures/overlays.png", "evaluate/diagnostics.json"}
+
+
+def test_threshold_postprocessing(workspace):
+    """Foreground probability is sigmoid(2) ~ 0.88: a 0.8 threshold keeps it, 0.95 drops all of it."""
+    save_model(red_weight=4.0)
+    write_params(postprocess="threshold", threshold=0.8)
+    scores, _ = run()
+    assert scores["mean_iou"] == pytest.approx(1.0)
+    write_params(postprocess="threshold", threshold=0.95)
+    scores, record = run()
+    assert scores["foreground_fraction"] == 0.0
+    assert scores["reference_foreground_fraction"] > 0.0
+    assert (record["symptom"], record["category"], record["cause"]) == (True, "postprocessing", "threshold_too_high")
+
+
+def test_collapsed_model_is_diagnosed_as_training(workspace):
+    save_model(red_weight=0.0)
+    scores, record = run()
+    assert (scores["foreground_fraction"], scores["all_zero_symptom"]) == (0.0, 1)
+    assert scores["per_class_iou"]["foreground"] == 0.0
+    assert (record["category"], record["cause"]) == ("training", "collapse_to_majority")
+
+
+def test_training_inputs_normalized_differently_is_preprocessing(workspace):
+    save_model(red_weight=0.0)
+    write_meta(input_stats={"mean": [0.0] * 3, "std": [1.0] * 3, "min": [-3.0] * 3, "max": [3.0] * 3},
+               normalization={"method": "unit"})
+    _, record = run()
+    assert (record["category"], record["cause"]) == ("preprocessing", "normalization_mismatch")
+
+
+def test_malformed_training_stats_make_a_collapse_unknown(workspace):
+    save_model(red_weight=0.0)
+    write_meta(input_stats={"mean": "oops"}, normalization={"method": "unit"})
+    _, record = run()
+    assert (record["symptom"], record["category"], record["cause"]) == (True, "unknown", "insufficient_evidence")
+
+
+def test_model_for_another_image_size_is_rejected(workspace):
+    save_model(red_weight=4.0, size=16)
+    with pytest.raises(PipelineError, match=r"models/model.keras: model input .* does not fit the test images"):
+        evaluate.main()
+    assert not Path("reports").exists()
+
+
+def test_invalid_params_are_rejected(workspace):
+    write_params(threshold=1.5)
+    with pytest.raises(PipelineError, match="params.yaml: evaluate: threshold"):
+        evaluate.main()
+    write_params(postprocess="softmax")
+    with pytest.raises(PipelineError, match="evaluate.postprocess"):
+        evaluate.main()
+
+
+def run_module(cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pipeline.evaluate"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_missing_model_exits_2_naming_the_file(workspace):
+    done = run_module(workspace)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: models/model.keras: not found (run the train stage first)"]
+    assert not Path("reports").exists()
+
+
+def test_corrupted_spec_exits_2_naming_the_file(workspace):
+    Path("data/processed/spec.json").write_text('{"num_classes": 2, ')
+    done = run_module(workspace)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: data/processed/spec.json: not valid JSON")
