@@ -1,0 +1,110 @@
+"""`segbisect GOOD BAD`: the command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from segbisect import report as reports
+from segbisect.errors import EXIT_INTERRUPTED, SegbisectError, UsageError
+from segbisect.session import RESULTS, Options, bisect
+from segbisect.tracking import DEFAULT_EXPERIMENT
+
+EPILOG = """\b
+Exit codes:
+  0    culprit found (a stage, or a minimal interaction of units)
+  1    no culprit: untestable hybrids leave the answer ambiguous
+  2    usage error: unknown/ambiguous reference, bad --fail-if, no differences
+  3    precondition failed: GOOD does not pass or BAD does not fail
+  4    aborted by a --run check (exit code outside 0..127)
+  130  interrupted (Ctrl-C/SIGTERM); finished hybrids are kept for resuming
+
+\b
+References: a git revision (branch, tag, commit), a DVC experiment name, a
+params YAML file overlaid on HEAD's params.yaml, or an MLflow run id (its
+git_commit tag plus its logged params). Force a kind with git:, exp:, file:
+or mlflow:.
+
+\b
+Resuming: every finished hybrid is appended to <results>/<session>/journal.jsonl
+and remembered by its configuration fingerprint; re-running the same GOOD and
+BAD (the default --resume) reuses them, so an interrupted bisection continues
+where it stopped and ends with the same verdict. --fresh forgets them.
+"""
+
+app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@app.command(epilog=EPILOG)
+def main(
+    good: str = typer.Argument(..., metavar="GOOD", help="Known-good configuration (revision, DVC experiment, params file or MLflow run id)."),
+    bad: str = typer.Argument(..., metavar="BAD", help="Failing configuration, same kinds as GOOD."),
+    fail_if: Optional[str] = typer.Option(
+        None, "--fail-if", metavar="EXPR",
+        help="Failure predicate over the metrics file, e.g. 'foreground_fraction == 0 or mean_iou < 0.2'. "
+        "Comparisons of metric keys (dotted for nested) with numbers, and/or/not, parentheses. "
+        "Default: 'foreground_fraction == 0' (the all-zero symptom).",
+    ),
+    run: Optional[str] = typer.Option(
+        None, "--run", metavar="CMD",
+        help="Custom check run in the hybrid's workspace after `dvc repro`, as in `git bisect run`: "
+        "exit 0 good, 125 untestable, 1-127 bad, anything else aborts. Replaces --fail-if.",
+    ),
+    metrics: Optional[str] = typer.Option(
+        None, "--metrics", metavar="PATH", help="Metrics file to judge (default: the last stage's metrics in dvc.yaml)."
+    ),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Hybrids run in parallel (one worktree each)."),
+    repeat: int = typer.Option(
+        1, "--repeat", min=1,
+        help="Evaluate each hybrid N times, re-running (forced) the stages that executed; disagreeing repeats "
+        "make the hybrid untestable instead of trusting a noisy predicate.",
+    ),
+    repo: Path = typer.Option(Path("."), "--repo", help="The DVC project (a git repository)."),
+    results: Optional[Path] = typer.Option(
+        None, "--results", help=f"Results folder (default: <repo>/{RESULTS}); holds journals, logs and reports."
+    ),
+    keep_workspaces: bool = typer.Option(False, "--keep-workspaces", help="Keep the hybrid worktrees for inspection."),
+    mlflow: bool = typer.Option(
+        True, "--mlflow/--no-mlflow",
+        help="Record a parent run with one child run per hybrid (MLFLOW_TRACKING_URI, else <repo>/mlflow.db).",
+    ),
+    experiment: str = typer.Option(DEFAULT_EXPERIMENT, "--experiment", help="MLflow experiment of the bisection and its hybrids' stage runs."),
+    resume: bool = typer.Option(True, "--resume/--fresh", help="Reuse finished hybrids from earlier (interrupted) runs, or start over."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdict as one JSON object on stdout; human output goes to stderr."),
+) -> None:
+    """Find the stage, then the minimal change, that makes BAD fail where GOOD passes.
+
+    Hybrids (GOOD with some of BAD's units of change: params keys, code/data files, stage definitions) run
+    `dvc repro` in temporary git worktrees sharing your DVC cache, so unchanged stages are restored, not re-run.
+    Your working tree, index, refs, stash and DVC outputs are never modified.
+    """
+    console = Console(stderr=True) if as_json else Console()
+    signal.signal(signal.SIGTERM, _interrupt)
+    opts = Options(good, bad, repo, fail_if, run, metrics, jobs, repeat, keep_workspaces, mlflow, not resume, results, experiment)
+    try:
+        code, result = bisect(opts, console)
+    except SegbisectError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        if as_json:
+            kind = "usage-error" if isinstance(exc, UsageError) else "aborted"
+            print(json.dumps({"verdict": kind, "error": str(exc), "exit_code": exc.exit_code}))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: workspaces removed; run the same command again to resume")
+        if as_json:
+            print(json.dumps({"verdict": "interrupted", "error": "interrupted", "exit_code": EXIT_INTERRUPTED}))
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    reports.render(console, result)
+    if as_json:
+        print(json.dumps(result, default=str))
+    raise typer.Exit(code)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+

@@ -1,0 +1,56 @@
+"""JSONL journal of a session: one line per finished hybrid, keyed by configuration fingerprint.
+
+Appending a line only after a hybrid finishes means a killed session loses at most the hybrids in flight;
+the next run of the same GOOD/BAD reads every journal under the results folder and reuses their results.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+JOURNAL = "journal.jsonl"
+
+
+class Journal:
+    """Append-only log in `folder`; `fresh` discards what an earlier run of this session wrote."""
+
+    def __init__(self, folder: Path, fresh: bool = False) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / JOURNAL
+        if fresh:
+            self.path.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in _read(self.path) if kind is None or r.get("type") == kind]
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=str)
+        with self._lock, open(self.path, "a") as out:
+            out.write(line + "\n")
+            out.flush()
+
+
+def known_hybrids(results_root: Path) -> dict[str, dict[str, Any]]:
+    """Finished hybrids of every session under `results_root`, by fingerprint (latest wins)."""
+    known: dict[str, dict[str, Any]] = {}
+    for path in sorted(results_root.glob(f"*/{JOURNAL}"), key=lambda p: p.stat().st_mtime):
+        for record in _read(path):
+            if record.get("type") == "hybrid":
+                known[record["fingerprint"]] = record
+    return known
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a kill
+    return records

@@ -1,0 +1,135 @@
+"""The `--fail-if` failure predicate: a tiny whitelisted expression language over metrics keys.
+
+Grammar (parsed with Python's `ast`, never evaluated): comparisons (==, !=, <, <=, >, >=, chained) between
+metric keys and numbers/strings/booleans, combined with `and`, `or`, `not` and parentheses. A key is a name,
+a dotted name for nested metrics (`per_class_iou.foreground`), or `key["odd name"]` / `key[1]` for keys that
+are not identifiers.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from typing import Any
+
+from segbisect.errors import UsageError
+
+DEFAULT = "foreground_fraction == 0"
+_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+            ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+
+class PredicateError(UsageError):
+    """The expression is not in the predicate language or names an unknown metric."""
+
+
+class UnjudgeableError(Exception):
+    """A hybrid's metrics lack a key or hold a non-comparable value, so the hybrid is untestable."""
+
+
+class Predicate:
+    """`Predicate(text)(metrics) -> True` when the metrics show the failure."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as exc:
+            raise PredicateError(f"--fail-if '{text}': not a valid expression ({exc.msg})") from None
+        self._tree = tree.body
+        self.keys: list[str] = []
+        self._aliases: dict[str, str] = {}
+        self._check(self._tree)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the keys were checked against real metrics (trivially so when there are none)."""
+        return bool(self._aliases) or not self.keys
+
+    @property
+    def metric_keys(self) -> list[str]:
+        """The metrics the expression reads (resolved names once checked)."""
+        return [self._aliases.get(k, k) for k in self.keys]
+
+    def resolve_keys(self, available: list[str]) -> None:
+        """Map each key to a metric (a unique `*.key` suffix match counts); unknown keys are a usage error."""
+        mapping = {}
+        for key in self.keys:
+            matches = [key] if key in available else [a for a in available if a.endswith("." + key)]
+            if len(matches) != 1:
+                listing = ", ".join(sorted(available)) or "(none)"
+                raise PredicateError(f"--fail-if: unknown metric key '{key}'; available keys: {listing}")
+            mapping[key] = matches[0]
+        self._aliases = mapping
+
+    def __call__(self, metrics: dict[str, Any]) -> bool:
+        return bool(self._eval(self._tree, metrics))
+
+    def _check(self, node: ast.AST) -> None:
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, (ast.And, ast.Or)):
+            for value in node.values:
+                self._check(value)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub, ast.UAdd)):
+            self._check(node.operand)
+        elif isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+            for operand in [node.left, *node.comparators]:
+                self._check(operand)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool)):
+            pass
+        elif isinstance(node, (ast.Name, ast.Attribute, ast.Subscript)):
+            self.keys.append(_key(node, self.text))
+        else:
+            raise PredicateError(
+                f"--fail-if '{self.text}': '{ast.unparse(node)}' is not allowed "
+                "(use metric keys, numbers, comparisons, and/or/not, parentheses)"
+            )
+
+    def _eval(self, node: ast.AST, metrics: dict[str, Any]) -> Any:
+        if isinstance(node, ast.BoolOp):
+            values = (self._eval(v, metrics) for v in node.values)
+            return all(values) if isinstance(node.op, ast.And) else any(values)
+        if isinstance(node, ast.UnaryOp):
+            value = self._eval(node.operand, metrics)
+            return not value if isinstance(node.op, ast.Not) else (-value if isinstance(node.op, ast.USub) else value)
+        if isinstance(node, ast.Compare):
+            left = self._eval(node.left, metrics)
+            for op, right_node in zip(node.ops, node.comparators):
+                right = self._eval(right_node, metrics)
+                try:
+                    if not _COMPARE[type(op)](left, right):
+                        return False
+                except TypeError:
+                    raise UnjudgeableError(f"cannot compare {left!r} with {right!r}") from None
+                left = right
+            return True
+        if isinstance(node, ast.Constant):
+            return node.value
+        key = _key(node, self.text)
+        name = self._aliases.get(key, key)
+        if name not in metrics:
+            raise UnjudgeableError(f"metric '{name}' is missing")
+        value = metrics[name]
+        if isinstance(value, float) and math.isnan(value):
+            raise UnjudgeableError(f"metric '{name}' is NaN")
+        return value
+
+
+def _key(node: ast.AST, text: str) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_key(node.value, text)}.{node.attr}"
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+        return f"{_key(node.value, text)}.{node.slice.value}"
+    raise PredicateError(f"--fail-if '{text}': '{ast.unparse(node)}' is not a metric key")
+
+
+def flatten(metrics: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested metrics as dotted keys (`{"a": {"b": 1}}` -> `{"a.b": 1}`)."""
+    if not isinstance(metrics, dict):
+        return {prefix.rstrip("."): metrics} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat

@@ -1,0 +1,168 @@
+"""Resolve GOOD/BAD references (git revision, DVC experiment, params file, MLflow run) to a commit plus params."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segbisect.errors import UsageError
+from segbisect.gitutil import git, rev_parse_commit
+
+PARAMS_FILE = "params.yaml"
+PREFIXES = ("git", "exp", "file", "mlflow")
+PREFIX_OF = {"git": "git", "exp": "exp", "params-file": "file", "mlflow": "mlflow"}
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A full pipeline configuration: a commit, optionally with params files replaced by `params`."""
+
+    text: str
+    kind: str
+    commit: str
+    params: dict[str, dict] = field(default_factory=dict)
+    detail: str = ""
+    warnings: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"{self.text} ({self.kind}: {self.detail or self.commit[:10]})"
+
+
+def resolve(repo: Path, text: str, tracking_uri: str | None) -> Reference:
+    """Detect the kind of `text` and resolve it; `kind:` prefixes (git:, exp:, file:, mlflow:) force a kind."""
+    kind, _, rest = text.partition(":")
+    if kind in PREFIXES and rest:
+        ref = _RESOLVERS[kind](repo, rest, tracking_uri)
+        if ref is None:
+            raise UsageError(f"reference '{text}': no {kind} reference named '{rest}'")
+        return ref
+    found = [ref for k in PREFIXES if (ref := _RESOLVERS[k](repo, text, tracking_uri)) is not None]
+    if not found:
+        raise UsageError(
+            f"reference '{text}' is not a git revision, DVC experiment, params file or MLflow run id"
+        )
+    kinds = {ref.kind for ref in found}
+    if len(found) > 1 and not (kinds == {"git", "exp"} and len({r.commit for r in found}) == 1):
+        prefixes = ", ".join(f"'{PREFIX_OF[k]}:'" for k in sorted(kinds))
+        raise UsageError(f"reference '{text}' is ambiguous ({', '.join(sorted(kinds))}); prefix it with one of {prefixes}")
+    return found[0]
+
+
+def _git_ref(repo: Path, text: str, _uri: str | None) -> Reference | None:
+    commit = rev_parse_commit(repo, text)
+    return Reference(text, "git", commit, detail=commit[:10]) if commit else None
+
+
+def _exp_ref(repo: Path, text: str, _uri: str | None) -> Reference | None:
+    """A DVC experiment by name (or full refs/exps/... ref), via DVC's own name resolution."""
+    if "/" in text and not text.startswith("refs/exps/"):
+        return None
+    from dvc.repo.experiments.utils import resolve_name
+    from dvc.scm import SCM
+
+    scm = SCM(str(repo))
+    try:
+        info = resolve_name(scm, text).get(text)
+    except Exception as exc:  # AmbiguousExpRefInfo, bad ref format
+        raise UsageError(f"reference '{text}': {exc}") from None
+    if info is None:
+        return None
+    commit = scm.get_ref(str(info))
+    return Reference(text, "exp", commit, detail=f"DVC experiment {info.name} at {commit[:10]}") if commit else None
+
+
+def _params_file_ref(repo: Path, text: str, _uri: str | None) -> Reference | None:
+    """A YAML file whose values are overlaid on HEAD's params.yaml."""
+    path = Path(text)
+    if not path.is_absolute() and not path.is_file():
+        path = repo / text
+    if not path.is_file():
+        return None
+    try:
+        overlay = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"params file '{text}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(overlay, dict):
+        raise UsageError(f"params file '{text}' must contain a mapping of params sections")
+    head = rev_parse_commit(repo, "HEAD")
+    if head is None:
+        raise UsageError("the repository has no HEAD commit to overlay a params file on")
+    merged = _deep_merge(_commit_params(repo, head), overlay)
+    return Reference(text, "params-file", head, {PARAMS_FILE: merged}, detail=f"{path.name} over HEAD {head[:10]}")
+
+
+def _mlflow_ref(repo: Path, text: str, tracking_uri: str | None) -> Reference | None:
+    """An MLflow run: its recorded git commit plus its logged params (flattened, per stage section)."""
+    if not RUN_ID.match(text) or tracking_uri is None:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri).get_run(text)
+    except MlflowException:
+        return None
+    tags = run.data.tags
+    recorded = tags.get("git_commit") or tags.get("mlflow.source.git.commit")
+    if not recorded:
+        raise UsageError(f"MLflow run {text} has no git_commit tag, so its code version is unknown")
+    warnings = []
+    if recorded.endswith("-dirty"):
+        recorded = recorded.removesuffix("-dirty")
+        warnings.append(f"MLflow run {text} ran on a dirty worktree; uncommitted code changes are not recoverable")
+    commit = rev_parse_commit(repo, recorded)
+    if commit is None:
+        raise UsageError(f"MLflow run {text} records commit {recorded}, which this repository does not have")
+    params = _commit_params(repo, commit)
+    section = tags.get("stage")
+    target = params.get(section) if isinstance(params.get(section), dict) else params
+    for key, value in run.data.params.items():
+        _set_dotted(target, key.split("."), value)
+    detail = f"MLflow run {text[:8]} (stage {section}) at {commit[:10]}" if section else f"MLflow run at {commit[:10]}"
+    return Reference(text, "mlflow", commit, {PARAMS_FILE: params}, detail=detail, warnings=tuple(warnings))
+
+
+_RESOLVERS = {"git": _git_ref, "exp": _exp_ref, "file": _params_file_ref, "mlflow": _mlflow_ref}
+
+
+def _commit_params(repo: Path, commit: str) -> dict[str, Any]:
+    out = git(repo, "show", f"{commit}:{PARAMS_FILE}", check=False)
+    data = yaml.safe_load(out.stdout) if out.returncode == 0 else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _set_dotted(target: dict, parts: list[str], text: str) -> None:
+    """Put a logged (stringified) param back at its nested place, keeping the committed value's type."""
+    joined = ".".join(parts)
+    if len(parts) > 1 and parts[0] not in target and joined not in target:
+        target[parts[0]] = {}
+    if joined in target or len(parts) == 1 or not isinstance(target.get(parts[0]), dict):
+        target[joined] = _parse_logged(text, target.get(joined))
+        return
+    _set_dotted(target[parts[0]], parts[1:], text)
+
+
+def _parse_logged(text: str, committed: Any) -> Any:
+    if isinstance(committed, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text

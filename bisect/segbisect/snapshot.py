@@ -1,0 +1,165 @@
+"""Resolve a reference to a snapshot: per dvc.yaml stage, its params keys, code/file deps and data deps.
+
+The reference's tree is exported to a temporary folder (git archive, params overlay written in) and read
+with DVC's own index, so templated `${...}` deps and whole-file params resolve exactly as `dvc repro` would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segbisect.errors import UsageError
+from segbisect.gitutil import export_tree
+from segbisect.refs import Reference
+
+ABSENT = "<absent>"
+
+
+@dataclass
+class StageSnap:
+    """What one stage reads: declared params keys, git-tracked files, and DVC-tracked data (.dvc files)."""
+
+    name: str
+    params: set[tuple[str, tuple]] = field(default_factory=set)
+    files: set[str] = field(default_factory=set)
+    data: set[str] = field(default_factory=set)
+    metrics: list[str] = field(default_factory=list)
+    outs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Snapshot:
+    """One reference's pipeline, materialized read-only under `root`."""
+
+    ref: Reference
+    root: Path
+    stages: list[StageSnap]
+    params_data: dict[str, Any]
+    dvcyaml: dict[str, Any]
+    data_sources: list[str] = field(default_factory=list)
+
+    def stage(self, name: str) -> StageSnap | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    def param(self, file: str, keypath: tuple) -> Any:
+        """The value at `keypath` in params file `file`, or ABSENT."""
+        node: Any = self.params_data.get(file, {})
+        for part in keypath:
+            if not isinstance(node, dict) or part not in node:
+                return ABSENT
+            node = node[part]
+        return node
+
+    def file_bytes(self, path: str) -> bytes | None:
+        target = self.root / path
+        return target.read_bytes() if target.is_file() else None
+
+    def file_digest(self, path: str) -> str:
+        data = self.file_bytes(path)
+        return ABSENT if data is None else hashlib.sha256(data).hexdigest()
+
+    def stage_definition(self, name: str) -> Any:
+        return self.dvcyaml.get("stages", {}).get(name.split("@")[0], ABSENT)
+
+
+def load(ref: Reference, repo: Path, dest: Path) -> Snapshot:
+    """Export `ref` into `dest` and read its pipeline with DVC's index."""
+    dest.mkdir(parents=True, exist_ok=True)
+    export_tree(repo, ref.commit, dest)
+    for name, data in ref.params.items():
+        (dest / name).write_text(yaml.safe_dump(data, sort_keys=False))
+    dvc_file = dest / "dvc.yaml"
+    if not dvc_file.is_file():
+        raise UsageError(f"{ref.describe()}: no dvc.yaml at commit {ref.commit[:10]}")
+    stages, param_files, sources = _read_stages(dest)
+    params_data = {f: _load_yaml(dest / f) for f in sorted(param_files)}
+    return Snapshot(ref, dest, stages, params_data, _load_yaml(dvc_file), sources)
+
+
+def _read_stages(root: Path) -> tuple[list[StageSnap], set[str], list[str]]:
+    import networkx as nx
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root), config={"core": {"no_scm": True}}) as repo:
+            index = repo.index
+            pipeline = [s for s in index.stages if not s.is_data_source]
+            order = {s: i for i, s in enumerate(index.stages)}
+            graph = index.graph.reverse()
+            ordered = [s for s in nx.lexicographical_topological_sort(graph, key=order.get) if s in pipeline]
+            produced = [_rel(root, o.fs_path) for s in pipeline for o in s.outs]
+            tracked = {_rel(root, o.fs_path): _rel(root, s.path) for s in index.stages if s.is_data_source for o in s.outs}
+            param_files: set[str] = set()
+            snaps = [_stage_snap(root, s, produced, tracked, param_files) for s in ordered]
+    except DvcException as exc:
+        raise UsageError(f"cannot read the DVC pipeline: {exc}") from None
+    return snaps, param_files, sorted(set(tracked.values()))
+
+
+def _stage_snap(root: Path, stage: Any, produced: list[str], tracked: dict[str, str], param_files: set[str]) -> StageSnap:
+    from dvc.dependency.param import ParamsDependency
+
+    dvcfile = _rel(root, stage.dvcfile.path)
+    snap = StageSnap(stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}")
+    file_deps = []
+    for dep in stage.deps:
+        path = _rel(root, dep.fs_path)
+        if isinstance(dep, ParamsDependency):
+            param_files.add(path)
+            keys = dep.params or list(dep.read_params())
+            snap.params.update((path, tuple(str(k).split("."))) for k in keys)
+        else:
+            file_deps.append(path)
+    for path in file_deps:
+        if path in param_files or any(_under(path, out) for out in produced):
+            continue
+        source = next((dvcfile for out, dvcfile in tracked.items() if _under(path, out)), None)
+        if source:
+            snap.data.add(source)
+        else:
+            snap.files.update(_expand(root, path))
+    snap.outs = [_rel(root, o.fs_path) for o in stage.outs]
+    snap.metrics = [_rel(root, o.fs_path) for o in stage.outs if o.metric]
+    return snap
+
+
+def _expand(root: Path, path: str) -> set[str]:
+    target = root / path
+    if target.is_dir():
+        return {_rel(root, str(p)) for p in target.rglob("*") if p.is_file()}
+    return {path}
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _rel(root: Path, path: str) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _load_yaml(path: Path) -> Any:
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def digest(value: Any) -> str:
+    """A stable digest of a params value or stage definition."""
+    return hashlib.sha256(json.dumps(_canonical(value), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value

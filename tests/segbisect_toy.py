@@ -1,0 +1,166 @@
+"""A toy DVC project for segbisect tests: four stdlib-only stages, each `dvc repro` in about a second.
+
+Known ways to get the all-zero symptom (foreground_fraction == 0), one or more per stage:
+- prepare.fg_value != 255 (foreground label read as another value)
+- preprocess.mask_interp: bilinear (masks blurred below 1)
+- train.lr > 1 (collapse), or train.lr > 0.5 together with train.momentum > 0.9 (two-unit interaction)
+- evaluate.postprocess: threshold together with evaluate.threshold >= 0.99 (two units in one stage)
+- preprocess.scale: 0.5 together with evaluate.margin: 0.3 (an interaction across stages)
+- train crashes when prepare.n > train.max_n (an untestable hybrid: BAD's data with GOOD's train)
+Harmless changes: prepare.n up to 45, train.epochs, comments in stage scripts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS: dict[str, Any] = {
+    "prepare": {"n": 40, "fg_value": 255},
+    "preprocess": {"scale": 1.0, "mask_interp": "nearest"},
+    "train": {"lr": 0.1, "momentum": 0.5, "epochs": 5, "max_n": 45},
+    "evaluate": {"postprocess": "argmax", "threshold": 0.5, "margin": 0.0},
+}
+
+COMMON = '''"""Helpers shared by the toy stages."""
+import json
+import os
+
+import yaml
+
+
+def params(section):
+    with open("params.yaml") as f:
+        return yaml.safe_load(f)[section]
+
+
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+'''
+
+STAGES = {
+    "prepare": '''from common import params, write
+
+p = params("prepare")
+x = [(i % 10) / 10 for i in range(p["n"])]
+raw = [255 if v >= 0.5 else 0 for v in x]
+write("data/prepared.json", {"x": x, "y": [1 if r == p["fg_value"] else 0 for r in raw]})
+''',
+    "preprocess": '''from common import params, read, write
+
+p = params("preprocess")
+d = read("data/prepared.json")
+y = d["y"] if p["mask_interp"] == "nearest" else [v * 0.5 for v in d["y"]]
+write("data/processed.json", {"x": [v * p["scale"] for v in d["x"]], "y": [1 if v >= 1 else 0 for v in y]})
+''',
+    "train": '''import sys
+
+from common import params, read, write
+
+p = params("train")
+d = read("data/processed.json")
+if len(d["x"]) > p["max_n"]:
+    sys.exit("train: more samples than max_n")
+fg = [x for x, y in zip(d["x"], d["y"]) if y == 1]
+bg = [x for x, y in zip(d["x"], d["y"]) if y == 0]
+collapsed = not fg or not bg or p["lr"] > 1 or (p["lr"] > 0.5 and p["momentum"] > 0.9)
+threshold = 1e9 if collapsed else (sum(fg) / len(fg) + sum(bg) / len(bg)) / 2
+write("model/model.json", {"threshold": threshold, "epochs": p["epochs"], "collapsed": collapsed})
+''',
+    "evaluate": '''import math
+
+from common import params, read, write
+
+p = params("evaluate")
+d = read("data/processed.json")
+m = read("model/model.json")
+scores = [x - m["threshold"] for x in d["x"]]
+if p["postprocess"] == "argmax":
+    pred = [1 if s > p["margin"] else 0 for s in scores]
+else:
+    pred = [1 if 1 / (1 + math.exp(-10 * s)) > p["threshold"] else 0 for s in scores]
+fg = sum(pred) / len(pred)
+acc = sum(int(a == b) for a, b in zip(pred, d["y"])) / len(pred)
+write("metrics.json", {"foreground_fraction": fg, "accuracy": acc, "per_class": {"foreground": fg}})
+write("eval/diagnostics.json", {"cause": "collapsed model" if m["collapsed"] else ("none" if fg else "threshold")})
+''',
+}
+
+DVC_YAML = {
+    "stages": {
+        "prepare": {"cmd": "python prepare.py", "deps": ["prepare.py", "common.py"],
+                    "params": ["prepare.n", "prepare.fg_value"], "outs": ["data/prepared.json"]},
+        "preprocess": {"cmd": "python preprocess.py", "deps": ["preprocess.py", "data/prepared.json"],
+                       "params": ["preprocess"], "outs": ["data/processed.json"]},
+        "train": {"cmd": "python train.py", "deps": ["train.py", "common.py", "data/processed.json"],
+                  "params": ["train"], "outs": ["model"]},
+        "evaluate": {"cmd": "python evaluate.py", "deps": ["evaluate.py", "common.py", "data/processed.json", "model"],
+                     "params": ["evaluate"], "outs": ["eval"], "metrics": [{"metrics.json": {"cache": False}}]},
+    }
+}
+
+
+def sh(repo: Path, *args: str) -> str:
+    """Run a command in `repo` and return its stdout (raises on failure)."""
+    return subprocess.run(list(args), cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return sh(repo, sys.executable, "-m", "dvc", *args)
+
+
+def write_params(repo: Path, params: dict[str, Any]) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_toy_repo(dest: Path) -> Path:
+    """git + DVC repo with the toy pipeline reproduced and committed (dvc.lock included) on branch main."""
+    dest.mkdir(parents=True)
+    (dest / "common.py").write_text(COMMON)
+    for name, code in STAGES.items():
+        (dest / f"{name}.py").write_text(code)
+    (dest / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    write_params(dest, PARAMS)
+    (dest / ".gitignore").write_text("__pycache__/\nmlflow.db\n/segbisect-results/\n")
+    sh(dest, "git", "init", "-q", "-b", "main")
+    sh(dest, "git", "config", "user.email", "toy@example.com")
+    sh(dest, "git", "config", "user.name", "toy")
+    dvc(dest, "init", "-q")
+    dvc(dest, "config", "core.analytics", "false")
+    dvc(dest, "repro", "-q")
+    commit(dest, "good toy pipeline")
+    sh(dest, "git", "tag", "good")
+    return dest
+
+
+def commit(repo: Path, message: str) -> str:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "-m", message)
+    return sh(repo, "git", "rev-parse", "HEAD").strip()
+
+
+def bad_commit(repo: Path, params: dict[str, Any] | None = None, files: dict[str, str] | None = None, tag: str = "bad") -> str:
+    """Commit a BAD configuration on a side branch (params overlay and file edits), then return to main."""
+    sh(repo, "git", "checkout", "-q", "-b", f"branch-{tag}")
+    if params:
+        current = yaml.safe_load((repo / "params.yaml").read_text())
+        for section, values in params.items():
+            current[section].update(values)
+        write_params(repo, current)
+    for name, text in (files or {}).items():
+        (repo / name).write_text(text)
+    sha = commit(repo, f"bad: {tag}")
+    sh(repo, "git", "tag", tag)
+    sh(repo, "git", "checkout", "-q", "main")
+    return sha

@@ -1,0 +1,310 @@
+"""The MLflow UI, proven in a real browser: stage runs and a bisection, as a user sees them.
+
+A real tiny pipeline run (`dvc repro`) and a real `segbisect` bisection fill a SQLite tracking store; a real
+`mlflow server` serves it on a free loopback port; headless Debian Chromium, driven by Playwright, opens the
+experiment's runs page, picks the metric columns in the UI, expands the bisection's parent run and reads the
+table. Nothing is asserted from the database alone: the store only tells the test which run ids to look for.
+
+Screenshots go to a results dir (printed; `MLFLOW_UI_RESULTS=DIR` picks it). With `SAVE_SCREENSHOT=1` they are
+also copied to docs/img/mlflow-ui.png (stage runs) and docs/img/mlflow-ui-bisection.png (bisection).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import ROOT, dvc_repro, git, make_pipeline_repo
+from ui_server import (
+    CHROMIUM,
+    QUIET_ENV,
+    RUN_NAME_COL,
+    MlflowServer,
+    chromium_page,
+    close_assistant,
+    expand_parent,
+    metric_col,
+    port_in_use,
+    row_cell,
+    runs_url,
+    set_columns,
+    shown_number,
+    tag_col,
+    widen,
+)
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} missing: install Debian's chromium (apt-get install chromium) for the MLflow UI test"),
+]
+
+STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
+KEY_METRICS = ["mean_iou", "foreground_fraction"]
+# GOOD counts a pixel as foreground when its softmax probability reaches 1e-6 (nearly every pixel, whatever the
+# tiny model learned); BAD asks for 1.0, which no pixel reaches: the all-zero symptom, caused by one evaluate param.
+# `n_overlays` is a harmless second difference for the search to rule out. Only evaluate differs, so hybrids
+# restore every other stage from DVC's cache.
+GOOD_OVERRIDES = {"evaluate": {"postprocess": "threshold", "threshold": 1e-6}}
+BAD_EVALUATE = {"threshold": 1.0, "n_overlays": 1}
+UI_TIMEOUT_MS = 30_000
+
+
+@dataclass
+class Store:
+    root: Path
+    uri: str
+    repo: Path
+    stage_runs: dict[str, Any] = field(default_factory=dict)  # stage -> mlflow Run
+
+
+@dataclass
+class Bisection:
+    parent: Any
+    children: list[Any]
+    output: str
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def all_runs(uri: str) -> list[Any]:
+    c = client(uri)
+    return c.search_runs([e.experiment_id for e in c.search_experiments()], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = Path(os.environ["MLFLOW_UI_RESULTS"]) if os.environ.get("MLFLOW_UI_RESULTS") else tmp_path_factory.mktemp("mlflow-ui-results")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """A real tiny pipeline run, committed like a user would, logging into a fresh SQLite store."""
+    root = tmp_path_factory.mktemp("mlflow-ui")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    repo = make_pipeline_repo(root / "repo", GOOD_OVERRIDES)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for key, value in QUIET_ENV.items():
+            mp.setenv(key, value)
+        result = dvc_repro(repo)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "GOOD: tiny pipeline, reproduced")
+
+    runs = [r for r in all_runs(uri) if "stage" in r.data.tags and "segbisect.session" not in r.data.tags]
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert sorted(by_stage) == sorted(STAGES) and len(runs) == len(STAGES), [r.info.run_name for r in runs]
+    return Store(root, uri, repo, by_stage)
+
+
+@pytest.fixture(scope="module")
+def bisection(store: Store) -> Bisection:
+    """A real `segbisect GOOD BAD --repo PATH` on a BAD branch whose evaluate threshold hides every foreground pixel."""
+    repo = store.repo
+    git(repo, "checkout", "-q", "-b", "bad")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"].update(BAD_EVALUATE)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-q", "-am", "BAD: evaluate threshold 1.0")
+    git(repo, "checkout", "-q", "main")
+
+    script = Path(sys.executable).parent / "segbisect"
+    cmd = [str(script) if script.exists() else "segbisect", "main", "bad", "--repo", str(repo),
+           "--results", str(store.root / "segbisect-results")]
+    env = {**os.environ, **QUIET_ENV, "MLFLOW_TRACKING_URI": store.uri}
+    try:
+        result = subprocess.run(cmd, cwd=store.root, env=env, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError as exc:
+        pytest.fail(f"`segbisect` is not installed (pip install -e . from {ROOT}): {exc}")
+    output = result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.returncode == 0, f"segbisect main bad --repo {repo} exited {result.returncode}:\n{output}"
+
+    runs = all_runs(store.uri)
+    children: dict[str, list[Any]] = {}
+    for run in runs:
+        if "mlflow.parentRunId" in run.data.tags:
+            children.setdefault(run.data.tags["mlflow.parentRunId"], []).append(run)
+    parents = [r for r in runs if r.info.run_id in children and "segbisect.session" in r.data.tags]
+    assert len(parents) == 1, f"expected one bisection parent run with child runs, found {len(parents)}:\n{output}"
+    parent = parents[0]
+    return Bisection(parent, sorted(children[parent.info.run_id], key=lambda r: r.info.start_time), output)
+
+
+@pytest.fixture(scope="module")
+def server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """`mlflow server` on the store; stopped (process group killed, port checked free) even when a test fails."""
+    srv = MlflowServer(store.uri, tmp_path_factory.mktemp("mlflow-server") / "server.log").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def save(page: Any, results_dir: Path, name: str, docs_name: str) -> Path:
+    path = results_dir / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("SAVE_SCREENSHOT") == "1":
+        docs = ROOT / "docs" / "img" / docs_name
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, docs)
+    print(f"screenshot: {path}")
+    return path
+
+
+@contextmanager
+def screenshot_on_failure(page: Any, results_dir: Path, name: str) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        path = results_dir / f"FAILED-{name}"
+        try:
+            page.screenshot(path=str(path), full_page=True)
+            print(f"failure screenshot: {path}")
+        except Exception:  # the browser itself may be what failed
+            pass
+        raise
+
+
+def open_runs(page: Any, base: str, experiment_id: str, wait_for: list[str], search_filter: str | None = None) -> None:
+    """Load an experiment's runs page (optionally filtered) and wait until the named runs are drawn."""
+    page.goto("about:blank")  # a full load, not an in-app hash change, so the URL alone must carry the filter
+    page.goto(runs_url(base, experiment_id, search_filter))
+    for name in wait_for:
+        page.get_by_text(name, exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+
+
+def assert_row(page: Any, run: Any, metrics: list[str] = (), tags: list[str] = ()) -> None:
+    """The run's row shows its name, its metric values (as the UI rounds them) and its tag values."""
+    name = row_cell(page, run.info.run_id, RUN_NAME_COL)
+    name.wait_for(timeout=UI_TIMEOUT_MS)
+    assert run.info.run_name in name.inner_text(), f"row {run.info.run_id} shows {name.inner_text()!r}"
+    for key in metrics:
+        cell = row_cell(page, run.info.run_id, metric_col(key))
+        assert cell.is_visible(), f"{key} cell of {run.info.run_name} not visible"
+        expected = run.data.metrics[key]
+        shown = shown_number(cell.inner_text())
+        assert shown == pytest.approx(expected, abs=max(1e-3, abs(expected) * 1e-2)), (run.info.run_name, key, cell.inner_text())
+    for key in tags:
+        cell = row_cell(page, run.info.run_id, tag_col(key))
+        assert cell.is_visible(), f"tag {key} cell of {run.info.run_name} not visible"
+        assert run.data.tags[key] in cell.inner_text(), (run.info.run_name, key, cell.inner_text())
+
+
+def assert_headers(page: Any, keys: list[str]) -> None:
+    for key in keys:
+        header = page.get_by_test_id(f"sort-header-{key}")
+        header.wait_for(timeout=UI_TIMEOUT_MS)
+        assert header.is_visible(), f"column {key} not visible"
+
+
+def shown_run_ids(page: Any) -> set[str]:
+    """Run ids of the rows drawn now, read in one go (the grid re-renders rows while a search settles)."""
+    return set(page.locator(".ag-row[row-id]").evaluate_all("rows => rows.map(r => r.getAttribute('row-id'))"))
+
+
+def search(page: Any, text: str, expected: set[str]) -> None:
+    """Type a filter into the runs search box like a user, and wait until the table shows exactly `expected`."""
+    box = page.get_by_test_id("search-box")
+    box.fill(text)
+    # The box is an autocomplete: while its suggestion list is open, Enter goes to the list, not to the search.
+    box.press("Escape")
+    assert box.input_value() == text
+    box.press("Enter")
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while (shown := shown_run_ids(page)) != expected:
+        assert time.monotonic() < deadline, f"filter {text!r}: table shows {sorted(shown)}, expected {sorted(expected)}"
+        page.wait_for_timeout(250)
+    page.wait_for_timeout(500)  # the count of matching runs and cells settle after the rows
+
+
+def test_stage_runs_of_a_configuration_in_the_ui(store: Store, server: MlflowServer, results_dir: Path) -> None:
+    runs = store.stage_runs
+    evaluate = runs["evaluate"]
+    experiment_id = evaluate.info.experiment_id
+    chash = evaluate.data.tags["config_hash"]
+    names = [runs[s].info.run_name for s in STAGES]
+    with chromium_page() as page, screenshot_on_failure(page, results_dir, "mlflow-ui-stages.png"):
+        open_runs(page, server.url, experiment_id, names)
+        close_assistant(page)
+        missing = set_columns(page, [*KEY_METRICS, "stage", "config_hash"])
+        assert not missing, f"not offered in the Columns picker: {missing}"
+        assert_headers(page, KEY_METRICS)
+        for stage in STAGES:
+            assert_row(page, runs[stage], tags=["stage", "config_hash"])
+        assert_row(page, evaluate, metrics=KEY_METRICS)
+        for col, pixels in [(RUN_NAME_COL, 40), (metric_col("foreground_fraction"), 40), (metric_col("mean_iou"), 20), (tag_col("config_hash"), 20)]:
+            widen(page, col, pixels)
+        save(page, results_dir, "mlflow-ui-stages.png", "mlflow-ui.png")
+
+        # The filter strings the README gives: one stage across configurations, then one configuration's stage runs.
+        search(page, 'tags.stage = "evaluate"', {evaluate.info.run_id})
+        assert_row(page, evaluate, metrics=KEY_METRICS)
+        search(page, f'tags.config_hash = "{chash}"', {r.info.run_id for r in runs.values()})
+        # ...and the same as a URL, as the README can link it.
+        open_runs(page, server.url, experiment_id, names, f'tags.config_hash = "{chash}"')
+        assert shown_run_ids(page) == {r.info.run_id for r in runs.values()}
+
+
+def test_bisection_parent_and_hybrid_runs_in_the_ui(store: Store, bisection: Bisection, server: MlflowServer,
+                                                   results_dir: Path) -> None:
+    parent, children = bisection.parent, bisection.children
+    session = parent.data.tags["segbisect.session"]
+    experiment_id = parent.info.experiment_id
+    assert children, bisection.output
+    assert all(c.info.experiment_id == experiment_id for c in children)
+    # Columns worth seeing for hybrids: the key metrics, the verdict and the side of each stage that differs.
+    sides = sorted({k for c in children for k in c.data.tags if k.startswith("side.")})
+    varying = [k for k in sides if len({c.data.tags.get(k) for c in children}) > 1]
+    child_tags = sorted({k for c in children for k in c.data.tags if k == "outcome"}) + (varying or sides)
+    with chromium_page() as page, screenshot_on_failure(page, results_dir, "mlflow-ui-bisection.png"):
+        open_runs(page, server.url, experiment_id, [parent.info.run_name], f"tags.`segbisect.session` = \"{session}\"")
+        close_assistant(page)
+        missing = set_columns(page, [*KEY_METRICS, *child_tags])
+        assert not missing, f"not offered in the Columns picker: {missing}"
+        assert_headers(page, KEY_METRICS)
+        if not shown_run_ids(page) >= {c.info.run_id for c in children}:  # parents start collapsed
+            expand_parent(page, parent.info.run_id)
+        for child in children:
+            row_cell(page, child.info.run_id, RUN_NAME_COL).wait_for(timeout=UI_TIMEOUT_MS)
+        assert shown_run_ids(page) >= {parent.info.run_id, *(c.info.run_id for c in children)}
+        # The session filter also finds the stage runs the hybrids logged, where they share the experiment.
+        matching = client(store.uri).search_runs([experiment_id], f"tags.`segbisect.session` = '{session}'", max_results=1000)
+        assert shown_run_ids(page) >= {r.info.run_id for r in matching}
+        assert_row(page, parent)
+        for child in children:
+            assert_row(page, child, metrics=[k for k in KEY_METRICS if k in child.data.metrics],
+                       tags=[k for k in child_tags if k in child.data.tags])
+        assert any(all(k in c.data.metrics for k in KEY_METRICS) for c in children), "no hybrid logged the key metrics"
+        widen(page, RUN_NAME_COL, 200)
+        widen(page, metric_col("foreground_fraction"), 40)
+        save(page, results_dir, "mlflow-ui-bisection.png", "mlflow-ui-bisection.png")
+
+
+def test_server_is_stopped_and_port_freed_even_on_failure(tmp_path: Path) -> None:
+    srv = MlflowServer(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "server.log")
+    with pytest.raises(RuntimeError, match="boom"):
+        with srv:
+            port, pid = srv.port, srv.proc.pid
+            assert port_in_use(port)
+            raise RuntimeError("boom")
+    assert not port_in_use(port)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)

@@ -1,0 +1,120 @@
+"""segbisect's pure logic without DVC: the predicate language and the search's hybrid counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from segbisect.predicate import Predicate, PredicateError, UnjudgeableError, flatten
+from segbisect.search import ddmin, search
+from segbisect.units import Group, Unit
+
+
+def groups_of(spec: dict[str, int]) -> list[Group]:
+    """Groups named like stages, with `n` units each named '<stage>.<i>'."""
+    return [Group(stage, (stage,), [Unit(f"{stage}.{i}", "param", f"{stage}.{i}", (stage,), (), 0, 1, "")
+                                    for i in range(n)]) for stage, n in spec.items()]
+
+
+class Oracle:
+    """A fake evaluator: a configuration is bad when `fails(config)`; records every wave it is asked."""
+
+    def __init__(self, fails, skip=lambda c: False) -> None:
+        self.fails, self.skip, self.waves, self.seen = fails, skip, [], {}
+
+    def __call__(self, batch):
+        new = [c for c, _ in batch if c not in self.seen]
+        if new:
+            self.waves.append(new)
+        for config, _ in batch:
+            self.seen.setdefault(config, "skip" if self.skip(config) else ("bad" if self.fails(config) else "good"))
+        return [self.seen[c] for c, _ in batch]
+
+    @property
+    def hybrids(self) -> int:
+        return len(self.seen)
+
+
+STAGES = {f"s{i}": 2 for i in range(8)}
+
+
+@pytest.mark.parametrize("culprit", ["s0", "s3", "s7"])
+def test_sequential_stage_search_uses_about_log2_hybrids(culprit: str) -> None:
+    groups = groups_of(STAGES)
+    oracle = Oracle(lambda c: f"{culprit}.1" in c)
+    oracle.seen = {frozenset(): "good", frozenset().union(*(g.ids for g in groups)): "bad"}  # preconditions
+    verdict = search(groups, oracle, jobs=1)
+    assert (verdict.kind, verdict.stage, verdict.units) == ("culprit", culprit, [f"{culprit}.1"])
+    assert verdict.sufficient and verdict.necessary and verdict.minimal
+    prefixes = [c for c in oracle.seen if c and any(c == frozenset().union(*(g.ids for g in groups[:m])) for m in range(1, 8))]
+    assert len(prefixes) <= math.ceil(math.log2(len(groups)))
+    # beyond GOOD and BAD: log2(8) prefixes + sufficient + necessary + ddmin over 2 units
+    assert oracle.hybrids - 2 <= math.ceil(math.log2(len(groups))) + 1 + 1 + 2
+
+
+def test_parallel_stage_search_is_one_wave_of_single_stages() -> None:
+    groups = groups_of(STAGES)
+    oracle = Oracle(lambda c: "s5.0" in c)
+    verdict = search(groups, oracle, jobs=len(groups))
+    assert verdict.stage == "s5" and verdict.units == ["s5.0"]
+    assert oracle.waves[0] == [g.ids for g in groups]
+
+
+def test_interaction_across_stages_is_reported_with_both_units() -> None:
+    groups = groups_of({"a": 3, "b": 3, "c": 3, "d": 3})
+    oracle = Oracle(lambda c: {"b.2", "d.0"} <= c)
+    verdict = search(groups, oracle, jobs=1)
+    assert verdict.kind == "interaction"
+    assert sorted(verdict.units) == ["b.2", "d.0"] and verdict.stages == ["b", "d"]
+    assert verdict.sufficient is False and verdict.necessary is True and verdict.minimal
+
+
+def test_several_sufficient_stages_name_the_first_and_list_the_others() -> None:
+    groups = groups_of({"a": 1, "b": 1, "c": 1})
+    verdict = search(groups, Oracle(lambda c: bool({"b.0", "c.0"} & c)), jobs=3)
+    assert verdict.stage == "b" and verdict.also_sufficient == ["c"] and verdict.necessary is False
+
+
+def test_skipped_hybrids_make_the_answer_ambiguous() -> None:
+    groups = groups_of({"a": 1, "b": 1, "c": 1})
+    everything = frozenset({"a.0", "b.0", "c.0"})
+    oracle = Oracle(lambda c: "b.0" in c, skip=lambda c: c == frozenset({"a.0"}))
+    verdict = search(groups, oracle, jobs=1)
+    assert verdict.kind == "ambiguous" and verdict.candidates == ["a", "b"]
+    assert everything not in oracle.seen or oracle.seen[everything] == "bad"
+
+
+def test_ddmin_finds_a_one_minimal_pair_among_many() -> None:
+    units = [f"u{i}" for i in range(16)]
+    oracle = Oracle(lambda c: {"u3", "u12"} <= c)
+    found, minimal = ddmin(units, oracle)
+    assert sorted(found) == ["u12", "u3"] and minimal
+    assert oracle.hybrids < 40
+
+
+def test_predicate_language() -> None:
+    metrics = flatten({"foreground_fraction": 0.0, "mean_iou": 0.4, "iou": {"foreground": 0.1, "1": 0.2}})
+    assert metrics["iou.foreground"] == 0.1
+    pred = Predicate("foreground_fraction == 0 or (mean_iou < 0.2 and not iou.foreground > 0.5)")
+    pred.resolve_keys(list(metrics))
+    assert pred(metrics)
+    assert not Predicate("iou['1'] > 0.3")(metrics)
+    assert Predicate("0.3 < mean_iou <= 0.5")(metrics)
+
+
+@pytest.mark.parametrize("expr", ["__import__('os').system('true')", "mean_iou + 1 > 2", "[x for x in y]",
+                                  "mean_iou < ", "f(1) == 0", "lambda: 1"])
+def test_predicate_rejects_anything_but_comparisons(expr: str) -> None:
+    with pytest.raises(PredicateError):
+        Predicate(expr)
+
+
+def test_unknown_key_lists_available_and_suffix_matches() -> None:
+    with pytest.raises(PredicateError, match="available keys: accuracy, foreground_fraction"):
+        Predicate("fg > 0").resolve_keys(["accuracy", "foreground_fraction"])
+    pred = Predicate("foreground_fraction == 0")
+    pred.resolve_keys(["eval.foreground_fraction"])
+    assert pred.metric_keys == ["eval.foreground_fraction"] and pred({"eval.foreground_fraction": 0})
+    with pytest.raises(UnjudgeableError):
+        pred({"accuracy": 1})

@@ -1,0 +1,259 @@
+"""segbisect end to end on a toy DVC project (real git, DVC and MLflow; each `dvc repro` takes about a second)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from segbisect.cli import app
+from segbisect_toy import bad_commit, dvc, make_toy_repo, sh
+
+SEGBISECT = str(Path(sys.executable).parent / "segbisect")
+THRESHOLD_BUG = {"prepare": {"n": 42}, "train": {"epochs": 6},
+                 "evaluate": {"postprocess": "threshold", "threshold": 0.995}}
+
+
+@pytest.fixture(scope="session")
+def toy_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_toy_repo(tmp_path_factory.mktemp("template") / "toy")
+
+
+@pytest.fixture
+def toy(toy_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the reproduced toy repository (git history, dvc.lock and DVC cache included)."""
+    return Path(shutil.copytree(toy_template, tmp_path / "toy", symlinks=True))
+
+
+def bisect(repo: Path, *args: str, mlflow: bool = False) -> tuple[int, dict[str, Any], str]:
+    """Run `segbisect ... --json` in-process; returns exit code, the JSON verdict and the human output."""
+    extra = [] if mlflow else ["--no-mlflow"]
+    result = CliRunner().invoke(app, [*args, "--repo", str(repo), "--json", *extra])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, json.loads(result.stdout), result.stderr
+
+
+def params_file(repo: Path, name: str, overlay: dict[str, Any]) -> str:
+    path = repo.parent / name
+    path.write_text(yaml.safe_dump(overlay))
+    return str(path)
+
+
+def unit_names(report: dict[str, Any]) -> list[str]:
+    return sorted(u["name"] for u in report["culprit"]["units"])
+
+
+EVALUATE_CODE_BUG = ('pred = [1 if s > p["margin"] else 0 for s in scores]', "pred = [0 for s in scores]  # wrong axis")
+
+
+@pytest.mark.parametrize("scenario", ["prepare-params-file", "preprocess-commit", "train-params-files", "evaluate-code-commit"])
+def test_one_stage_differs(toy: Path, scenario: str) -> None:
+    if scenario == "prepare-params-file":
+        good, bad = "good", params_file(toy, "bad.yaml", {"prepare": {"fg_value": 1}, "train": {"epochs": 6}})
+        expected = ("prepare", ["prepare.fg_value"])
+    elif scenario == "preprocess-commit":
+        good, bad = "good", bad_commit(toy, {"preprocess": {"mask_interp": "bilinear"}, "evaluate": {"margin": 0.01}})
+        expected = ("preprocess", ["preprocess.mask_interp"])
+    elif scenario == "train-params-files":
+        good = params_file(toy, "good.yaml", {"train": {"epochs": 7}})
+        bad = params_file(toy, "bad.yaml", {"train": {"epochs": 7, "lr": 2.0}, "prepare": {"n": 42}})
+        expected = ("train", ["train.lr"])
+    else:
+        code = (toy / "evaluate.py").read_text().replace(*EVALUATE_CODE_BUG)
+        prepare = (toy / "prepare.py").read_text() + "# a harmless comment\n"
+        good, bad = "good", bad_commit(toy, files={"evaluate.py": code, "prepare.py": prepare})
+        expected = ("evaluate", ["evaluate.py"])
+    code, report, _ = bisect(toy, good, bad)
+    assert code == 0, report
+    assert report["verdict"] == "culprit"
+    assert (report["culprit"]["stage"], unit_names(report)) == expected
+    assert report["culprit"]["sufficient"] and report["culprit"]["necessary"] and report["culprit"]["minimal"]
+    assert len(report["units"]) == 2
+
+
+def test_dvc_experiment_reference(toy: Path) -> None:
+    dvc(toy, "exp", "run", "--temp", "-q", "-S", "train.lr=2.0", "-n", "lr-two")
+    code, report, _ = bisect(toy, "good", "lr-two")
+    assert code == 0 and report["bad"]["kind"] == "exp"
+    assert (report["culprit"]["stage"], unit_names(report)) == ("train", ["train.lr"])
+    assert report["culprit"]["diagnostics"] == {"cause": "collapsed model"}
+    assert report["stage_executions"] == 0, "dvc exp run already cached BAD's train and evaluate"
+
+
+def test_several_stages_differ_only_one_matters_and_cache_is_reused(toy: Path) -> None:
+    code, report, _ = bisect(toy, "good", bad_commit(toy, THRESHOLD_BUG))
+    assert code == 0
+    assert report["culprit"]["stage"] == "evaluate"
+    assert unit_names(report) == ["evaluate.postprocess", "evaluate.threshold"]  # 2 units, 1-minimal
+    hybrids = {h["label"]: h for h in report["hybrids"]}
+    groups = 3  # prepare, train, evaluate differ
+    bound = 2 + math.ceil(math.log2(groups)) + 1 + 1 + 2  # GOOD, BAD, prefixes, sufficient, necessary, ddmin
+    assert len(report["hybrids"]) <= bound
+    # cache reuse, measured from DVC's own log: GOOD restores every stage, BAD runs all four (prepare.n changed),
+    # a hybrid runs only the stages downstream of its first BAD group that no earlier hybrid ran with the same inputs
+    assert hybrids["GOOD"]["executed"] == [] and len(hybrids["GOOD"]["restored"]) == 4
+    assert hybrids["BAD"]["executed"] == ["prepare", "preprocess", "train", "evaluate"]
+    assert hybrids["search: prepare"]["executed"] == ["train", "evaluate"]
+    assert hybrids["search: prepare..train"]["executed"] == ["evaluate"]
+    assert all(h["executed"] == ["evaluate"] for label, h in hybrids.items() if label.startswith(("ddmin", "sufficient")))
+    assert report["stage_executions"] == 10 < 4 * len(report["hybrids"])
+
+
+def test_parallel_stage_search_is_one_wave(toy: Path) -> None:
+    code, report, _ = bisect(toy, "good", bad_commit(toy, THRESHOLD_BUG), "--jobs", "3")
+    assert code == 0 and report["culprit"]["stage"] == "evaluate"
+    labels = [h["label"] for h in report["hybrids"]]
+    assert sorted(label for label in labels if label.startswith("search")) == ["search: evaluate", "search: prepare", "search: train"]
+    assert not any(label.startswith("sufficient") for label in labels)
+
+
+def test_interaction_across_stages(toy: Path) -> None:
+    code, report, _ = bisect(toy, "good", bad_commit(toy, {"preprocess": {"scale": 0.5}, "evaluate": {"margin": 0.3}}))
+    assert code == 0 and report["verdict"] == "interaction"
+    assert unit_names(report) == ["evaluate.margin", "preprocess.scale"]
+    assert report["culprit"]["stages"] == ["preprocess", "evaluate"]
+    assert report["culprit"]["sufficient"] is False and report["culprit"]["necessary"] is True
+
+
+def test_untestable_hybrids_make_the_verdict_ambiguous(toy: Path) -> None:
+    bad = bad_commit(toy, {"prepare": {"n": 50}, "train": {"max_n": 100, "lr": 2.0}})
+    code, report, _ = bisect(toy, "good", bad)
+    assert code == 1 and report["verdict"] == "ambiguous" and report["candidates"] == ["prepare", "train"]
+    skipped = [h for h in report["hybrids"] if h["outcome"] == "skip"]
+    assert len(skipped) == 1 and "stage 'train' failed" in skipped[0]["note"] and "max_n" in skipped[0]["note"]
+
+
+def test_preconditions_and_usage_errors(toy: Path) -> None:
+    bad = bad_commit(toy, THRESHOLD_BUG)
+    harmless = params_file(toy, "harmless.yaml", {"train": {"epochs": 9}})
+    cases = [
+        (("bad", "good"), 3, "GOOD does not pass"),
+        (("good", harmless), 3, "BAD does not fail"),
+        (("good", "good"), 2, "no differences"),
+        (("good", "no-such-ref"), 2, "is not a git revision, DVC experiment, params file or MLflow run id"),
+        (("good", bad, "--fail-if", "__import__('os').system('true')"), 2, "is not allowed"),
+        (("good", bad, "--fail-if", "fg == 0"), 2, "available keys: accuracy, foreground_fraction, per_class.foreground"),
+    ]
+    for args, expected_code, message in cases:
+        code, report, human = bisect(toy, *args)
+        assert code == expected_code, (args, report)
+        assert message in report.get("error", report.get("message", "")), (args, report)
+        assert message.split(":")[0] in " ".join(human.split())
+    (toy / "good").write_text("train: {lr: 2.0}\n")
+    code, report, _ = bisect(toy, "good", bad)
+    assert code == 2 and "ambiguous" in report["error"] and "'file:'" in report["error"]
+
+
+def tree_state(repo: Path, skip: tuple[str, ...] = (".git/", ".dvc/cache/")) -> dict[str, str]:
+    """Every file's bytes (hashed) outside .git and the DVC cache (shared on purpose, it only grows),
+    plus git's view: status, index, refs, stash, worktrees."""
+    state = {}
+    for path in sorted(repo.rglob("*")):
+        rel = path.relative_to(repo).as_posix()
+        if path.is_file() and not rel.startswith(skip):
+            state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for name, args in {"status": ["status", "--porcelain", "--ignored"], "index": ["ls-files", "-s"],
+                       "refs": ["for-each-ref"], "stash": ["stash", "list"], "head": ["rev-parse", "HEAD"],
+                       "worktrees": ["worktree", "list", "--porcelain"]}.items():
+        state[f"git {name}"] = sh(repo, "git", *args)
+    return state
+
+
+def start(repo: Path, results: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([SEGBISECT, *args, "--repo", str(repo), "--results", str(results), "--no-mlflow"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_hybrids(results: Path, count: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        journals = list(results.glob("*/journal.jsonl"))
+        if journals and sum('"type": "hybrid"' in line for line in journals[0].read_text().splitlines()) >= count:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError("segbisect did not get that far in time")
+
+
+def test_user_workspace_untouched_even_when_killed_and_resume_finishes(toy: Path, tmp_path: Path) -> None:
+    bad_commit(toy, THRESHOLD_BUG)
+    before = tree_state(toy)
+    cache_before = tree_state(toy, skip=(".git/",))
+    results = tmp_path / "results"
+
+    proc = start(toy, results, "good", "bad")
+    wait_for_hybrids(results, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert tree_state(toy) == before
+
+    proc = start(toy, results, "good", "bad")
+    wait_for_hybrids(results, 5, proc)
+    proc.kill()
+    proc.wait()
+    after_kill = tree_state(toy)
+    assert {k: v for k, v in after_kill.items() if k != "git worktrees"} == {k: v for k, v in before.items() if k != "git worktrees"}
+
+    code, report, human = bisect(toy, "good", "bad", "--results", str(results))
+    assert code == 0 and report["culprit"]["stage"] == "evaluate"
+    assert unit_names(report) == ["evaluate.postprocess", "evaluate.threshold"]
+    assert len(report["hybrids"]) == 7 and sum(h["reused"] for h in report["hybrids"]) >= 5
+    assert report["stage_executions_total"] == 10
+    if after_kill["git worktrees"].count("worktree ") > 1:
+        assert "removed a workspace left by a killed session" in human
+    assert tree_state(toy) == before
+    cache_after = tree_state(toy, skip=(".git/",))
+    assert all(cache_after[k] == v for k, v in cache_before.items())
+
+    code, fresh, _ = bisect(toy, "good", "bad", "--results", str(results), "--fresh")
+    assert code == 0 and not any(h["reused"] for h in fresh["hybrids"]) and unit_names(fresh) == unit_names(report)
+
+
+def test_mlflow_run_reference_and_tracking(toy: Path, tracking_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("toy")
+    good_sha = sh(toy, "git", "rev-parse", "good").strip()
+    run = client.create_run(experiment, tags={"stage": "train", "git_commit": f"{good_sha}-dirty"})
+    for key, value in {"lr": "2.0", "momentum": "0.5", "epochs": "5", "max_n": "45"}.items():
+        client.log_param(run.info.run_id, key, value)
+    code, report, human = bisect(toy, "good", run.info.run_id, mlflow=True)
+    assert code == 0 and report["bad"]["kind"] == "mlflow" and "dirty" in human
+    assert (report["culprit"]["stage"], unit_names(report)) == ("train", ["train.lr"])
+    unit = report["culprit"]["units"][0]
+    assert (unit["good"], unit["bad"]) == (0.1, 2.0)
+    assert isinstance(report["stage_executions"], int) and report["hybrids"][0]["outcome"] == "good"
+
+    bisection = client.get_experiment_by_name("segbisect")
+    runs = client.search_runs([bisection.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("segbisect.role") == "session"]
+    children = [r for r in runs if r.data.tags.get("segbisect.role") == "hybrid"]
+    assert len(parents) == 1 and parents[0].data.tags["verdict"] == "culprit"
+    assert parents[0].data.tags["culprit.stage"] == "train"
+    assert len(children) == len(report["hybrids"])
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert {c.data.tags["side.train"] for c in children} == {"good", "bad"}
+
+
+def test_run_check_and_repeat(toy: Path) -> None:
+    check = "python -c \"import json,sys; sys.exit(1 if json.load(open('metrics.json'))['accuracy'] < 0.9 else 0)\""
+    code, report, _ = bisect(toy, "good", bad_commit(toy, {"evaluate": {"margin": 0.45}}), "--run", check, "--repeat", "2")
+    assert code == 0 and report["culprit"]["stage"] == "evaluate" and unit_names(report) == ["evaluate.margin"]
+    bad = next(h for h in report["hybrids"] if h["label"] == "BAD")
+    assert bad["attempts"] == 2 and bad["executed"] == ["evaluate", "evaluate"]
+    assert os.path.isfile(Path(report["results_dir"]) / "report.md")
