@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,63 @@ def run_stage(repo: Path, stage: str) -> subprocess.CompletedProcess[str]:
 def write_params(repo: Path, overlay: dict[str, Any]) -> None:
     path = repo / "params.yaml"
     path.write_text(yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), overlay), sort_keys=False))
+
+
+def tree_state(repo: Path, skip: tuple[str, ...] = (".git/", ".dvc/cache/")) -> dict[str, str]:
+    """Every file's bytes (hashed) outside .git and the DVC cache (shared on purpose, it only grows),
+    plus git's view: status, index, refs, stash, worktrees."""
+    state = {}
+    for path in sorted(repo.rglob("*")):
+        rel = path.relative_to(repo).as_posix()
+        if path.is_file() and not rel.startswith(skip):
+            state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for name, args in {"status": ["status", "--porcelain", "--ignored"], "index": ["ls-files", "-s"],
+                       "refs": ["for-each-ref"], "stash": ["stash", "list"], "head": ["rev-parse", "HEAD"],
+                       "worktrees": ["worktree", "list", "--porcelain"]}.items():
+        state[f"git {name}"] = git(repo, *args)
+    return state
+
+
+@dataclass
+class ThresholdBisection:
+    """A reproduced tiny pipeline (tag `good`), a BAD branch (tag `bad`) and one real `segbisect good bad` on it."""
+
+    root: Path
+    repo: Path
+    uri: str
+    returncode: int
+    report: dict[str, Any]
+    output: str
+    before: dict[str, str]
+    after: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def threshold_bisection(tmp_path_factory: pytest.TempPathFactory) -> ThresholdBisection:
+    """Shared by the segbisect and MLflow UI tests, so the expensive real run happens once per session.
+
+    GOOD counts a pixel as foreground when its softmax probability reaches 1e-6 (nearly every pixel, whatever
+    the one-epoch model learnt); BAD asks for 1.0, which no pixel reaches: the all-zero symptom from one
+    evaluate param. `n_overlays` is a harmless second difference the search must rule out.
+    """
+    root = tmp_path_factory.mktemp("threshold-bisection")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    repo = make_pipeline_repo(root / "repo", {"evaluate": {"postprocess": "threshold", "threshold": 1e-6}})
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=repo, env=env, check=True, capture_output=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "GOOD: tiny pipeline, reproduced")
+    git(repo, "tag", "good")
+    git(repo, "checkout", "-q", "-b", "threshold")
+    write_params(repo, {"evaluate": {"threshold": 1.0, "n_overlays": 1}})
+    git(repo, "commit", "-q", "-am", "BAD: evaluate threshold 1.0")
+    git(repo, "tag", "bad")
+    git(repo, "checkout", "-q", "main")
+    before = tree_state(repo)
+    segbisect = Path(sys.executable).parent / "segbisect"
+    result = subprocess.run(
+        [str(segbisect), "good", "bad", "--repo", str(repo), "--results", str(root / "results"), "--jobs", "2", "--json"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )
+    report = json.loads(result.stdout) if result.stdout.strip() else {}
+    return ThresholdBisection(root, repo, uri, result.returncode, report, result.stderr[-4000:], before, tree_state(repo))

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from conftest import ROOT, dvc_repro, git, make_pipeline_repo
+from conftest import ROOT, ThresholdBisection
 from ui_server import (
     CHROMIUM,
-    QUIET_ENV,
     RUN_NAME_COL,
     MlflowServer,
     chromium_page,
@@ -52,12 +48,6 @@ pytestmark = [
 
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
 KEY_METRICS = ["mean_iou", "foreground_fraction"]
-# GOOD counts a pixel as foreground when its softmax probability reaches 1e-6 (nearly every pixel, whatever the
-# tiny model learned); BAD asks for 1.0, which no pixel reaches: the all-zero symptom, caused by one evaluate param.
-# `n_overlays` is a harmless second difference for the search to rule out. Only evaluate differs, so hybrids
-# restore every other stage from DVC's cache.
-GOOD_OVERRIDES = {"evaluate": {"postprocess": "threshold", "threshold": 1e-6}}
-BAD_EVALUATE = {"threshold": 1.0, "n_overlays": 1}
 UI_TIMEOUT_MS = 30_000
 
 
@@ -95,48 +85,20 @@ def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    """A real tiny pipeline run, committed like a user would, logging into a fresh SQLite store."""
-    root = tmp_path_factory.mktemp("mlflow-ui")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    repo = make_pipeline_repo(root / "repo", GOOD_OVERRIDES)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for key, value in QUIET_ENV.items():
-            mp.setenv(key, value)
-        result = dvc_repro(repo)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "GOOD: tiny pipeline, reproduced")
-
+def store(threshold_bisection: ThresholdBisection) -> Store:
+    """The store filled by a real tiny pipeline run (and a real bisection), committed like a user would."""
+    uri = threshold_bisection.uri
     runs = [r for r in all_runs(uri) if "stage" in r.data.tags and "segbisect.session" not in r.data.tags]
     by_stage = {r.data.tags["stage"]: r for r in runs}
     assert sorted(by_stage) == sorted(STAGES) and len(runs) == len(STAGES), [r.info.run_name for r in runs]
-    return Store(root, uri, repo, by_stage)
+    return Store(threshold_bisection.root, uri, threshold_bisection.repo, by_stage)
 
 
 @pytest.fixture(scope="module")
-def bisection(store: Store) -> Bisection:
-    """A real `segbisect GOOD BAD --repo PATH` on a BAD branch whose evaluate threshold hides every foreground pixel."""
-    repo = store.repo
-    git(repo, "checkout", "-q", "-b", "bad")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["evaluate"].update(BAD_EVALUATE)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(repo, "commit", "-q", "-am", "BAD: evaluate threshold 1.0")
-    git(repo, "checkout", "-q", "main")
-
-    script = Path(sys.executable).parent / "segbisect"
-    cmd = [str(script) if script.exists() else "segbisect", "main", "bad", "--repo", str(repo),
-           "--results", str(store.root / "segbisect-results")]
-    env = {**os.environ, **QUIET_ENV, "MLFLOW_TRACKING_URI": store.uri}
-    try:
-        result = subprocess.run(cmd, cwd=store.root, env=env, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError as exc:
-        pytest.fail(f"`segbisect` is not installed (pip install -e . from {ROOT}): {exc}")
-    output = result.stdout[-4000:] + result.stderr[-4000:]
-    assert result.returncode == 0, f"segbisect main bad --repo {repo} exited {result.returncode}:\n{output}"
-
+def bisection(store: Store, threshold_bisection: ThresholdBisection) -> Bisection:
+    """The real `segbisect good bad --repo PATH` whose BAD evaluate threshold hides every foreground pixel."""
+    output = threshold_bisection.output
+    assert threshold_bisection.returncode == 0, f"segbisect exited {threshold_bisection.returncode}:\n{output}"
     runs = all_runs(store.uri)
     children: dict[str, list[Any]] = {}
     for run in runs:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -19,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from segbisect.cli import app
+from conftest import tree_state
 from segbisect_toy import bad_commit, dvc, make_toy_repo, sh
 
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")
@@ -155,21 +155,6 @@ def test_preconditions_and_usage_errors(toy: Path) -> None:
     (toy / "good").write_text("train: {lr: 2.0}\n")
     code, report, _ = bisect(toy, "good", bad)
     assert code == 2 and "ambiguous" in report["error"] and "'file:'" in report["error"]
-
-
-def tree_state(repo: Path, skip: tuple[str, ...] = (".git/", ".dvc/cache/")) -> dict[str, str]:
-    """Every file's bytes (hashed) outside .git and the DVC cache (shared on purpose, it only grows),
-    plus git's view: status, index, refs, stash, worktrees."""
-    state = {}
-    for path in sorted(repo.rglob("*")):
-        rel = path.relative_to(repo).as_posix()
-        if path.is_file() and not rel.startswith(skip):
-            state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    for name, args in {"status": ["status", "--porcelain", "--ignored"], "index": ["ls-files", "-s"],
-                       "refs": ["for-each-ref"], "stash": ["stash", "list"], "head": ["rev-parse", "HEAD"],
-                       "worktrees": ["worktree", "list", "--porcelain"]}.items():
-        state[f"git {name}"] = sh(repo, "git", *args)
-    return state
 
 
 def start(repo: Path, results: Path, *args: str) -> subprocess.Popen:
