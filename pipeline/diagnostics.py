@@ -7,7 +7,8 @@ evidence is contradictory or missing, the category is "unknown" rather than a co
 Order of reasoning, given the all-zero symptom:
   1. The raw outputs' own argmax has foreground -> postprocessing (threshold_too_high, output_scaling,
      postprocessing_drops_foreground); earlier stages demonstrably produced foreground.
-  2. Otherwise the consistency rules: labels (no_foreground_labels, labels_out_of_range), preprocessing
+  2. Otherwise the consistency rules: labels (no_foreground_labels when ignore pixels stand where classes should,
+     else unknown; labels_out_of_range), preprocessing
      (mask_interpolation, normalization_mismatch), training (from_logits_mismatch), unknown
      (class_count_mismatch). Findings in more than one category -> unknown/ambiguous.
   3. Nothing inconsistent -> training/collapse_to_majority, unless evidence is missing
@@ -168,16 +169,28 @@ def labels_rule(ev: Evidence) -> Finding | None:
             [f"mask values {values} are >= num_classes {ev.num_classes} and not the ignore index {ev.ignore_index}"],
         )
     if ev.true_foreground_fraction <= 0.0:
-        total = sum(ev.label_counts.values())
-        ignored = ev.label_counts.get(ev.ignore_index, 0) if ev.ignore_index is not None else 0
-        lines = ["the test masks contain no foreground class id at all"]
-        if ignored:
-            lines.append(
-                f"{_pct(ignored / total)} of mask pixels hold the ignore index {ev.ignore_index}: "
-                "foreground stored as 255 and mapped to ignore?"
-            )
-        return Finding("labels", "no_foreground_labels", lines)
+        return _no_foreground_labels(ev)
     return None
+
+
+def _no_foreground_labels(ev: Evidence) -> Finding:
+    """Masks without foreground: ignore pixels where it should be point at the label map; none leaves it open.
+
+    Without ignore pixels the foreground may have been lost when labelling or when resizing the masks (or the
+    test split has none), and the test masks alone cannot tell which.
+    """
+    total = sum(ev.label_counts.values())
+    ignored = ev.label_counts.get(ev.ignore_index, 0) if ev.ignore_index is not None else 0
+    lines = ["the test masks contain no foreground class id at all"]
+    if not ignored:
+        lines.append("no pixel holds the ignore index either: the foreground was lost in labelling or in mask "
+                     "preprocessing (or the test split has none), which the masks alone cannot tell apart")
+        return Finding("unknown", "no_foreground_labels", lines)
+    lines.append(
+        f"{_pct(ignored / total)} of mask pixels hold the ignore index {ev.ignore_index}: "
+        "the label map sends real classes to ignore (e.g. foreground stored as 255 mapped to ignore, or ids shifted by one)"
+    )
+    return Finding("labels", "no_foreground_labels", lines)
 
 
 def normalization_rule(ev: Evidence) -> Finding | None:

@@ -91,6 +91,13 @@ def test_no_foreground_labels_points_at_labels_and_mentions_ignore():
     assert any("ignore index 255" in line for line in record["evidence"])
 
 
+def test_no_foreground_labels_without_ignore_pixels_is_unknown():
+    """All-background masks could come from the label map or from mask resizing: the masks cannot tell."""
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, true_foreground_fraction=0.0, label_counts={0: 1000}))
+    assert (record["category"], record["cause"]) == ("unknown", "no_foreground_labels")
+    assert any("cannot" in line or "alone" in line for line in record["evidence"])
+
+
 def test_label_values_beyond_the_classes_point_at_labels():
     assert verdict(**ALL_ZERO, label_counts={0: 900, 1: 50, 2: 50}) == ("labels", "labels_out_of_range")
 

@@ -1,0 +1,278 @@
+"""Run the zero-predictions casebook: every known cause of all-zero predictions, found by segbisect.
+
+One base repository holds the project with the GOOD params (good.yaml over params.yaml), reproduced once;
+every case's BAD is a params file overlaid on it or a commit on a branch (a patch applied in a temporary
+worktree), so all cases share one DVC cache and GOOD's stages are restored, never re-run.
+
+    python examples/zero-predictions/run_casebook.py [--cases 01-ignore-255 ...] [--out DIR] [--jobs 2]
+
+writes DIR/casebook.md and DIR/casebook.csv (plus the base repo and segbisect's reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CASES_DIR = HERE / "cases"
+GOOD_PARAMS = HERE / "good.yaml"
+PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
+GOOD_BRANCH = "main"
+COLUMNS = ("case", "cause", "BAD ref", "expected stage", "stage named", "minimal units", "diagnosis",
+           "GOOD fg", "BAD fg", "hybrids", "stage executions", "seconds")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cause: GOOD (the base, optionally with a params overlay) and BAD (a params overlay or a patch)."""
+
+    name: str
+    cause: str
+    description: str
+    stage: str
+    units: list[str]
+    diagnosis: list[str]
+    good: dict[str, Any] = field(default_factory=dict)
+    bad_params: Path | None = None
+    bad_patch: Path | None = None
+
+
+@dataclass
+class Outcome:
+    """What segbisect said about one case, with the numbers the table and the tests check."""
+
+    case: Case
+    report: dict[str, Any]
+    seconds: float
+    exit_code: int
+    bad_ref: str
+
+    def hybrid(self, label: str) -> dict[str, Any]:
+        return next((h for h in self.report.get("hybrids", []) if h["label"] == label), {})
+
+    @property
+    def good_fg(self) -> float | None:
+        return self.hybrid("GOOD").get("metrics", {}).get("foreground_fraction")
+
+    @property
+    def bad_fg(self) -> float | None:
+        return self.hybrid("BAD").get("metrics", {}).get("foreground_fraction")
+
+    @property
+    def culprit(self) -> dict[str, Any]:
+        return self.report.get("culprit") or {}
+
+    @property
+    def stage(self) -> str | None:
+        return self.culprit.get("stage")
+
+    @property
+    def units(self) -> list[str]:
+        return [u["name"] for u in self.culprit.get("units", [])]
+
+    @property
+    def diagnosis(self) -> str:
+        """Category/cause from the failing hybrid's diagnostics.json (segbisect carries it in the verdict)."""
+        diag = self.culprit.get("diagnostics") or {}
+        return f"{diag.get('category', 'missing')}/{diag.get('cause', 'missing')}"
+
+    @property
+    def category(self) -> str:
+        return self.diagnosis.split("/", 1)[0]
+
+    def row(self) -> dict[str, Any]:
+        return dict(zip(COLUMNS, (
+            self.case.name, self.case.cause, self.bad_ref, self.case.stage, self.stage or self.report.get("verdict"),
+            ", ".join(self.units), self.diagnosis, _round(self.good_fg), _round(self.bad_fg),
+            len(self.report.get("hybrids", [])), self.report.get("stage_executions"), round(self.seconds, 1))))
+
+
+def load_cases(names: list[str] | None = None) -> list[Case]:
+    """The case folders (all, or those named), in order."""
+    folders = sorted(p for p in CASES_DIR.iterdir() if (p / "case.yaml").is_file())
+    if names:
+        unknown = set(names) - {p.name for p in folders}
+        if unknown:
+            raise SystemExit(f"unknown case(s): {', '.join(sorted(unknown))} (known: {', '.join(p.name for p in folders)})")
+        folders = [p for p in folders if p.name in names]
+    return [load_case(p) for p in folders]
+
+
+def load_case(folder: Path) -> Case:
+    spec = yaml.safe_load((folder / "case.yaml").read_text())
+    params, patch = folder / "bad.yaml", folder / "bad.patch"
+    return Case(folder.name, spec["cause"], " ".join(spec["description"].split()), spec["stage"], spec["units"],
+                spec["diagnosis"], spec.get("good") or {}, params if params.is_file() else None,
+                patch if patch.is_file() else None)
+
+
+def deep_update(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_update(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def stage_env(tracking_uri: str) -> dict[str, str]:
+    """This interpreter's tools first on PATH (dvc.yaml runs `python -m ...`) and one MLflow store for everything."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def build_base(repo: Path, overlay: dict[str, Any], env: dict[str, str]) -> Path:
+    """A git + DVC copy of the project with the GOOD params committed on `main`, reproduced into its cache."""
+    repo.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, repo / name)
+    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "init", "-q", "-b", GOOD_BRANCH)
+    git(repo, "config", "user.email", "casebook@example.com")
+    git(repo, "config", "user.name", "casebook")
+    for args in (("init", "-q"), ("config", "core.analytics", "false")):
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, env=env)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "GOOD: casebook base configuration")
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the GOOD pipeline failed to reproduce:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return repo
+
+
+def commit_on_branch(repo: Path, branch: str, start: str, message: str, params: dict[str, Any] | None = None,
+                     patch: Path | None = None) -> str:
+    """Create `branch` at `start` plus one commit (params overlay and/or patch), in a temporary worktree."""
+    work = repo.parent / f".casebook-{branch.replace('/', '-')}"
+    git(repo, "worktree", "add", "-q", "-b", branch, str(work), start)
+    try:
+        if params:
+            path = work / "params.yaml"
+            path.write_text(yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), params), sort_keys=False))
+        if patch is not None:
+            git(work, "apply", str(patch))
+        git(work, "commit", "-q", "-am", message)
+    finally:
+        git(repo, "worktree", "remove", "--force", str(work))
+    return branch
+
+
+def make_refs(repo: Path, case: Case) -> tuple[str, str]:
+    """(GOOD, BAD) references: `main` or a branch with the case's GOOD params; a params file or a patch branch."""
+    good = GOOD_BRANCH
+    if case.good:
+        good = commit_on_branch(repo, f"{case.name}-good", GOOD_BRANCH, f"{case.name}: GOOD params", case.good)
+    if case.bad_patch is not None:
+        bad = commit_on_branch(repo, f"{case.name}-bad", good, f"{case.name}: {case.cause}", patch=case.bad_patch)
+        return good, bad
+    if case.good:
+        overlay = yaml.safe_load(case.bad_params.read_text())
+        return good, commit_on_branch(repo, f"{case.name}-bad", good, f"{case.name}: {case.cause}", overlay)
+    return good, str(case.bad_params)
+
+
+def run_segbisect(repo: Path, good: str, bad: str, results: Path, env: dict[str, str], jobs: int) -> tuple[dict[str, Any], int, float]:
+    """The user's one command, `segbisect GOOD BAD --json`; returns the verdict, exit code and wall seconds."""
+    segbisect = Path(sys.executable).parent / "segbisect"
+    args = [str(segbisect), good, bad, "--repo", str(repo), "--results", str(results), "--jobs", str(jobs), "--json"]
+    start = time.monotonic()
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        report = {"verdict": f"error (exit {done.returncode})", "message": done.stderr[-2000:]}
+    return report, done.returncode, seconds
+
+
+def run_case(repo: Path, case: Case, results: Path, env: dict[str, str], jobs: int = 2) -> Outcome:
+    good, bad = make_refs(repo, case)
+    report, code, seconds = run_segbisect(repo, good, bad, results, env, jobs)
+    return Outcome(case, report, seconds, code, _ref_label(bad))
+
+
+def write_table(outcomes: list[Outcome], out: Path, good_params: Path, jobs: int) -> pd.DataFrame:
+    """casebook.csv and casebook.md (how GOOD was configured, the table, then each case's description)."""
+    table = pd.DataFrame([o.row() for o in outcomes], columns=list(COLUMNS))
+    table.to_csv(out / "casebook.csv", index=False)
+    lines = ["# Zero-predictions casebook", "",
+             f"GOOD: `{good_params.name}` over `params.yaml`; "
+             + "".join(f"{o.case.name} overlays `{json.dumps(o.case.good)}` on it; " for o in outcomes if o.case.good)
+             + f"fg = foreground_fraction; seconds = wall time of `segbisect GOOD BAD --json --jobs {jobs}`.", "",
+             markdown_table(table), ""]
+    for o in outcomes:
+        lines += [f"## {o.case.name}: {o.case.cause}", "", o.case.description, "",
+                  f"segbisect: {o.report.get('message', '')}", ""]
+    (out / "casebook.md").write_text("\n".join(lines))
+    return table
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    cells = [[str(c) for c in table.columns]] + [["" if pd.isna(v) else str(v) for v in row] for row in table.itertuples(index=False)]
+    rows = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+    return "\n".join([rows[0], "|" + " --- |" * len(table.columns), *rows[1:]])
+
+
+def _ref_label(ref: str) -> str:
+    return f"params file {Path(ref).relative_to(HERE)}" if ref.endswith(".yaml") else f"commit on {ref}"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="*", help="case folder names (default: all)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "casebook", help="results folder, new or empty (default: results/casebook)")
+    parser.add_argument("--good-params", type=Path, default=GOOD_PARAMS, help="GOOD params overlay on params.yaml")
+    parser.add_argument("--jobs", type=int, default=2, help="segbisect --jobs for every case")
+    opts = parser.parse_args(argv)
+    cases = load_cases(opts.cases)
+    out = opts.out.resolve()
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out}: exists and is not empty; pass another --out (each run builds a fresh base repository)")
+    out.mkdir(parents=True, exist_ok=True)
+    env = stage_env(f"sqlite:///{out / 'mlflow.db'}")
+    start = time.monotonic()
+    repo = build_base(out / "repo", yaml.safe_load(opts.good_params.read_text()), env)
+    print(f"GOOD base reproduced in {time.monotonic() - start:.0f} s: {repo}", flush=True)
+    outcomes = []
+    for case in cases:
+        outcomes.append(run_case(repo, case, out / "segbisect", env, opts.jobs))
+        print(json.dumps(outcomes[-1].row()), flush=True)
+    table = write_table(outcomes, out, opts.good_params, opts.jobs)
+    print(markdown_table(table))
+    print(f"casebook: {out / 'casebook.md'}, {out / 'casebook.csv'}; {time.monotonic() - start:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
