@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from segbisect.refs import deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
@@ -43,16 +43,6 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def deep_update(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_update(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
@@ -66,7 +56,7 @@ def make_pipeline_repo(dest: Path, overrides: dict[str, Any] | None = None) -> P
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dest / name)
-    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), deep_update(TINY_PARAMS, overrides or {}))
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), deep_merge(TINY_PARAMS, overrides or {}))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(dest, "init", "-q", "-b", "main")
     git(dest, "config", "user.email", "tests@example.com")
@@ -89,7 +79,7 @@ def run_stage(repo: Path, stage: str) -> subprocess.CompletedProcess[str]:
 
 def write_params(repo: Path, overlay: dict[str, Any]) -> None:
     path = repo / "params.yaml"
-    path.write_text(yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), overlay), sort_keys=False))
+    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(path.read_text()), overlay), sort_keys=False))
 
 
 def tree_state(repo: Path, skip: tuple[str, ...] = (".git/", ".dvc/cache/")) -> dict[str, str]:

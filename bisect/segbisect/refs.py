@@ -94,7 +94,7 @@ def _params_file_ref(repo: Path, text: str, _uri: str | None) -> Reference | Non
     head = rev_parse_commit(repo, "HEAD")
     if head is None:
         raise UsageError("the repository has no HEAD commit to overlay a params file on")
-    merged = _deep_merge(_commit_params(repo, head), overlay)
+    merged = deep_merge(_commit_params(repo, head), overlay)
     return Reference(text, "params-file", head, {PARAMS_FILE: merged}, detail=f"{path.name} over HEAD {head[:10]}")
 
 
@@ -138,11 +138,12 @@ def _commit_params(repo: Path, commit: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _deep_merge(base: dict, overlay: dict) -> dict:
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """`base` with `overlay` laid over it, nested mappings merged key by key (how a params file overlays HEAD's)."""
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged

@@ -12,7 +12,6 @@ writes DIR/casebook.md and DIR/casebook.csv (plus the base repo and segbisect's 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from segbisect.refs import deep_merge
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -120,16 +120,6 @@ def load_case(folder: Path) -> Case:
                 patch if patch.is_file() else None)
 
 
-def deep_update(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_update(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
@@ -152,7 +142,7 @@ def build_base(repo: Path, overlay: dict[str, Any], env: dict[str, str]) -> Path
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, repo / name)
-    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(repo, "init", "-q", "-b", GOOD_BRANCH)
     git(repo, "config", "user.email", "casebook@example.com")
@@ -175,7 +165,7 @@ def commit_on_branch(repo: Path, branch: str, start: str, message: str, params: 
     try:
         if params:
             path = work / "params.yaml"
-            path.write_text(yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), params), sort_keys=False))
+            path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(path.read_text()), params), sort_keys=False))
         if patch is not None:
             git(work, "apply", str(patch))
         git(work, "commit", "-q", "-am", message)
