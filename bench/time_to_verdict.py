@@ -1,0 +1,367 @@
+"""Time-to-verdict: segbisect against the naive baseline (no cache reuse) and the oracle cost (issue 5, item 1).
+
+For a culprit in each stage (prepare, preprocess, train, evaluate) this runs, on the tests' tiny pipeline
+(tests/conftest.py `make_pipeline_repo` + `TINY_PARAMS`, the default 5-stage dvc.yaml):
+
+(a) `segbisect good <bad params file> --json --fresh` sequentially and with `--jobs 2`, each in its own
+    copy of the reproduced GOOD repository (same starting cache: only GOOD's stages are cached);
+(b) the naive baseline: every hybrid segbisect ran (configurations read from its --json report: GOOD's
+    params plus the `from_bad` units), replayed with `dvc repro --force` in a fresh clone with an empty
+    DVC cache. A configuration's from-scratch cost does not depend on which bisection asks for it, so each
+    distinct configuration is measured once and charged to every scenario that needs it;
+(c) the oracle cost, see `oracle()`.
+
+BAD = GOOD + the culprit unit + one harmless unit (`evaluate.n_overlays`), so the search has two groups
+to tell apart (one group with two units when the culprit is in evaluate). GOOD post-processes with a
+foreground threshold of 0.001, so its verdict does not hang on what a one-epoch model learnt.
+
+Never asserts timings; writes bench/results/time_to_verdict.{md,csv,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from segbisect.refs import deep_merge
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, loadavg, machine, md_table, now, stage_env, tiny_repo, write_results  # noqa: E402
+
+STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
+GOOD_OVERRIDES = {"evaluate": {"postprocess": "threshold", "threshold": 0.001}}
+HARMLESS = {"evaluate": {"n_overlays": 1}}
+
+# culprit stage -> (BAD overlay on GOOD, --fail-if predicate, expected culprit unit)
+SCENARIOS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "prepare": ({"prepare": {"label_map": {0: 0, 255: 255}}}, "true_foreground_fraction == 0", "prepare.label_map"),
+    "preprocess": ({"preprocess": {"image_size": 48}}, "true_foreground_fraction != 0.15169270833333334", "preprocess.image_size"),
+    "train": ({"train": {"learning_rate": 0.5, "class_weights": [1.0, 0.0]}}, "foreground_fraction == 0", "train.learning_rate"),
+    "evaluate": ({"evaluate": {"threshold": 1.0}}, "foreground_fraction == 0", "evaluate.threshold"),
+}
+
+
+def sh(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def repro_timed(repo: Path, env: dict[str, str], force: bool) -> dict[str, Any]:
+    """`dvc repro [--force]`, timing each executed stage from the moment DVC announces it to the next announcement."""
+    args = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else [])]
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    marks: list[tuple[str, float]] = []
+    tail: list[str] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if line.startswith("Running stage '"):
+            marks.append((line.split("'")[1], time.perf_counter()))
+        tail = (tail + [line.rstrip()])[-5:]
+    rc = proc.wait()
+    end = time.perf_counter()
+    stage_seconds = {}
+    for i, (name, t0) in enumerate(marks):
+        t1 = marks[i + 1][1] if i + 1 < len(marks) else end
+        stage_seconds[name] = round(t1 - t0, 2)
+    return {"rc": rc, "seconds": round(end - start, 2), "stage_seconds": stage_seconds,
+            "startup_seconds": round((marks[0][1] if marks else end) - start, 2), "tail": tail}
+
+
+def prepare_base(work: Path, tracking_uri: str) -> tuple[Path, dict[str, Any]]:
+    """The user's situation before bisecting: GOOD committed and reproduced (its stages in the DVC cache)."""
+    base = tiny_repo(work / "base", GOOD_OVERRIDES)
+    env = stage_env(tracking_uri)
+    run = repro_timed(base, env, force=False)
+    if run["rc"] != 0:
+        raise SystemExit(f"GOOD repro failed: {run['tail']}")
+    sh(["git", "add", "-A"], base)
+    sh(["git", "commit", "-q", "-m", "reproduced GOOD"], base)
+    sh(["git", "tag", "good"], base)
+    return base, run
+
+
+def bad_params(base: Path, overlay: dict[str, Any], dest: Path) -> Path:
+    params = yaml.safe_load((base / "params.yaml").read_text())
+    dest.write_text(yaml.safe_dump(deep_merge(deep_merge(params, overlay), HARMLESS), sort_keys=False))
+    return dest
+
+
+def run_segbisect(base: Path, work: Path, bad_file: Path, predicate: str, jobs: int, tracking_uri: str,
+                  bad_cached: bool = False) -> dict[str, Any]:
+    """segbisect in a private copy of the reproduced repo (same cache state for every measurement).
+
+    `bad_cached`: first reproduce BAD in that copy (not timed), as a user who saw the failure has, then put
+    GOOD's params and dvc.lock back; BAD's stages are then in the DVC cache and run-cache too.
+    """
+    repo = work / "repo"
+    if repo.exists():
+        shutil.rmtree(repo)
+    shutil.copytree(base, repo, symlinks=True)
+    env = stage_env(tracking_uri)
+    if bad_cached:
+        shutil.copyfile(bad_file, repo / "params.yaml")
+        run = repro_timed(repo, env, force=False)
+        sh(["git", "checkout", "--", "params.yaml", "dvc.lock"], repo)
+        sh([sys.executable, "-m", "dvc", "checkout", "-q"], repo, env)
+        if run["rc"] != 0:
+            raise SystemExit(f"BAD repro failed: {run['tail']}")
+    args = [str(Path(sys.executable).parent / "segbisect"), "good", str(bad_file), "--repo", str(repo),
+            "--results", str(work / "results"), "--jobs", str(jobs), "--fresh", "--json", "--fail-if", predicate]
+    start = time.perf_counter()
+    proc = sh(args, repo, env)
+    seconds = time.perf_counter() - start
+    (work / "segbisect.stderr.log").write_text(proc.stderr)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        report = {"verdict": f"no report (exit {proc.returncode})", "hybrids": [], "stage_executions": 0, "units": []}
+    report["_exit"], report["_seconds"] = proc.returncode, round(seconds, 2)
+    return report
+
+
+def hybrid_params(good_params: dict[str, Any], units: list[dict[str, Any]], from_bad: list[str]) -> dict[str, Any]:
+    """GOOD's params with the chosen BAD param units (unit name = dotted params.yaml key path)."""
+    params = copy.deepcopy(good_params)
+    by_id = {u["id"]: u for u in units}
+    for uid in from_bad:
+        unit = by_id[uid]
+        if unit["kind"] != "param":
+            raise SystemExit(f"naive replay handles params units only, got {unit}")
+        *parents, leaf = unit["name"].split(".")
+        tree = params
+        for part in parents:
+            tree = tree.setdefault(_key(tree, part), {})
+        tree[_key(tree, leaf)] = copy.deepcopy(unit["bad"])
+    return params
+
+
+def _key(tree: dict[str, Any], part: str) -> Any:
+    """params.yaml keys may be ints (label_map): a dotted unit name spells them as digits."""
+    return int(part) if part not in tree and part.lstrip("-").isdigit() and int(part) in tree else part
+
+
+def naive_replay(base: Path, work: Path, params: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
+    """A fresh clone (empty DVC cache) of GOOD's commit with this configuration, `dvc repro --force`."""
+    ws = work / "naive-ws"
+    if ws.exists():
+        shutil.rmtree(ws)
+    sh(["git", "clone", "-q", str(base), str(ws)], work)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.perf_counter()
+    run = repro_timed(ws, stage_env(tracking_uri), force=True)
+    run["seconds_total"] = round(time.perf_counter() - start, 2)
+    shutil.rmtree(ws, ignore_errors=True)
+    return run
+
+
+def unit_stage_index(unit: dict[str, Any]) -> int:
+    return min(STAGES.index(s) for s in unit["stages"])
+
+
+def oracle(units: list[dict[str, Any]], culprit: list[str]) -> list[tuple[str, frozenset[str], list[str]]]:
+    """The hybrids a perfect bisection must run, and the stages each must execute.
+
+    Hybrids: the minimal evidence for the verdict segbisect reports, knowing the answer in advance:
+    BAD fails, the culprit units alone (on GOOD) fail = sufficient, BAD without them passes = necessary,
+    and, when the culprit is several units, each of them left out passes (1-minimality).
+    GOOD is already reproduced, so it costs nothing. Stage executions: with perfect cache reuse a stage
+    runs only when the BAD units at or upstream of it (in pipeline order) form a combination no earlier
+    hybrid or GOOD has produced, i.e. only stages downstream of each swapped unit, once per new input.
+    """
+    everything = frozenset(u["id"] for u in units)
+    wanted = [("BAD", everything), ("culprit only", frozenset(culprit)), ("BAD - culprit", everything - frozenset(culprit))]
+    if len(culprit) > 1:  # 1-minimality: each unit of the culprit set is needed
+        wanted += [(f"culprit - {u}", frozenset(culprit) - {u}) for u in culprit]
+    seen: dict[str, set[frozenset[str]]] = {s: {frozenset()} for s in STAGES}
+    plan, done = [], {frozenset()}
+    for label, config in wanted:
+        if config in done:
+            continue
+        done.add(config)
+        executed = []
+        for i, stage in enumerate(STAGES):
+            key = frozenset(u["id"] for u in units if u["id"] in config and unit_stage_index(u) <= i)
+            if key not in seen[stage]:
+                seen[stage].add(key)
+                executed.append(stage)
+        plan.append((label, config, executed))
+    return plan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenarios", default="evaluate,preprocess,train,prepare")
+    ap.add_argument("--jobs", default="1,2", help="segbisect --jobs values to measure")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/segbisect-bench"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive replays (the slowest part)")
+    ap.add_argument("--predicate", action="append", default=[], metavar="STAGE=EXPR", help="override a scenario's --fail-if")
+    ap.add_argument("--bad-cached", action="store_true",
+                    help="reproduce BAD in the repo copy before bisecting (untimed): the user already ran BAD")
+    ap.add_argument("--from-json", type=Path, help="only re-render the tables from an earlier time_to_verdict.json")
+    args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        finish(saved["rows"], saved["meta"], args.out)
+        return
+    overrides = dict(p.split("=", 1) for p in args.predicate)
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    uri = f"sqlite:///{args.work / 'mlflow.db'}"
+    meta: dict[str, Any] = {"started": now(), "machine": machine(), "load_start": loadavg(), "loads": {}}
+    print(f"[{now()}] load {loadavg()}: reproducing GOOD", flush=True)
+    base, good_run = prepare_base(args.work, uri)
+    meta["good_repro"] = good_run
+    good_params = yaml.safe_load((base / "params.yaml").read_text())
+    rows, naive_cache, details = [], {}, {}
+    for scenario in args.scenarios.split(","):
+        overlay, predicate, expected = SCENARIOS[scenario]
+        predicate = overrides.get(scenario, predicate)
+        bad_file = bad_params(base, overlay, args.work / f"bad-{scenario}.yaml")
+        per_jobs = {}
+        for jobs in [int(j) for j in args.jobs.split(",")]:
+            load_before = loadavg()
+            print(f"[{now()}] load {load_before}: segbisect {scenario} --jobs {jobs}", flush=True)
+            report = run_segbisect(base, args.work / f"{scenario}-j{jobs}", bad_file, predicate, jobs, uri, args.bad_cached)
+            per_jobs[jobs] = report
+            culprit = report.get("culprit") or {}
+            rows.append({
+                "culprit_stage": scenario, "method": f"segbisect --jobs {jobs}{' (BAD cached)' if args.bad_cached else ''}",
+                "verdict": report["verdict"],
+                "found": ",".join(u["name"] for u in culprit.get("units", [])) or "-",
+                "hybrids": sum(1 for h in report["hybrids"] if not h.get("reused")),
+                "stage_executions": report.get("stage_executions", 0), "wall_s": report["_seconds"],
+                "load": f"{load_before} -> {loadavg()}",
+            })
+            details[f"{scenario}-j{jobs}"] = {k: report.get(k) for k in ("verdict", "message", "hybrids", "units", "stage_executions", "_exit", "_seconds")}
+        report = per_jobs[min(per_jobs)]
+        units = report.get("units", [])
+        if not units:
+            continue
+        verdict_units = [u["id"] for u in (report.get("culprit") or {}).get("units", [])]
+        found = verdict_units or [u["id"] for u in units if u["name"] == expected]
+        # (c) oracle
+        plan = oracle(units, found)
+        # (b) naive: every distinct hybrid configuration segbisect ran (sequential run), from scratch
+        configs = {}
+        for h in report["hybrids"]:
+            configs.setdefault(frozenset(h["from_bad"]), h["label"])
+        for label, config, _ in plan:
+            configs.setdefault(config, label)
+        naive_total, naive_exec, stage_times = 0.0, 0, {}
+        if not args.no_naive:
+            for config, label in configs.items():
+                params = hybrid_params(good_params, units, sorted(config))
+                key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+                if key not in naive_cache:
+                    print(f"[{now()}] load {loadavg()}: naive {scenario} {label}", flush=True)
+                    naive_cache[key] = naive_replay(base, args.work, params, uri) | {"load": loadavg(), "label": label}
+                run = naive_cache[key]
+                for stage, sec in run["stage_seconds"].items():
+                    stage_times.setdefault((config, stage), sec)
+                if any(frozenset(h["from_bad"]) == config for h in report["hybrids"]):
+                    naive_total += run["seconds_total"]
+                    naive_exec += len(run["stage_seconds"])
+            rows.append({"culprit_stage": scenario, "method": "naive (repro --force, fresh workspace)", "verdict": "-",
+                         "found": "-", "hybrids": len(report["hybrids"]), "stage_executions": naive_exec,
+                         "wall_s": round(naive_total, 1), "load": "see json"})
+        # oracle seconds: each executed stage at its own measured from-scratch duration in that configuration
+        oracle_s = sum(stage_times.get((config, s), statistics.median(
+            [v for (c, st), v in stage_times.items() if st == s] or [0.0])) for _, config, ex in plan for s in ex)
+        rows.append({"culprit_stage": scenario, "method": "oracle (perfect reuse, no overhead)", "verdict": "-",
+                     "found": ",".join(u["name"] for u in units if u["id"] in found), "hybrids": len(plan), "stage_executions": sum(len(ex) for _, _, ex in plan),
+                     "wall_s": round(oracle_s, 1), "load": "-"})
+        details[f"{scenario}-oracle"] = [{"label": l, "from_bad": sorted(c), "executed": ex} for l, c, ex in plan]
+        meta["loads"][scenario] = loadavg()
+    meta["naive_runs"] = list(naive_cache.values())
+    meta["details"] = details
+    meta["finished"], meta["load_end"] = now(), loadavg()
+    finish(rows, meta, args.out)
+
+
+def finish(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
+    ratios = ratio_rows(rows)
+    profile = profile_rows(meta)
+    text = markdown(rows, ratios, meta) + "\n## Where segbisect's time goes\n\n" + PROFILE_NOTE + "\n" + md_table(profile)
+    write_results("time_to_verdict_profile", profile, meta, text, out)
+    write_results("time_to_verdict", rows, meta, text, out)
+    write_results("time_to_verdict_ratios", ratios, meta, text, out)
+    print(text)
+
+
+PROFILE_NOTE = (
+    "From segbisect's own per-hybrid times (--json) and the stages' from-scratch durations (median over the naive "
+    "replays): `session_s` = wall time outside any hybrid (reference resolution, GOOD/BAD snapshots, diff, MLflow "
+    "parent run, clean-up); `per_hybrid_overhead_s` = mean over hybrids of (hybrid seconds - its executed stages' "
+    "durations): worktree creation, `dvc checkout`, DVC start-up, restoring cached stages, reading metrics; "
+    "`all_restored_hybrid_s` = the GOOD hybrid, which executes nothing.\n"
+)
+
+
+def profile_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    stage_med: dict[str, float] = {}
+    for stage in STAGES:
+        values = [r["stage_seconds"][stage] for r in meta.get("naive_runs", []) if stage in r["stage_seconds"]]
+        if values:
+            stage_med[stage] = statistics.median(values)
+    out = []
+    for key, d in meta.get("details", {}).items():
+        if key.endswith("-oracle") or not d.get("hybrids"):
+            continue
+        hybrids = [h for h in d["hybrids"] if not h.get("reused")]
+        in_hybrids = sum(h["seconds"] for h in hybrids)
+        stage_time = sum(stage_med.get(s, 0.0) for h in hybrids for s in h["executed"])
+        good = next((h["seconds"] for h in hybrids if h["label"] == "GOOD"), "-")
+        jobs = int(key.rsplit("-j", 1)[1])
+        out.append({
+            "run": key, "wall_s": d["_seconds"], "sum_hybrid_s": round(in_hybrids, 1),
+            "session_s": round(d["_seconds"] - in_hybrids, 1) if jobs == 1 else "- (overlapping)",
+            "est_stage_exec_s": round(stage_time, 1),
+            "per_hybrid_overhead_s": round((in_hybrids - stage_time) / max(len(hybrids), 1), 1),
+            "all_restored_hybrid_s": good, "hybrids": len(hybrids),
+        })
+    return out
+
+
+def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for scenario in dict.fromkeys(r["culprit_stage"] for r in rows):
+        mine = [r for r in rows if r["culprit_stage"] == scenario]
+        naive = next((r for r in mine if r["method"].startswith("naive")), None)
+        orc = next((r for r in mine if r["method"].startswith("oracle")), None)
+        for r in mine:
+            if not r["method"].startswith("segbisect"):
+                continue
+            out.append({
+                "culprit_stage": scenario, "method": r["method"], "verdict": r["verdict"], "found": r["found"],
+                "segbisect_s": r["wall_s"],
+                "naive_s": naive["wall_s"] if naive else "-",
+                "speedup_vs_naive": round(naive["wall_s"] / r["wall_s"], 2) if naive and r["wall_s"] else "-",
+                "oracle_s": orc["wall_s"] if orc else "-",
+                "x_oracle": round(r["wall_s"] / orc["wall_s"], 2) if orc and orc["wall_s"] else "-",
+                "stage_exec (seg/oracle/naive)": f"{r['stage_executions']}/{orc['stage_executions'] if orc else '-'}/"
+                                                 f"{naive['stage_executions'] if naive else '-'}",
+            })
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    return (f"# Time to verdict\n\n{meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; "
+            f"load (1/5/15 min) {meta['load_start']} at start, {meta['load_end']} at end.\n\n"
+            f"GOOD reproduced in {meta['good_repro']['seconds']} s (stages: {meta['good_repro']['stage_seconds']}).\n\n"
+            "## Ratios\n\n" + md_table(ratios) + "\n## All measurements\n\n" + md_table(rows))
+
+
+if __name__ == "__main__":
+    main()
