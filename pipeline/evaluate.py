@@ -227,12 +227,7 @@ def read_test_split(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = read_json(path)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found (run the train stage first)") from None
-    except ValueError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+    meta = read_json(path, "train")
     if not isinstance(meta, dict):
         raise PipelineError(f"{path}: expected a JSON object")
     return meta

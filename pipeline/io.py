@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 
 @contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
@@ -52,8 +54,14 @@ def write_json(target: Path | str, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: Path | str, producer: str) -> Any:
+    """A JSON input written by the `producer` stage; missing or malformed is a one-line PipelineError."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found (run the {producer} stage first)") from None
+    except ValueError as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _umask() -> int:

@@ -36,10 +36,4 @@ def load_spec(folder: Path | str) -> dict[str, Any]:
     """{"image_size": int, "num_classes": int, "ignore_index": int, "class_names": [...],
     "normalization": {"method": "unit"|"standardize"|"none", "mean": [...], "std": [...]},
     "image_interpolation": "bilinear", "mask_interpolation": "nearest"}"""
-    path = Path(folder) / SPEC_FILE
-    try:
-        return read_json(path)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found (run the preprocess stage first)") from None
-    except ValueError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+    return read_json(Path(folder) / SPEC_FILE, "preprocess")
