@@ -18,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from segbisect.cli import app
+from segbisect.workspace import Workspaces
 from conftest import tree_state
 from segbisect_toy import bad_commit, dvc, make_toy_repo, sh
 
@@ -242,3 +243,51 @@ def test_run_check_and_repeat(toy: Path) -> None:
     bad = next(h for h in report["hybrids"] if h["label"] == "BAD")
     assert bad["attempts"] == 2 and bad["executed"] == ["evaluate", "evaluate"]
     assert os.path.isfile(Path(report["results_dir"]) / "report.md")
+
+
+def test_reused_worktrees_give_the_results_of_fresh_ones(toy: Path, tmp_path: Path) -> None:
+    """Hybrids take turns in one worktree; each must see what a worktree of its own (--keep-workspaces) sees.
+
+    BAD's evaluate.py is the culprit: a hybrid after BAD that still saw BAD's code would fail and blame prepare.
+    """
+    code_bug = (toy / "evaluate.py").read_text().replace(*EVALUATE_CODE_BUG)
+    bad = bad_commit(toy, {"prepare": {"n": 42}, "train": {"epochs": 6}}, files={"evaluate.py": code_bug})
+    pooled_repo = Path(shutil.copytree(toy, tmp_path / "pooled", symlinks=True))
+    code, pooled, _ = bisect(pooled_repo, "good", bad)
+    assert code == 0 and (pooled["culprit"]["stage"], unit_names(pooled)) == ("evaluate", ["evaluate.py"])
+    code, fresh, human = bisect(toy, "good", bad, "--keep-workspaces")
+    assert code == 0 and "hybrid worktrees kept" in human
+
+    def evidence(report: dict[str, Any]) -> list[tuple]:
+        return [(h["label"], h["outcome"], h["executed"], h["metrics"]) for h in report["hybrids"]]
+
+    assert evidence(pooled) == evidence(fresh)
+    assert len(pooled["hybrids"]) > 4
+
+
+def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs(toy: Path) -> None:
+    commit = sh(toy, "git", "rev-parse", "good").strip()
+    with Workspaces(toy, toy / ".dvc" / "cache") as workspaces:
+        first = workspaces.acquire("h01", commit, ["data", "model/model.json"])
+        other = workspaces.acquire("h02", commit, [])
+        assert other != first, "a worktree in use is never handed out twice"
+        (first / "params.yaml").write_text("edited: true\n")
+        (first / "leftover.py").write_text("untracked\n")
+        (first / "__pycache__").mkdir(exist_ok=True)
+        (first / "__pycache__" / "ignored.pyc").write_bytes(b"ignored")
+        (first / "data").mkdir(exist_ok=True)
+        (first / "data" / "prepared.json").write_text("{}")
+        (first / "model").mkdir(exist_ok=True)
+        (first / "model" / "model.json").write_text("{}")
+        (first / "model" / "scratch.tmp").write_text("not an output")
+        workspaces.release(first)
+        again = workspaces.acquire("h03", commit, ["data", "model/model.json"])
+        assert again == first
+        assert (again / "params.yaml").read_bytes() == (toy / "params.yaml").read_bytes()
+        assert not (again / "leftover.py").exists() and not (again / "__pycache__").exists()
+        assert not (again / "model" / "scratch.tmp").exists()
+        assert (again / "data" / "prepared.json").read_text() == "{}" and (again / "model" / "model.json").is_file()
+        assert (again / ".dvc" / "config.local").is_file(), "the worktree still shares the user's cache"
+        roots = [first, other]
+    assert not any(path.exists() for path in roots)
+    assert sh(toy, "git", "worktree", "list").count("\n") == 1

@@ -195,7 +195,8 @@ class Evaluator:
 
     def _execute(self, hybrid: Hybrid) -> list[dict[str, Any]]:
         ctx = self.ctx
-        workspace = ctx.workspaces.create(hybrid.id, ctx.good.ref.commit)
+        outs = sorted({o for snap in (ctx.good, ctx.bad) for stage in snap.stages for o in stage.outs})
+        workspace = ctx.workspaces.acquire(hybrid.id, ctx.good.ref.commit, outs)
         try:
             materialize(workspace, ctx.good, ctx.bad, [self._units[u] for u in hybrid.from_bad])
             env = {**ctx.env, "SEGBISECT_HYBRID": hybrid.id}
@@ -208,4 +209,4 @@ class Evaluator:
                 attempts.append(run(force=first.executed))
             return [a.as_dict() for a in attempts]
         finally:
-            ctx.workspaces.remove(workspace)
+            ctx.workspaces.release(workspace)

@@ -78,16 +78,19 @@ def _search(opts: Options, repo: Path, uri: str, good: Snapshot, bad: Snapshot, 
     folder = (opts.results or repo / RESULTS) / session
     journal = Journal(folder, fresh=opts.fresh)
     known = {} if opts.fresh else known_hybrids(folder.parent)
-    tracker = Tracker(uri if opts.mlflow else None, opts.experiment)
+    tracker = Tracker(uri if opts.mlflow else None, opts.experiment, lambda text: console.print(f"[yellow]warning:[/] {text}"))
     previous = next(iter(journal.records("session")), {})
+
+    def record_session(parent: str | None) -> None:
+        if not previous:
+            journal.append({"type": "session", "session": session, "good": good.ref.text, "bad": bad.ref.text,
+                            "mlflow_parent": parent})
+
     tracker.start(session, {"good": good.ref.text, "bad": bad.ref.text, "good_commit": good.ref.commit,
                             "bad_commit": bad.ref.commit},
                   {"good": good.ref.describe(), "bad": bad.ref.describe(), "judge": opts.run or judge.predicate.text,
                    "jobs": opts.jobs, "repeat": opts.repeat, "units": len(inventory.units), "groups": len(groups)},
-                  previous.get("mlflow_parent"))
-    if not previous:
-        journal.append({"type": "session", "session": session, "good": good.ref.text, "bad": bad.ref.text,
-                        "mlflow_parent": tracker.parent})
+                  previous.get("mlflow_parent"), record_session)
     console.print(f"GOOD {good.ref.describe()}\nBAD  {bad.ref.describe()}\n{len(inventory.units)} differing unit(s) "
                   f"in {len(groups)} group(s): {', '.join(g.name for g in groups)}; results in {folder}")
     env = _hybrid_env(uri if opts.mlflow else None, opts.experiment, session)
@@ -185,12 +188,8 @@ def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid) -> N
     how = "reused earlier result" if h.reused else (
         f"ran {', '.join(h.executed) or 'nothing'}; restored {len(h.restored)}")
     console.print(f"[cyan]{h.id}[/] {h.label}: [{colour}]{h.outcome}[/] ({h.note}; {how}; {h.seconds}s)")
-    if h.fingerprint in already:
-        return
-    try:
+    if h.fingerprint not in already:
         tracker.hybrid(reports.hybrid_row(h))
-    except Exception as exc:  # tracking must never sink a bisection
-        console.print(f"[yellow]warning:[/] MLflow logging failed for {h.id}: {exc}")
 
 
 def _hybrid_env(uri: str | None, experiment: str, session: str) -> dict[str, str]:

@@ -1,13 +1,16 @@
 """MLflow record of a bisection: one parent run per session, one nested child run per hybrid.
 
-Everything goes through MlflowClient from the main process, and the experiment and parent run exist before
-any hybrid starts, so parallel hybrids never race to create them in a fresh SQLite store.
+Everything goes through MlflowClient from the segbisect process. A store and experiment that do not exist yet
+are created before any hybrid starts, so hybrids' stages never race this process (or each other) to create them.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,44 +36,98 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+def store_ready(uri: str, experiment: str) -> bool:
+    """Whether a SQLite store already holds `experiment`: then nothing is left for hybrids' stages to race us to create.
+
+    Read with the standard library, because importing MLflow to ask is the cost this check lets us overlap.
+    """
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.is_file():
+        return False
+    try:
+        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
+            return db.execute("SELECT 1 FROM experiments WHERE name = ?", (experiment,)).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 class Tracker:
-    """No-op when `uri` is None (`--no-mlflow`)."""
+    """No-op when `uri` is None (`--no-mlflow`); never raises: a failure is passed to `warn` and ends tracking.
 
-    def __init__(self, uri: str | None, experiment: str = DEFAULT_EXPERIMENT) -> None:
-        self.uri, self.experiment = uri, experiment
-        self.parent: str | None = None
+    All MLflow calls run in order on one background thread, so a bisection never waits for its bookkeeping:
+    importing MLflow and opening the store (about 2 s) overlap the first hybrid, and each child run is logged
+    while the next hybrid runs. Only a store or experiment that does not exist yet is created before `start`
+    returns (see `store_ready`). `finish` waits until everything is written.
+    """
+
+    def __init__(self, uri: str | None, experiment: str, warn: Callable[[str], None]) -> None:
+        self.uri, self.experiment, self.warn = uri, experiment, warn
         self.session = ""
-        if uri:
-            from mlflow.tracking import MlflowClient
+        self.parent: str | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segbisect-mlflow") if uri else None
 
-            self.client = MlflowClient(uri)
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-                experiment, artifact_location=artifact_location(uri)
-            )
-
-    def start(self, session: str, tags: dict[str, str], params: dict[str, Any], resume: str | None) -> str | None:
-        """Create (or reopen, on resume) the parent run; returns its id."""
+    def start(self, session: str, tags: dict[str, str], params: dict[str, Any], resume: str | None,
+              on_open: Callable[[str | None], None]) -> None:
+        """Create (or reopen, on resume) the parent run; `on_open` gets its id (None without MLflow) once it exists."""
         self.session = session
-        if not self.uri:
-            return None
-        if resume:
-            try:
-                self.client.update_run(resume, status="RUNNING")
-                self.parent = resume
-                return resume
-            except Exception:  # deleted or from another store: start a new parent
-                pass
-        run = self.client.create_run(self.experiment_id, run_name=f"segbisect {tags.get('good', '')}..{tags.get('bad', '')}",
-                                     tags={"segbisect.session": session, "segbisect.role": "session", **tags})
-        self.parent = run.info.run_id
-        self._log(self.parent, params=params)
-        return self.parent
+        if self._worker is None:
+            on_open(None)
+            return
+        opening = self._worker.submit(self._guarded, "the session", self._open, tags, params, resume, on_open)
+        if not store_ready(self.uri, self.experiment):
+            opening.result()
 
     def hybrid(self, record: dict[str, Any]) -> None:
-        """A child run with which side each stage came from, the outcome and the hybrid's metrics."""
-        if not self.uri or not self.parent:
+        """Queue a child run with which side each stage came from, the outcome and the hybrid's metrics."""
+        if self._worker is not None:
+            self._worker.submit(self._guarded, record["id"], self._log_hybrid, record)
+
+    def finish(self, summary: dict[str, Any], status: str = "FINISHED") -> None:
+        """Tag the parent run with the verdict and close it; returns once every queued call is written."""
+        if self._worker is None:
             return
+        self._worker.submit(self._guarded, "the session", self._close, summary, status)
+        self._worker.shutdown(wait=True)
+
+    def _guarded(self, what: str, call: Callable[..., None], *args: Any) -> None:
+        if self.uri is None:
+            return
+        try:
+            call(*args)
+        except Exception as exc:  # tracking must never sink a bisection
+            self.uri = None
+            self.warn(f"MLflow logging failed for {what}, so the rest of this session is not tracked: {exc}")
+
+    def _open(self, tags: dict[str, str], params: dict[str, Any], resume: str | None,
+              on_open: Callable[[str | None], None]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(self.uri)
+        found = self.client.get_experiment_by_name(self.experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            self.experiment, artifact_location=artifact_location(self.uri)
+        )
+        self.parent = self._reopen(resume) or self._create_parent(tags, params)
+        on_open(self.parent)
+
+    def _reopen(self, resume: str | None) -> str | None:
+        if not resume:
+            return None
+        try:
+            self.client.update_run(resume, status="RUNNING")
+        except Exception:  # deleted or from another store: start a new parent
+            return None
+        return resume
+
+    def _create_parent(self, tags: dict[str, str], params: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"segbisect {tags.get('good', '')}..{tags.get('bad', '')}",
+                                     tags={"segbisect.session": self.session, "segbisect.role": "session", **tags})
+        self._log(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def _log_hybrid(self, record: dict[str, Any]) -> None:
         tags = {"mlflow.parentRunId": self.parent, "segbisect.session": self.session, "segbisect.role": "hybrid",
                 "segbisect.hybrid": record["id"], "outcome": record["outcome"], "reused": str(record["reused"]),
                 **{f"side.{group}": side for group, side in record["sides"].items()}}
@@ -84,9 +141,7 @@ class Tracker:
         self._log(run.info.run_id, params=params, metrics=metrics)
         self.client.set_terminated(run.info.run_id, "FINISHED" if record["outcome"] != "skip" else "FAILED")
 
-    def finish(self, summary: dict[str, Any], status: str = "FINISHED") -> None:
-        if not self.uri or not self.parent:
-            return
+    def _close(self, summary: dict[str, Any], status: str) -> None:
         culprit = summary.get("culprit") or {}
         tags = {"verdict": summary["verdict"], "culprit.stage": str(culprit.get("stage")),
                 "culprit.units": ", ".join(u["name"] for u in culprit.get("units", []))}

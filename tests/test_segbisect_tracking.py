@@ -1,0 +1,77 @@
+"""segbisect's MLflow bookkeeping runs beside the bisection: off the critical path, and never able to sink it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from segbisect.tracking import Tracker, store_ready
+
+SUMMARY = {"verdict": "culprit", "culprit": {"stage": "evaluate", "units": [{"name": "evaluate.threshold"}]},
+           "hybrids": [{}], "stage_executions": 1}
+HYBRID = {"id": "h01", "label": "GOOD", "outcome": "good", "reused": False, "sides": {"evaluate": "good"},
+          "metrics": {"foreground_fraction": 0.2}, "executed": [], "seconds": 1.0, "from_bad": [], "note": "ok"}
+
+
+def open_tracker(uri: str, warnings: list[str], gate: threading.Event | None = None) -> tuple[Tracker, list[str | None]]:
+    """A started tracker, and the parent ids its `on_open` callback got (it waits for `gate` first, if given)."""
+    opened: list[str | None] = []
+
+    def on_open(parent: str | None) -> None:
+        if gate is not None:
+            gate.wait(timeout=10)
+        opened.append(parent)
+
+    tracker = Tracker(uri, "segbisect", warnings.append)
+    tracker.start("s1", {"good": "g", "bad": "b"}, {"jobs": 1}, None, on_open)
+    return tracker, opened
+
+
+def test_store_ready_only_when_the_sqlite_store_holds_the_experiment(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert not store_ready(uri, "segbisect")
+    client = MlflowClient(uri)
+    client.create_experiment("other")
+    assert not store_ready(uri, "segbisect")
+    client.create_experiment("segbisect")
+    assert store_ready(uri, "segbisect")
+    assert not store_ready("http://127.0.0.1:5000", "segbisect")
+    (tmp_path / "junk.db").write_text("not a database")
+    assert not store_ready(f"sqlite:///{tmp_path / 'junk.db'}", "segbisect")
+
+
+def test_a_new_store_is_created_before_start_returns_an_existing_one_opens_in_the_background(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    warnings: list[str] = []
+    first, opened = open_tracker(uri, warnings)
+    assert opened, "hybrids' stages must not race us to create the store and experiment"
+    first.finish(SUMMARY)
+
+    gate = threading.Event()
+    second, opened = open_tracker(uri, warnings, gate)
+    second.hybrid(HYBRID)
+    assert not opened, "start returned before the parent run existed: the first hybrid overlaps it"
+    gate.set()
+    second.finish(SUMMARY)
+    assert len(opened) == 1 and not warnings
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("segbisect").experiment_id])
+    parent = next(r for r in runs if r.info.run_id == opened[0])
+    child = next(r for r in runs if r.data.tags.get("segbisect.hybrid") == "h01")
+    assert parent.data.tags["verdict"] == "culprit" and parent.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.metrics["foreground_fraction"] == 0.2
+
+
+def test_an_unusable_store_warns_once_and_the_bisection_goes_on(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    warnings: list[Any] = []
+    tracker, opened = open_tracker(f"sqlite:///{blocker / 'mlflow.db'}", warnings)
+    tracker.hybrid(HYBRID)
+    tracker.finish(SUMMARY)
+    assert not opened
+    assert len(warnings) == 1 and "MLflow logging failed for the session" in warnings[0]
