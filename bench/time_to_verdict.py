@@ -4,11 +4,13 @@ For a culprit in each stage (prepare, preprocess, train, evaluate) this runs, on
 (tests/conftest.py `make_pipeline_repo` + `TINY_PARAMS`, the default 5-stage dvc.yaml):
 
 (a) `segbisect good <bad params file> --json --fresh` sequentially and with `--jobs 2`, each in its own
-    copy of the reproduced GOOD repository (same starting cache: only GOOD's stages are cached);
+    copy of the reproduced GOOD repository, from two starting points: BAD never run (only GOOD's stages
+    are cached) and BAD already reproduced (as by a user who saw it fail: BAD's stages are cached too);
 (b) the naive baseline: every hybrid segbisect ran (configurations read from its --json report: GOOD's
     params plus the `from_bad` units), replayed with `dvc repro --force` in a fresh clone with an empty
-    DVC cache. A configuration's from-scratch cost does not depend on which bisection asks for it, so each
-    distinct configuration is measured once and charged to every scenario that needs it;
+    DVC cache; and the strict variant that leaves out the configurations the user already has (GOOD, and
+    BAD when reproduced). A configuration's from-scratch cost does not depend on which bisection asks for
+    it, so each distinct configuration is measured once and charged to every scenario that needs it;
 (c) the oracle cost, see `oracle()`.
 
 BAD = GOOD + the culprit unit + one harmless unit (`evaluate.n_overlays`), so the search has two groups
@@ -167,21 +169,25 @@ def unit_stage_index(unit: dict[str, Any]) -> int:
     return min(STAGES.index(s) for s in unit["stages"])
 
 
-def oracle(units: list[dict[str, Any]], culprit: list[str]) -> list[tuple[str, frozenset[str], list[str]]]:
+def oracle(units: list[dict[str, Any]], culprit: list[str], bad_cached: bool = False) -> list[tuple[str, frozenset[str], list[str]]]:
     """The hybrids a perfect bisection must run, and the stages each must execute.
 
     Hybrids: the minimal evidence for the verdict segbisect reports, knowing the answer in advance:
     BAD fails, the culprit units alone (on GOOD) fail = sufficient, BAD without them passes = necessary,
     and, when the culprit is several units, each of them left out passes (1-minimality).
-    GOOD is already reproduced, so it costs nothing. Stage executions: with perfect cache reuse a stage
-    runs only when the BAD units at or upstream of it (in pipeline order) form a combination no earlier
-    hybrid or GOOD has produced, i.e. only stages downstream of each swapped unit, once per new input.
+    GOOD is already reproduced, so it costs nothing; with `bad_cached`, neither does BAD. Stage executions:
+    with perfect cache reuse a stage runs only when the BAD units at or upstream of it (in pipeline order)
+    form a combination no earlier hybrid, GOOD (or a reproduced BAD) has produced, i.e. only stages
+    downstream of each swapped unit, once per new input.
     """
     everything = frozenset(u["id"] for u in units)
     wanted = [("BAD", everything), ("culprit only", frozenset(culprit)), ("BAD - culprit", everything - frozenset(culprit))]
     if len(culprit) > 1:  # 1-minimality: each unit of the culprit set is needed
         wanted += [(f"culprit - {u}", frozenset(culprit) - {u}) for u in culprit]
-    seen: dict[str, set[frozenset[str]]] = {s: {frozenset()} for s in STAGES}
+    def upstream_of(config: frozenset[str], i: int) -> frozenset[str]:
+        return frozenset(u["id"] for u in units if u["id"] in config and unit_stage_index(u) <= i)
+
+    seen = {s: {frozenset()} | ({upstream_of(everything, i)} if bad_cached else set()) for i, s in enumerate(STAGES)}
     plan, done = [], {frozenset()}
     for label, config in wanted:
         if config in done:
@@ -189,7 +195,7 @@ def oracle(units: list[dict[str, Any]], culprit: list[str]) -> list[tuple[str, f
         done.add(config)
         executed = []
         for i, stage in enumerate(STAGES):
-            key = frozenset(u["id"] for u in units if u["id"] in config and unit_stage_index(u) <= i)
+            key = upstream_of(config, i)
             if key not in seen[stage]:
                 seen[stage].add(key)
                 executed.append(stage)
@@ -197,16 +203,19 @@ def oracle(units: list[dict[str, Any]], culprit: list[str]) -> list[tuple[str, f
     return plan
 
 
+STARTS = {"cold": "BAD not yet run", "cached": "BAD already reproduced"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", default="evaluate,preprocess,train,prepare")
     ap.add_argument("--jobs", default="1,2", help="segbisect --jobs values to measure")
+    ap.add_argument("--start", default="cold,cached",
+                    help="starting points: cold (only GOOD reproduced), cached (BAD reproduced too, untimed)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/segbisect-bench"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-naive", action="store_true", help="skip the naive replays (the slowest part)")
     ap.add_argument("--predicate", action="append", default=[], metavar="STAGE=EXPR", help="override a scenario's --fail-if")
-    ap.add_argument("--bad-cached", action="store_true",
-                    help="reproduce BAD in the repo copy before bisecting (untimed): the user already ran BAD")
     ap.add_argument("--from-json", type=Path, help="only re-render the tables from an earlier time_to_verdict.json")
     args = ap.parse_args()
     if args.from_json:
@@ -214,6 +223,7 @@ def main() -> None:
         finish(saved["rows"], saved["meta"], args.out)
         return
     overrides = dict(p.split("=", 1) for p in args.predicate)
+    starts = args.start.split(",")
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
@@ -228,60 +238,71 @@ def main() -> None:
         overlay, predicate, expected = SCENARIOS[scenario]
         predicate = overrides.get(scenario, predicate)
         bad_file = bad_params(base, overlay, args.work / f"bad-{scenario}.yaml")
-        per_jobs = {}
-        for jobs in [int(j) for j in args.jobs.split(",")]:
-            load_before = loadavg()
-            print(f"[{now()}] load {load_before}: segbisect {scenario} --jobs {jobs}", flush=True)
-            report = run_segbisect(base, args.work / f"{scenario}-j{jobs}", bad_file, predicate, jobs, uri, args.bad_cached)
-            per_jobs[jobs] = report
-            culprit = report.get("culprit") or {}
-            rows.append({
-                "culprit_stage": scenario, "method": f"segbisect --jobs {jobs}{' (BAD cached)' if args.bad_cached else ''}",
-                "verdict": report["verdict"],
-                "found": ",".join(u["name"] for u in culprit.get("units", [])) or "-",
-                "hybrids": sum(1 for h in report["hybrids"] if not h.get("reused")),
-                "stage_executions": report.get("stage_executions", 0), "wall_s": report["_seconds"],
-                "load": f"{load_before} -> {loadavg()}",
-            })
-            details[f"{scenario}-j{jobs}"] = {k: report.get(k) for k in ("verdict", "message", "hybrids", "units", "stage_executions", "_exit", "_seconds")}
-        report = per_jobs[min(per_jobs)]
-        units = report.get("units", [])
-        if not units:
-            continue
-        verdict_units = [u["id"] for u in (report.get("culprit") or {}).get("units", [])]
-        found = verdict_units or [u["id"] for u in units if u["name"] == expected]
-        # (c) oracle
-        plan = oracle(units, found)
-        # (b) naive: every distinct hybrid configuration segbisect ran (sequential run), from scratch
-        configs = {}
-        for h in report["hybrids"]:
-            configs.setdefault(frozenset(h["from_bad"]), h["label"])
-        for label, config, _ in plan:
-            configs.setdefault(config, label)
-        naive_total, naive_exec, stage_times = 0.0, 0, {}
-        if not args.no_naive:
-            for config, label in configs.items():
-                params = hybrid_params(good_params, units, sorted(config))
-                key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-                if key not in naive_cache:
-                    print(f"[{now()}] load {loadavg()}: naive {scenario} {label}", flush=True)
-                    naive_cache[key] = naive_replay(base, args.work, params, uri) | {"load": loadavg(), "label": label}
-                run = naive_cache[key]
-                for stage, sec in run["stage_seconds"].items():
-                    stage_times.setdefault((config, stage), sec)
-                if any(frozenset(h["from_bad"]) == config for h in report["hybrids"]):
-                    naive_total += run["seconds_total"]
-                    naive_exec += len(run["stage_seconds"])
-            rows.append({"culprit_stage": scenario, "method": "naive (repro --force, fresh workspace)", "verdict": "-",
-                         "found": "-", "hybrids": len(report["hybrids"]), "stage_executions": naive_exec,
-                         "wall_s": round(naive_total, 1), "load": "see json"})
-        # oracle seconds: each executed stage at its own measured from-scratch duration in that configuration
-        oracle_s = sum(stage_times.get((config, s), statistics.median(
-            [v for (c, st), v in stage_times.items() if st == s] or [0.0])) for _, config, ex in plan for s in ex)
-        rows.append({"culprit_stage": scenario, "method": "oracle (perfect reuse, no overhead)", "verdict": "-",
-                     "found": ",".join(u["name"] for u in units if u["id"] in found), "hybrids": len(plan), "stage_executions": sum(len(ex) for _, _, ex in plan),
-                     "wall_s": round(oracle_s, 1), "load": "-"})
-        details[f"{scenario}-oracle"] = [{"label": l, "from_bad": sorted(c), "executed": ex} for l, c, ex in plan]
+        for start in starts:
+            per_jobs = {}
+            for jobs in [int(j) for j in args.jobs.split(",")]:
+                load_before = loadavg()
+                print(f"[{now()}] load {load_before}: segbisect {scenario} ({STARTS[start]}) --jobs {jobs}", flush=True)
+                report = run_segbisect(base, args.work / f"{scenario}-{start}-j{jobs}", bad_file, predicate, jobs, uri,
+                                       start == "cached")
+                per_jobs[jobs] = report
+                culprit = report.get("culprit") or {}
+                rows.append({
+                    "culprit_stage": scenario, "start": STARTS[start], "method": f"segbisect --jobs {jobs}",
+                    "verdict": report["verdict"],
+                    "found": ",".join(u["name"] for u in culprit.get("units", [])) or "-",
+                    "hybrids": sum(1 for h in report["hybrids"] if not h.get("reused")),
+                    "stage_executions": report.get("stage_executions", 0), "wall_s": report["_seconds"],
+                    "load": f"{load_before} -> {loadavg()}",
+                })
+                details[f"{scenario}-{start}-j{jobs}"] = {k: report.get(k) for k in ("verdict", "message", "hybrids", "units", "stage_executions", "_exit", "_seconds")}
+            report = per_jobs[min(per_jobs)]
+            units = report.get("units", [])
+            if not units:
+                continue
+            verdict_units = [u["id"] for u in (report.get("culprit") or {}).get("units", [])]
+            found = verdict_units or [u["id"] for u in units if u["name"] == expected]
+            everything = frozenset(u["id"] for u in units)
+            plan = oracle(units, found, bad_cached=start == "cached")
+            configs = {}
+            for h in report["hybrids"]:
+                configs.setdefault(frozenset(h["from_bad"]), h["label"])
+            for label, config, _ in plan:
+                configs.setdefault(config, label)
+            reproduced = {frozenset()} | ({everything} if start == "cached" else set())
+            naive_total = naive_new = 0.0
+            naive_exec = naive_new_exec = naive_new_hybrids = 0
+            stage_times: dict[tuple[frozenset[str], str], float] = {}
+            if not args.no_naive:
+                for config, label in configs.items():
+                    params = hybrid_params(good_params, units, sorted(config))
+                    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+                    if key not in naive_cache:
+                        print(f"[{now()}] load {loadavg()}: naive {scenario} {label}", flush=True)
+                        naive_cache[key] = naive_replay(base, args.work, params, uri) | {"load": loadavg(), "label": label}
+                    run = naive_cache[key]
+                    for stage, sec in run["stage_seconds"].items():
+                        stage_times.setdefault((config, stage), sec)
+                    if any(frozenset(h["from_bad"]) == config for h in report["hybrids"]):
+                        naive_total += run["seconds_total"]
+                        naive_exec += len(run["stage_seconds"])
+                        if config not in reproduced:
+                            naive_new += run["seconds_total"]
+                            naive_new_exec += len(run["stage_seconds"])
+                            naive_new_hybrids += 1
+                common = {"culprit_stage": scenario, "start": STARTS[start], "verdict": "-", "found": "-", "load": "see json"}
+                rows.append({**common, "method": "naive: same hybrids, repro --force", "hybrids": len(report["hybrids"]),
+                             "stage_executions": naive_exec, "wall_s": round(naive_total, 1)})
+                rows.append({**common, "method": "naive, strict: without configurations already reproduced",
+                             "hybrids": naive_new_hybrids, "stage_executions": naive_new_exec, "wall_s": round(naive_new, 1)})
+            # oracle seconds: each executed stage at its own measured from-scratch duration in that configuration
+            oracle_s = sum(stage_times.get((config, s), statistics.median(
+                [v for (c, st), v in stage_times.items() if st == s] or [0.0])) for _, config, ex in plan for s in ex)
+            rows.append({"culprit_stage": scenario, "start": STARTS[start], "method": "oracle (perfect reuse, no overhead)",
+                         "verdict": "-", "found": ",".join(u["name"] for u in units if u["id"] in found),
+                         "hybrids": len(plan), "stage_executions": sum(len(ex) for _, _, ex in plan),
+                         "wall_s": round(oracle_s, 1), "load": "-"})
+            details[f"{scenario}-{start}-oracle"] = [{"label": l, "from_bad": sorted(c), "executed": ex} for l, c, ex in plan]
         meta["loads"][scenario] = loadavg()
     meta["naive_runs"] = list(naive_cache.values())
     meta["details"] = details
@@ -335,24 +356,30 @@ def profile_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
 
 def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for scenario in dict.fromkeys(r["culprit_stage"] for r in rows):
-        mine = [r for r in rows if r["culprit_stage"] == scenario]
-        naive = next((r for r in mine if r["method"].startswith("naive")), None)
+    for scenario, start in dict.fromkeys((r["culprit_stage"], r.get("start", "")) for r in rows):
+        mine = [r for r in rows if (r["culprit_stage"], r.get("start", "")) == (scenario, start)]
+        naive = next((r for r in mine if r["method"].startswith("naive:")), None)
+        strict = next((r for r in mine if r["method"].startswith("naive, strict")), None)
         orc = next((r for r in mine if r["method"].startswith("oracle")), None)
         for r in mine:
             if not r["method"].startswith("segbisect"):
                 continue
             out.append({
-                "culprit_stage": scenario, "method": r["method"], "verdict": r["verdict"], "found": r["found"],
+                "culprit_stage": scenario, "start": start, "method": r["method"], "verdict": r["verdict"], "found": r["found"],
                 "segbisect_s": r["wall_s"],
                 "naive_s": naive["wall_s"] if naive else "-",
-                "speedup_vs_naive": round(naive["wall_s"] / r["wall_s"], 2) if naive and r["wall_s"] else "-",
+                "speedup_vs_naive": _ratio(naive, r),
+                "speedup_vs_strict_naive": _ratio(strict, r),
                 "oracle_s": orc["wall_s"] if orc else "-",
                 "x_oracle": round(r["wall_s"] / orc["wall_s"], 2) if orc and orc["wall_s"] else "-",
                 "stage_exec (seg/oracle/naive)": f"{r['stage_executions']}/{orc['stage_executions'] if orc else '-'}/"
                                                  f"{naive['stage_executions'] if naive else '-'}",
             })
     return out
+
+
+def _ratio(baseline: dict[str, Any] | None, row: dict[str, Any]) -> float | str:
+    return round(baseline["wall_s"] / row["wall_s"], 2) if baseline and baseline["wall_s"] and row["wall_s"] else "-"
 
 
 def markdown(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], meta: dict[str, Any]) -> str:
