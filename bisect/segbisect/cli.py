@@ -68,7 +68,7 @@ def main(
     results: Optional[Path] = typer.Option(
         None, "--results", help=f"Results folder (default: <repo>/{RESULTS}); holds journals, logs and reports."
     ),
-    keep_workspaces: bool = typer.Option(False, "--keep-workspaces", help="Keep the hybrid worktrees for inspection."),
+    keep_workspaces: bool = typer.Option(False, "--keep-workspaces", help="Give every hybrid a worktree of its own and keep them for inspection (by default worktrees are reused and removed)."),
     mlflow: bool = typer.Option(
         True, "--mlflow/--no-mlflow",
         help="Record a parent run with one child run per hybrid (MLFLOW_TRACKING_URI, else <repo>/mlflow.db).",
@@ -80,7 +80,7 @@ def main(
     """Find the stage, then the minimal change, that makes BAD fail where GOOD passes.
 
     Hybrids (GOOD with some of BAD's units of change: params keys, code/data files, stage definitions) run
-    `dvc repro` in temporary git worktrees sharing your DVC cache, so unchanged stages are restored, not re-run.
+    `dvc repro` in temporary git worktrees sharing your DVC cache, so unchanged stages are restored or skipped, not re-run.
     Your working tree, index, refs, stash and DVC outputs are never modified.
     """
     console = Console(stderr=True) if as_json else Console()

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def store_ready(uri: str, experiment: str) -> bool:
     if not path.is_file():
         return False
     try:
-        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             return db.execute("SELECT 1 FROM experiments WHERE name = ?", (experiment,)).fetchone() is not None
     except sqlite3.Error:
         return False
