@@ -245,16 +245,22 @@ def test_run_check_and_repeat(toy: Path) -> None:
     assert os.path.isfile(Path(report["results_dir"]) / "report.md")
 
 
-def test_reused_worktrees_give_the_results_of_fresh_ones(toy: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("lock", ["committed", "not committed"])
+def test_reused_worktrees_give_the_results_of_fresh_ones(toy: Path, tmp_path: Path, lock: str) -> None:
     """Hybrids take turns in one worktree; each must see what a worktree of its own (--keep-workspaces) sees.
 
     BAD's evaluate.py is the culprit: a hybrid after BAD that still saw BAD's code would fail and blame prepare.
+    Without a committed dvc.lock, a reused worktree holds the previous hybrid's outputs and no lock at all.
     """
+    if lock == "not committed":
+        sh(toy, "git", "rm", "-q", "--cached", "dvc.lock")
+        sh(toy, "git", "commit", "-q", "-m", "stop tracking dvc.lock")
+        sh(toy, "git", "tag", "-f", "good")
     code_bug = (toy / "evaluate.py").read_text().replace(*EVALUATE_CODE_BUG)
     bad = bad_commit(toy, {"prepare": {"n": 42}, "train": {"epochs": 6}}, files={"evaluate.py": code_bug})
     pooled_repo = Path(shutil.copytree(toy, tmp_path / "pooled", symlinks=True))
     code, pooled, _ = bisect(pooled_repo, "good", bad)
-    assert code == 0 and (pooled["culprit"]["stage"], unit_names(pooled)) == ("evaluate", ["evaluate.py"])
+    assert code == 0 and (pooled["culprit"]["stage"], unit_names(pooled)) == ("evaluate", ["evaluate.py"]), (pooled["message"], pooled["hybrids"])
     code, fresh, human = bisect(toy, "good", bad, "--keep-workspaces")
     assert code == 0 and "hybrid worktrees kept" in human
 
@@ -265,11 +271,11 @@ def test_reused_worktrees_give_the_results_of_fresh_ones(toy: Path, tmp_path: Pa
     assert len(pooled["hybrids"]) > 4
 
 
-def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs(toy: Path) -> None:
+def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs_and_their_lock(toy: Path) -> None:
     commit = sh(toy, "git", "rev-parse", "good").strip()
     with Workspaces(toy, toy / ".dvc" / "cache") as workspaces:
-        first = workspaces.acquire("h01", commit, ["data", "model/model.json"])
-        other = workspaces.acquire("h02", commit, [])
+        first = workspaces.acquire("h01", commit, ["data", "model/model.json"], ["dvc.lock"])
+        other = workspaces.acquire("h02", commit, [], ["dvc.lock"])
         assert other != first, "a worktree in use is never handed out twice"
         (first / "params.yaml").write_text("edited: true\n")
         (first / "leftover.py").write_text("untracked\n")
@@ -280,14 +286,16 @@ def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs(toy: Path) -
         (first / "model").mkdir(exist_ok=True)
         (first / "model" / "model.json").write_text("{}")
         (first / "model" / "scratch.tmp").write_text("not an output")
+        (first / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
         workspaces.release(first)
-        again = workspaces.acquire("h03", commit, ["data", "model/model.json"])
+        again = workspaces.acquire("h03", commit, ["data", "model/model.json"], ["dvc.lock"])
         assert again == first
         assert (again / "params.yaml").read_bytes() == (toy / "params.yaml").read_bytes()
         assert not (again / "leftover.py").exists() and not (again / "__pycache__").exists()
         assert not (again / "model" / "scratch.tmp").exists()
         assert (again / "data" / "prepared.json").read_text() == "{}" and (again / "model" / "model.json").is_file()
         assert (again / ".dvc" / "config.local").is_file(), "the worktree still shares the user's cache"
+        assert (again / "dvc.lock").read_text() == "schema: '2.0'\nstages: {}\n", "the lock of the outputs left in place"
         roots = [first, other]
     assert not any(path.exists() for path in roots)
     assert sh(toy, "git", "worktree", "list").count("\n") == 1

@@ -195,8 +195,10 @@ class Evaluator:
 
     def _execute(self, hybrid: Hybrid) -> list[dict[str, Any]]:
         ctx = self.ctx
-        outs = sorted({o for snap in (ctx.good, ctx.bad) for stage in snap.stages for o in stage.outs})
-        workspace = ctx.workspaces.acquire(hybrid.id, ctx.good.ref.commit, outs)
+        stages = [stage for snap in (ctx.good, ctx.bad) for stage in snap.stages]
+        outs = sorted({out for stage in stages for out in stage.outs})
+        locks = sorted({stage.lock_file for stage in stages})
+        workspace = ctx.workspaces.acquire(hybrid.id, ctx.good.ref.commit, outs, locks)
         try:
             materialize(workspace, ctx.good, ctx.bad, [self._units[u] for u in hybrid.from_bad])
             env = {**ctx.env, "SEGBISECT_HYBRID": hybrid.id}

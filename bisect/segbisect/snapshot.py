@@ -32,6 +32,7 @@ class StageSnap:
     data: set[str] = field(default_factory=set)
     metrics: list[str] = field(default_factory=list)
     outs: list[str] = field(default_factory=list)
+    lock_file: str = "dvc.lock"
 
 
 @dataclass
@@ -108,7 +109,8 @@ def _stage_snap(root: Path, stage: Any, produced: list[str], tracked: dict[str, 
     from dvc.dependency.param import ParamsDependency
 
     dvcfile = _rel(root, stage.dvcfile.path)
-    snap = StageSnap(stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}")
+    snap = StageSnap(stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}",
+                     lock_file=Path(dvcfile).with_suffix(".lock").as_posix())
     file_deps = []
     for dep in stage.deps:
         path = _rel(root, dep.fs_path)

@@ -4,9 +4,10 @@ Worktrees live in a temporary folder outside the user's tree, marked with the ow
 session can remove the leftovers of one that was killed. Nothing touches the user's index, refs or stash.
 
 A worktree is handed to the next hybrid reset to the commit's tracked files, with every other file removed
-except the stages' DVC outputs and DVC's own state. DVC checks those outputs against `dvc.lock` by hash, so a
-stage whose inputs did not change is skipped in place ("didn't change"), which is cheaper than restoring it
-from the run-cache into a fresh worktree (about 0.1 s a stage, plus `git worktree add`).
+except the stages' DVC outputs, the lock files that describe them and DVC's own state. DVC checks those outputs
+and the hybrid's inputs against the lock by hash, so a stage whose inputs did not change is skipped in place
+("didn't change") instead of being restored from the run-cache into a fresh worktree: about 0.1 s a stage on
+tiny data, a copy of every upstream output on real data, plus `git worktree add`.
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ class Workspaces:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def acquire(self, name: str, commit: str, outs: list[str]) -> Path:
-        """A worktree at `commit` whose DVC cache is the user's, holding no files but the commit's and `outs`."""
+    def acquire(self, name: str, commit: str, outs: list[str], locks: list[str]) -> Path:
+        """A worktree at `commit` whose DVC cache is the user's, holding no files but the commit's, `outs` and `locks`."""
         with self._lock:
             path = self._idle.pop() if self._idle else None
         if path is None:
             return self._create(name, commit)
         try:
-            _reset(path, commit, outs)
+            _reset(path, commit, outs, locks)
         except BaseException:
             self._remove(path)
             raise
@@ -91,11 +92,18 @@ class Workspaces:
                 self._idle.remove(path)
 
 
-def _reset(worktree: Path, commit: str, outs: list[str]) -> None:
-    """Back to `commit`'s tracked files; untracked and ignored files go, except `outs` and DVC's config and state."""
+def _reset(worktree: Path, commit: str, outs: list[str], locks: list[str]) -> None:
+    """Back to `commit`'s tracked files; other files go, except `outs`, DVC's config and state, and the `locks`.
+
+    The previous hybrid's lock files are put back even where the commit tracks its own: they describe the
+    outputs left in place, so DVC can skip the stages whose inputs still match them.
+    """
+    kept = {lock: (worktree / lock).read_bytes() for lock in locks if (worktree / lock).is_file()}
     git(worktree, "checkout", "--detach", "--force", "--quiet", commit)
-    keep = [f"--exclude=/{path.strip('/')}" for path in [*outs, ".dvc/config.local", ".dvc/tmp"]]
+    keep = [f"--exclude=/{path.strip('/')}" for path in [*outs, *locks, ".dvc/config.local", ".dvc/tmp"]]
     git(worktree, "clean", "-d", "-x", "--force", "--quiet", *keep)
+    for lock, content in kept.items():
+        (worktree / lock).write_bytes(content)
 
 
 def _share_cache(repo: Path, worktree: Path, cache_dir: Path) -> None:
