@@ -126,6 +126,9 @@ class Evaluator:
         self._memo: dict[str, Hybrid] = {}
         self._units = {u.id: u for u in ctx.inventory.units}
         self._journaled = {r["fingerprint"] for r in ctx.journal.records("hybrid")}
+        stages = [stage for snap in (ctx.good, ctx.bad) for stage in snap.stages]
+        self._outs = sorted({out for stage in stages for out in stage.outs})
+        self._locks = sorted({stage.lock_file for stage in stages})
 
     def __call__(self, batch: list[tuple[frozenset[str], str]]) -> list[str]:
         pending: dict[str, Hybrid] = {}
@@ -195,10 +198,7 @@ class Evaluator:
 
     def _execute(self, hybrid: Hybrid) -> list[dict[str, Any]]:
         ctx = self.ctx
-        stages = [stage for snap in (ctx.good, ctx.bad) for stage in snap.stages]
-        outs = sorted({out for stage in stages for out in stage.outs})
-        locks = sorted({stage.lock_file for stage in stages})
-        workspace = ctx.workspaces.acquire(hybrid.id, ctx.good.ref.commit, outs, locks)
+        workspace = ctx.workspaces.acquire(hybrid.id, ctx.good.ref.commit, self._outs, self._locks)
         try:
             materialize(workspace, ctx.good, ctx.bad, [self._units[u] for u in hybrid.from_bad])
             env = {**ctx.env, "SEGBISECT_HYBRID": hybrid.id}

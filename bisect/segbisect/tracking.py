@@ -30,11 +30,14 @@ def tracking_uri(repo: Path) -> str:
     return uri
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts beside a SQLite store: MLflow's default, ./mlruns, would land in whichever directory runs first."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
-    return None
+    path = _sqlite_file(uri)
+    return (path.parent / "mlruns").as_uri() if path else None
 
 
 def store_ready(uri: str, experiment: str) -> bool:
@@ -42,13 +45,11 @@ def store_ready(uri: str, experiment: str) -> bool:
 
     Read with the standard library, because importing MLflow to ask is the cost this check lets us overlap.
     """
-    if not uri.startswith("sqlite:///"):
-        return False
-    path = Path(uri.removeprefix("sqlite:///"))
-    if not path.is_file():
+    path = _sqlite_file(uri)
+    if path is None or not path.is_file():
         return False
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
             return db.execute("SELECT 1 FROM experiments WHERE name = ?", (experiment,)).fetchone() is not None
     except sqlite3.Error:
         return False
