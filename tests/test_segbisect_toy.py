@@ -159,8 +159,11 @@ def test_preconditions_and_usage_errors(toy: Path) -> None:
 
 
 def start(repo: Path, results: Path, *args: str) -> subprocess.Popen:
+    """segbisect as a terminal starts it: Ctrl-C (SIGINT) at its default, even where this test runs in a background
+    job, whose shell sets SIGINT to ignored for everything it starts."""
     return subprocess.Popen([SEGBISECT, *args, "--repo", str(repo), "--results", str(results), "--no-mlflow"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_hybrids(results: Path, count: int, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -170,7 +173,7 @@ def wait_for_hybrids(results: Path, count: int, proc: subprocess.Popen, timeout:
         if journals and sum('"type": "hybrid"' in line for line in journals[0].read_text().splitlines()) >= count:
             return
         assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
+        time.sleep(0.2)
     raise AssertionError("segbisect did not get that far in time")
 
 
@@ -181,7 +184,7 @@ def test_user_workspace_untouched_even_when_killed_and_resume_finishes(toy: Path
     results = tmp_path / "results"
 
     proc = start(toy, results, "good", "bad")
-    wait_for_hybrids(results, 2, proc)  # five of seven hybrids (about 3 s) still to run
+    wait_for_hybrids(results, 3, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
