@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,20 @@ def oracle(units: list[dict[str, Any]], culprit: list[str], bad_cached: bool = F
 STARTS = {"cold": "BAD not yet run", "cached": "BAD already reproduced"}
 
 
+@dataclass
+class Bench:
+    """One pass: the reproduced GOOD repository, and what the scenarios share (naive replays, per-run details)."""
+
+    base: Path
+    work: Path
+    uri: str
+    good_params: dict[str, Any]
+    jobs: list[int]
+    naive: bool
+    naive_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", default="evaluate,preprocess,train,prepare")
@@ -223,91 +238,100 @@ def main() -> None:
         finish(saved["rows"], saved["meta"], args.out)
         return
     overrides = dict(p.split("=", 1) for p in args.predicate)
-    starts = args.start.split(",")
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
     uri = f"sqlite:///{args.work / 'mlflow.db'}"
     meta: dict[str, Any] = {"started": now(), "machine": machine(), "load_start": loadavg(), "loads": {}}
     print(f"[{now()}] load {loadavg()}: reproducing GOOD", flush=True)
-    base, good_run = prepare_base(args.work, uri)
-    meta["good_repro"] = good_run
-    good_params = yaml.safe_load((base / "params.yaml").read_text())
-    rows, naive_cache, details = [], {}, {}
+    base, meta["good_repro"] = prepare_base(args.work, uri)
+    bench = Bench(base, args.work, uri, yaml.safe_load((base / "params.yaml").read_text()),
+                  [int(j) for j in args.jobs.split(",")], not args.no_naive)
+    rows: list[dict[str, Any]] = []
     for scenario in args.scenarios.split(","):
         overlay, predicate, expected = SCENARIOS[scenario]
-        predicate = overrides.get(scenario, predicate)
         bad_file = bad_params(base, overlay, args.work / f"bad-{scenario}.yaml")
-        for start in starts:
-            per_jobs = {}
-            for jobs in [int(j) for j in args.jobs.split(",")]:
-                load_before = loadavg()
-                print(f"[{now()}] load {load_before}: segbisect {scenario} ({STARTS[start]}) --jobs {jobs}", flush=True)
-                report = run_segbisect(base, args.work / f"{scenario}-{start}-j{jobs}", bad_file, predicate, jobs, uri,
-                                       start == "cached")
-                per_jobs[jobs] = report
-                culprit = report.get("culprit") or {}
-                rows.append({
-                    "culprit_stage": scenario, "start": STARTS[start], "method": f"segbisect --jobs {jobs}",
-                    "verdict": report["verdict"],
-                    "found": ",".join(u["name"] for u in culprit.get("units", [])) or "-",
-                    "hybrids": sum(1 for h in report["hybrids"] if not h.get("reused")),
-                    "stage_executions": report.get("stage_executions", 0), "wall_s": report["_seconds"],
-                    "load": f"{load_before} -> {loadavg()}",
-                })
-                details[f"{scenario}-{start}-j{jobs}"] = {k: report.get(k) for k in ("verdict", "message", "hybrids", "units", "stage_executions", "_exit", "_seconds")}
-            report = per_jobs[min(per_jobs)]
-            units = report.get("units", [])
-            if not units:
-                continue
-            verdict_units = [u["id"] for u in (report.get("culprit") or {}).get("units", [])]
-            found = verdict_units or [u["id"] for u in units if u["name"] == expected]
-            everything = frozenset(u["id"] for u in units)
-            plan = oracle(units, found, bad_cached=start == "cached")
-            configs = {}
-            for h in report["hybrids"]:
-                configs.setdefault(frozenset(h["from_bad"]), h["label"])
-            for label, config, _ in plan:
-                configs.setdefault(config, label)
-            reproduced = {frozenset()} | ({everything} if start == "cached" else set())
-            naive_total = naive_new = 0.0
-            naive_exec = naive_new_exec = naive_new_hybrids = 0
-            stage_times: dict[tuple[frozenset[str], str], float] = {}
-            if not args.no_naive:
-                for config, label in configs.items():
-                    params = hybrid_params(good_params, units, sorted(config))
-                    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-                    if key not in naive_cache:
-                        print(f"[{now()}] load {loadavg()}: naive {scenario} {label}", flush=True)
-                        naive_cache[key] = naive_replay(base, args.work, params, uri) | {"load": loadavg(), "label": label}
-                    run = naive_cache[key]
-                    for stage, sec in run["stage_seconds"].items():
-                        stage_times.setdefault((config, stage), sec)
-                    if any(frozenset(h["from_bad"]) == config for h in report["hybrids"]):
-                        naive_total += run["seconds_total"]
-                        naive_exec += len(run["stage_seconds"])
-                        if config not in reproduced:
-                            naive_new += run["seconds_total"]
-                            naive_new_exec += len(run["stage_seconds"])
-                            naive_new_hybrids += 1
-                common = {"culprit_stage": scenario, "start": STARTS[start], "verdict": "-", "found": "-", "load": "see json"}
-                rows.append({**common, "method": "naive: same hybrids, repro --force", "hybrids": len(report["hybrids"]),
-                             "stage_executions": naive_exec, "wall_s": round(naive_total, 1)})
-                rows.append({**common, "method": "naive, strict: without configurations already reproduced",
-                             "hybrids": naive_new_hybrids, "stage_executions": naive_new_exec, "wall_s": round(naive_new, 1)})
-            # oracle seconds: each executed stage at its own measured from-scratch duration in that configuration
-            oracle_s = sum(stage_times.get((config, s), statistics.median(
-                [v for (c, st), v in stage_times.items() if st == s] or [0.0])) for _, config, ex in plan for s in ex)
-            rows.append({"culprit_stage": scenario, "start": STARTS[start], "method": "oracle (perfect reuse, no overhead)",
-                         "verdict": "-", "found": ",".join(u["name"] for u in units if u["id"] in found),
-                         "hybrids": len(plan), "stage_executions": sum(len(ex) for _, _, ex in plan),
-                         "wall_s": round(oracle_s, 1), "load": "-"})
-            details[f"{scenario}-{start}-oracle"] = [{"label": l, "from_bad": sorted(c), "executed": ex} for l, c, ex in plan]
+        for start in args.start.split(","):
+            runs, report = segbisect_rows(bench, scenario, start, bad_file, overrides.get(scenario, predicate))
+            rows += runs
+            if report.get("units"):
+                rows += baseline_rows(bench, scenario, start, report, expected)
         meta["loads"][scenario] = loadavg()
-    meta["naive_runs"] = list(naive_cache.values())
-    meta["details"] = details
+    meta["naive_runs"] = list(bench.naive_cache.values())
+    meta["details"] = bench.details
     meta["finished"], meta["load_end"] = now(), loadavg()
     finish(rows, meta, args.out)
+
+
+def segbisect_rows(bench: Bench, scenario: str, start: str, bad_file: Path, predicate: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(a): one segbisect run per --jobs value; returns their rows and the report of the smallest --jobs."""
+    rows, reports = [], {}
+    for jobs in bench.jobs:
+        load_before = loadavg()
+        print(f"[{now()}] load {load_before}: segbisect {scenario} ({STARTS[start]}) --jobs {jobs}", flush=True)
+        report = run_segbisect(bench.base, bench.work / f"{scenario}-{start}-j{jobs}", bad_file, predicate, jobs,
+                               bench.uri, start == "cached")
+        reports[jobs] = report
+        culprit = report.get("culprit") or {}
+        rows.append({
+            "culprit_stage": scenario, "start": STARTS[start], "method": f"segbisect --jobs {jobs}",
+            "verdict": report["verdict"],
+            "found": ",".join(u["name"] for u in culprit.get("units", [])) or "-",
+            "hybrids": sum(1 for h in report["hybrids"] if not h.get("reused")),
+            "stage_executions": report.get("stage_executions", 0), "wall_s": report["_seconds"],
+            "load": f"{load_before} -> {loadavg()}",
+        })
+        bench.details[f"{scenario}-{start}-j{jobs}"] = {
+            k: report.get(k) for k in ("verdict", "message", "hybrids", "units", "stage_executions", "_exit", "_seconds")}
+    return rows, reports[min(reports)]
+
+
+def baseline_rows(bench: Bench, scenario: str, start: str, report: dict[str, Any], expected: str) -> list[dict[str, Any]]:
+    """(b) and (c): the naive replays of the hybrids `report` ran, and the oracle costed with their stage times."""
+    units = report["units"]
+    found = [u["id"] for u in (report.get("culprit") or {}).get("units", [])] or [u["id"] for u in units if u["name"] == expected]
+    plan = oracle(units, found, bad_cached=start == "cached")
+    ran = [(frozenset(h["from_bad"]), h["label"]) for h in report["hybrids"]]
+    configs: dict[frozenset[str], str] = {}
+    for config, label in ran + [(config, label) for label, config, _ in plan]:
+        configs.setdefault(config, label)
+    reproduced = {frozenset()} | ({frozenset(u["id"] for u in units)} if start == "cached" else set())
+    rows = []
+    stage_times: dict[tuple[frozenset[str], str], float] = {}
+    if bench.naive:
+        charged = []  # the replays of the hybrids segbisect ran
+        for config, label in configs.items():
+            run = naive_run(bench, scenario, units, config, label)
+            for stage, sec in run["stage_seconds"].items():
+                stage_times.setdefault((config, stage), sec)
+            if any(config == c for c, _ in ran):
+                charged.append({"seconds": run["seconds_total"], "executions": len(run["stage_seconds"]),
+                                "new": config not in reproduced})
+        common = {"culprit_stage": scenario, "start": STARTS[start], "verdict": "-", "found": "-", "load": "see json"}
+        for method, picked in (("naive: same hybrids, repro --force", charged),
+                               ("naive, strict: without configurations already reproduced", [c for c in charged if c["new"]])):
+            rows.append({**common, "method": method, "hybrids": len(picked),
+                         "stage_executions": sum(c["executions"] for c in picked),
+                         "wall_s": round(sum(c["seconds"] for c in picked), 1)})
+    # oracle seconds: each executed stage at its own measured from-scratch duration in that configuration
+    oracle_s = sum(stage_times.get((config, s), statistics.median(
+        [v for (c, st), v in stage_times.items() if st == s] or [0.0])) for _, config, ex in plan for s in ex)
+    rows.append({"culprit_stage": scenario, "start": STARTS[start], "method": "oracle (perfect reuse, no overhead)",
+                 "verdict": "-", "found": ",".join(u["name"] for u in units if u["id"] in found),
+                 "hybrids": len(plan), "stage_executions": sum(len(ex) for _, _, ex in plan),
+                 "wall_s": round(oracle_s, 1), "load": "-"})
+    bench.details[f"{scenario}-{start}-oracle"] = [{"label": l, "from_bad": sorted(c), "executed": ex} for l, c, ex in plan]
+    return rows
+
+
+def naive_run(bench: Bench, scenario: str, units: list[dict[str, Any]], config: frozenset[str], label: str) -> dict[str, Any]:
+    """A configuration replayed from scratch, measured once per pass whichever scenario asks first."""
+    params = hybrid_params(bench.good_params, units, sorted(config))
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    if key not in bench.naive_cache:
+        print(f"[{now()}] load {loadavg()}: naive {scenario} {label}", flush=True)
+        bench.naive_cache[key] = naive_replay(bench.base, bench.work, params, bench.uri) | {"load": loadavg(), "label": label}
+    return bench.naive_cache[key]
 
 
 def finish(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
