@@ -24,9 +24,12 @@ from typing import Any
 
 import numpy as np
 
-# Predicting at most this share of the true foreground's amount is the all-zero symptom: a handful of
-# stray pixels from a collapsed model must not hide it (with no true foreground, only exact zero counts).
-SYMPTOM_RELATIVE = 0.01
+# The all-zero symptom: predicted foreground at most SYMPTOM_RELATIVE of the true foreground share, and never
+# less than SYMPTOM_FLOOR of the valid pixels. A collapsed model still paints a fraction of a percent here and
+# there (how much depends on the CPU's kernels), which must not hide the symptom, also when the masks themselves
+# hold no foreground (then the relative part is zero and only the floor counts).
+SYMPTOM_RELATIVE = 0.05
+SYMPTOM_FLOOR = 0.001
 # Eval inputs whose channel mean moved by more than this many training stds, or whose std changed by
 # more than this factor, were not normalized like the training inputs (split-to-split drift is far smaller).
 MAX_MEAN_SHIFT_STDS = 1.0
@@ -84,9 +87,14 @@ def diagnose(ev: Evidence) -> dict[str, Any]:
     return _record(ev, True, _verdict(ev, findings), notes, findings)
 
 
+def all_zero_threshold(true_foreground_fraction: float) -> float:
+    """The largest predicted foreground share that still counts as the all-zero symptom."""
+    return max(SYMPTOM_RELATIVE * true_foreground_fraction, SYMPTOM_FLOOR)
+
+
 def is_all_zero(foreground_fraction: float, true_foreground_fraction: float) -> bool:
     """The symptom: (almost) no pixel predicted as foreground, measured against how much foreground there is."""
-    return foreground_fraction <= SYMPTOM_RELATIVE * true_foreground_fraction
+    return foreground_fraction <= all_zero_threshold(true_foreground_fraction)
 
 
 def _consistency_findings(ev: Evidence) -> list[Finding]:
@@ -254,7 +262,8 @@ def collapse_rule(ev: Evidence) -> Finding:
 def observations(ev: Evidence) -> list[str]:
     """Facts worth reading whatever the verdict."""
     return [
-        f"predicted foreground {_pct(ev.foreground_fraction)} of valid pixels, true foreground {_pct(ev.true_foreground_fraction)}",
+        f"predicted foreground {_pct(ev.foreground_fraction)} of valid pixels, true foreground {_pct(ev.true_foreground_fraction)} "
+        f"(all-zero symptom at or below {_pct(all_zero_threshold(ev.true_foreground_fraction))})",
         f"raw outputs in [{ev.output_min:.4g}, {ev.output_max:.4g}], mean {ev.output_mean:.4g}: {output_kind(ev)}",
         f"post-processing: {ev.postprocess}" + (f" at {ev.threshold:.6g}" if ev.postprocess == "threshold" else ""),
         f"mask values present: {sorted(ev.label_counts)} (num_classes {ev.num_classes}, ignore {ev.ignore_index})",
@@ -293,6 +302,7 @@ def _stats_mismatch(train: dict[str, list[float]], evaluation: dict[str, list[fl
 def _record(ev: Evidence, symptom: bool, verdict: Finding, notes: list[str], findings: list[Finding]) -> dict[str, Any]:
     return {
         "symptom": symptom,
+        "all_zero_threshold": all_zero_threshold(ev.true_foreground_fraction),
         "category": verdict.category,
         "cause": verdict.cause,
         "evidence": verdict.evidence + notes,

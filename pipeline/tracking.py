@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import write_json
+from pipeline.numerics import numeric_environment
 from pipeline.params import PARAMS_FILE, as_flat_dict, config_hash
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -32,7 +33,9 @@ def git_commit() -> str:
 def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[Any]:
     """Start an MLflow run for `stage`, log its params, and record the run id in `run_file` (a DVC out).
 
-    The run id file lets a result restored from DVC's cache still point at the run that produced it.
+    The run id file lets a result restored from DVC's cache still point at the run that produced it; it also
+    holds the numeric environment (CPU, oneDNN ISA, versions), tagged `numerics.*` on the run as well, since
+    results differ in the last bits from one CPU to another.
     """
     import mlflow
 
@@ -40,13 +43,16 @@ def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[Any]:
     mlflow.set_tracking_uri(tracking_uri)
     ensure_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT), tracking_uri)
     chash = config_hash(PARAMS_FILE)
+    numerics = numeric_environment()
     tags = {"stage": stage, "config_hash": chash, "git_commit": git_commit()}
+    tags.update({f"numerics.{key}": _tag_value(value) for key, value in numerics.items()})
     tags.update({tag: os.environ[var] for var, tag in ENV_TAGS.items() if os.environ.get(var)})
     with mlflow.start_run(run_name=f"{stage} {chash[:8]}", tags=tags) as run:
         mlflow.log_params({k: _param_value(v) for k, v in as_flat_dict(params).items()})
         write_json(
             run_file,
-            {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "stage": stage, "config_hash": chash},
+            {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "stage": stage, "config_hash": chash,
+             "numerics": numerics},
         )
         yield run
 
@@ -70,6 +76,12 @@ def ensure_experiment(name: str, tracking_uri: str) -> None:
             if mlflow.get_experiment_by_name(name) is None:
                 raise
     mlflow.set_experiment(name)
+
+
+def _tag_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
 
 
 def _param_value(value: Any) -> str:

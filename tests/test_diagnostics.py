@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline.diagnostics import Evidence, diagnose
+from pipeline.diagnostics import SYMPTOM_FLOOR, Evidence, all_zero_threshold, diagnose
 
 UNIT_STATS = {"mean": [0.5, 0.45, 0.4], "std": [0.2, 0.2, 0.25], "min": [0.0] * 3, "max": [1.0] * 3}
 HEALTHY = Evidence(
@@ -66,9 +66,19 @@ def test_record_is_json_and_keeps_the_numbers():
 
 
 def test_a_few_stray_foreground_pixels_still_count_as_all_zero():
-    """Under 1% of the true foreground's share is the symptom; above it is a (poor) prediction."""
-    assert diagnose(dataclasses.replace(HEALTHY, foreground_fraction=5e-4, reference_foreground_fraction=5e-4))["symptom"]
-    assert not diagnose(dataclasses.replace(HEALTHY, foreground_fraction=7e-4))["symptom"]
+    """Up to 5% of the true foreground's share is the symptom; above it is a (poor) prediction."""
+    stray = diagnose(dataclasses.replace(HEALTHY, foreground_fraction=0.003, reference_foreground_fraction=0.003))
+    assert (stray["symptom"], stray["all_zero_threshold"]) == (True, pytest.approx(0.003))
+    assert not diagnose(dataclasses.replace(HEALTHY, foreground_fraction=0.0031))["symptom"]
+
+
+def test_without_true_foreground_the_floor_decides():
+    """Masks without foreground make the relative tolerance zero; a collapsed model's stray pixels still count."""
+    no_labels = {"true_foreground_fraction": 0.0, "label_counts": {0: 940, 255: 60}}
+    stray = diagnose(dataclasses.replace(HEALTHY, **no_labels, foreground_fraction=0.0006, reference_foreground_fraction=0.0006))
+    assert (stray["symptom"], stray["all_zero_threshold"], stray["cause"]) == (True, 0.001, "no_foreground_labels")
+    assert not diagnose(dataclasses.replace(HEALTHY, **no_labels, foreground_fraction=0.002))["symptom"]
+    assert all_zero_threshold(0.0) == SYMPTOM_FLOOR
 
 
 def test_collapse_to_majority_with_healthy_labels_and_inputs():

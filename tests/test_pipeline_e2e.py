@@ -12,6 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import dvc_repro, make_pipeline_repo, write_params
+from pipeline.numerics import numeric_environment
 
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
 
@@ -45,6 +46,8 @@ def test_repro_builds_everything_then_only_what_changed(repo: Path, tracking_uri
     assert 0.0 <= metrics["mean_iou"] <= 1.0
     assert 0.0 <= metrics["foreground_fraction"] <= 1.0
     assert set(metrics["per_class_iou"]) == {"background", "foreground"}
+    assert metrics["all_zero_threshold"] == max(0.05 * metrics["true_foreground_fraction"], 0.001)
+    assert metrics["all_zero_symptom"] == int(metrics["foreground_fraction"] <= metrics["all_zero_threshold"])
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient()
@@ -59,6 +62,12 @@ def test_repro_builds_everything_then_only_what_changed(repo: Path, tracking_uri
     assert artifacts, "evaluate logged no artifacts"
     run_file = json.loads((repo / "reports/evaluate/evaluate_run.json").read_text())
     assert run_file["run_id"] == by_stage["evaluate"].info.run_id
+    here = numeric_environment()
+    for stage, run in by_stage.items():
+        assert run.data.tags["numerics.cpu"] == here["cpu"], stage
+        assert run.data.tags["numerics.onednn_isa"] == str(here["onednn_isa"]), stage
+    assert run_file["numerics"]["onednn_isa"] == here["onednn_isa"]
+    assert run_file["numerics"]["tensorflow"] == here["tensorflow"] and run_file["numerics"]["keras"] == here["keras"]
 
     second = dvc_repro(repo)
     assert second.returncode == 0, second.stderr

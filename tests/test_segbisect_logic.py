@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from segbisect.predicate import Predicate, PredicateError, UnjudgeableError, flatten
+from segbisect.predicate import DEFAULT, Predicate, PredicateError, UnjudgeableError, flatten
 from segbisect.search import ddmin, search
 from segbisect.units import Group, Unit
 
@@ -101,6 +101,16 @@ def test_predicate_language() -> None:
     assert pred(metrics)
     assert not Predicate("iou['1'] > 0.3")(metrics)
     assert Predicate("0.3 < mean_iou <= 0.5")(metrics)
+
+
+def test_default_predicate_compares_the_share_with_the_recorded_tolerance() -> None:
+    pred = Predicate(DEFAULT)
+    assert pred.metric_keys == ["foreground_fraction", "all_zero_threshold"]
+    assert pred({"foreground_fraction": 0.0004, "all_zero_threshold": 0.001})
+    assert pred({"foreground_fraction": 0.0, "all_zero_threshold": 0.001})
+    assert not pred({"foreground_fraction": 0.08, "all_zero_threshold": 0.004})
+    with pytest.raises(UnjudgeableError, match="all_zero_threshold"):
+        pred({"foreground_fraction": 0.0})
 
 
 @pytest.mark.parametrize("expr", ["__import__('os').system('true')", "mean_iou + 1 > 2", "[x for x in y]",

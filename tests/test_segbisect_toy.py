@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from segbisect import machine
 from segbisect.cli import app
 from segbisect.workspace import Workspaces
 from conftest import tree_state
@@ -146,7 +148,7 @@ def test_preconditions_and_usage_errors(toy: Path) -> None:
         (("good", "good"), 2, "no differences"),
         (("good", "no-such-ref"), 2, "is not a git revision, DVC experiment, params file or MLflow run id"),
         (("good", bad, "--fail-if", "__import__('os').system('true')"), 2, "is not allowed"),
-        (("good", bad, "--fail-if", "fg == 0"), 2, "available keys: accuracy, foreground_fraction, per_class.foreground"),
+        (("good", bad, "--fail-if", "fg == 0"), 2, "available keys: accuracy, all_zero_threshold, foreground_fraction, per_class.foreground"),
     ]
     for args, expected_code, message in cases:
         code, report, human = bisect(toy, *args)
@@ -218,11 +220,16 @@ def test_mlflow_run_reference_and_tracking(toy: Path, tracking_uri: str) -> None
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("toy")
     good_sha = sh(toy, "git", "rev-parse", "good").strip()
-    run = client.create_run(experiment, tags={"stage": "train", "git_commit": f"{good_sha}-dirty"})
+    run = client.create_run(experiment, tags={"stage": "train", "git_commit": f"{good_sha}-dirty",
+                                              "numerics.host": "gpu-node-7", "numerics.cpu": "Another CPU"})
     for key, value in {"lr": "2.0", "momentum": "0.5", "epochs": "5", "max_n": "45"}.items():
         client.log_param(run.info.run_id, key, value)
     code, report, human = bisect(toy, "good", run.info.run_id, mlflow=True)
     assert code == 0 and report["bad"]["kind"] == "mlflow" and "dirty" in human
+    words = " ".join(human.split())
+    assert "ran on another machine (host 'gpu-node-7'" in words and "cpu 'Another CPU'" in words
+    here = machine.describe()
+    assert all(h["machine"] == here for h in report["hybrids"]) and here["host"] == socket.gethostname()
     assert (report["culprit"]["stage"], unit_names(report)) == ("train", ["train.lr"])
     unit = report["culprit"]["units"][0]
     assert (unit["good"], unit["bad"]) == (0.1, 2.0)
@@ -237,6 +244,7 @@ def test_mlflow_run_reference_and_tracking(toy: Path, tracking_uri: str) -> None
     assert len(children) == len(report["hybrids"])
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert {c.data.tags["side.train"] for c in children} == {"good", "bad"}
+    assert {(c.data.tags["machine.host"], c.data.tags["machine.cpu"]) for c in children} == {(here["host"], here["cpu"])}
 
 
 def test_run_check_and_repeat(toy: Path) -> None:

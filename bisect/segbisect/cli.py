@@ -48,7 +48,9 @@ def main(
         None, "--fail-if", metavar="EXPR",
         help="Failure predicate over the metrics file, e.g. 'foreground_fraction == 0 or mean_iou < 0.2'. "
         "Comparisons of metric keys (dotted for nested) with numbers, and/or/not, parentheses. "
-        "Default: 'foreground_fraction == 0' (the all-zero symptom).",
+        "Default: 'foreground_fraction <= all_zero_threshold', the all-zero symptom: the share of valid pixels "
+        "predicted as foreground is at most the tolerance the evaluate stage writes beside it (5% of the true "
+        "foreground share, and at least 0.1% of the valid pixels).",
     ),
     run: Optional[str] = typer.Option(
         None, "--run", metavar="CMD",

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from segbisect import machine
 from segbisect.errors import UsageError
 from segbisect.gitutil import git, rev_parse_commit
 
@@ -120,6 +121,10 @@ def _mlflow_ref(repo: Path, text: str, tracking_uri: str | None) -> Reference | 
     commit = rev_parse_commit(repo, recorded)
     if commit is None:
         raise UsageError(f"MLflow run {text} records commit {recorded}, which this repository does not have")
+    moved = machine.differences(tags)
+    if moved:
+        warnings.append(f"MLflow run {text} ran on another machine ({'; '.join(moved)}): hybrids run here, so a verdict "
+                        "may rest on floating-point differences between CPUs rather than on the change")
     params = _commit_params(repo, commit)
     section = tags.get("stage")
     target = params.get(section) if isinstance(params.get(section), dict) else params

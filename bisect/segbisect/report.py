@@ -16,7 +16,7 @@ def hybrid_row(h: Any) -> dict[str, Any]:
     return {"id": h.id, "label": h.label, "from_bad": h.from_bad, "sides": h.sides, "outcome": h.outcome,
             "note": h.note, "metrics": h.metrics, "executed": h.executed, "restored": h.restored,
             "seconds": h.seconds, "reused": h.reused, "fingerprint": h.fingerprint,
-            "attempts": len(h.attempts)}
+            "attempts": len(h.attempts), "machine": h.attempts[-1].get("machine") if h.attempts else None}
 
 
 def write(folder: Path, report: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from segbisect import machine
 from segbisect.predicate import flatten
 
 RAN = re.compile(r"^Running stage '(.+)':")
@@ -28,7 +29,7 @@ RESTORED = (re.compile(r"^Stage '(.+)' is cached - skipping run"), re.compile(r"
 
 @dataclass
 class Attempt:
-    """One execution of a hybrid: status ok | crash | no-metrics, and the evidence."""
+    """One execution of a hybrid: status ok | crash | no-metrics, the evidence, and the machine it ran on."""
 
     status: str
     executed: list[str] = field(default_factory=list)
@@ -38,6 +39,7 @@ class Attempt:
     seconds: float = 0.0
     reason: str = ""
     check_rc: int | None = None
+    machine: dict[str, Any] = field(default_factory=machine.describe)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -132,7 +132,8 @@ class Tracker:
     def _log_hybrid(self, record: dict[str, Any]) -> None:
         tags = {"mlflow.parentRunId": self.parent, "segbisect.session": self.session, "segbisect.role": "hybrid",
                 "segbisect.hybrid": record["id"], "outcome": record["outcome"], "reused": str(record["reused"]),
-                **{f"side.{group}": side for group, side in record["sides"].items()}}
+                **{f"side.{group}": side for group, side in record["sides"].items()},
+                **{f"machine.{key}": _tag(value) for key, value in (record.get("machine") or {}).items()}}
         run = self.client.create_run(self.experiment_id, run_name=f"{record['id']} {record['label']}"[:250], tags=tags)
         stage_runs = self._stage_runs(record["id"])
         if stage_runs:
@@ -166,3 +167,7 @@ class Tracker:
             metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
             params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
         )
+
+
+def _tag(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -33,7 +33,7 @@ GOOD_PARAMS = HERE / "good.yaml"
 PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 GOOD_BRANCH = "main"
 COLUMNS = ("case", "cause", "BAD ref", "expected stage", "stage named", "minimal units", "diagnosis",
-           "GOOD fg", "BAD fg", "hybrids", "stage executions", "seconds")
+           "GOOD fg", "BAD fg", "BAD all-zero at", "hybrids", "stage executions", "seconds")
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,17 @@ class Outcome:
     def hybrid(self, label: str) -> dict[str, Any]:
         return next((h for h in self.report.get("hybrids", []) if h["label"] == label), {})
 
+    def metrics(self, label: str) -> dict[str, Any]:
+        """The evaluate metrics of the hybrid labelled GOOD or BAD (empty when it did not run)."""
+        return self.hybrid(label).get("metrics", {})
+
     @property
     def good_fg(self) -> float | None:
-        return self.hybrid("GOOD").get("metrics", {}).get("foreground_fraction")
+        return self.metrics("GOOD").get("foreground_fraction")
 
     @property
     def bad_fg(self) -> float | None:
-        return self.hybrid("BAD").get("metrics", {}).get("foreground_fraction")
+        return self.metrics("BAD").get("foreground_fraction")
 
     @property
     def culprit(self) -> dict[str, Any]:
@@ -98,6 +102,7 @@ class Outcome:
         return dict(zip(COLUMNS, (
             self.case.name, self.case.cause, self.bad_ref, self.case.stage, self.stage or self.report.get("verdict"),
             ", ".join(self.units), self.diagnosis, _round(self.good_fg), _round(self.bad_fg),
+            _round(self.metrics("BAD").get("all_zero_threshold")),
             len(self.report.get("hybrids", [])), self.report.get("stage_executions"), round(self.seconds, 1))))
 
 
