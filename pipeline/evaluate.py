@@ -355,7 +355,7 @@ def main() -> None:
     names = class_names(spec, pred.cm.shape[0])
     scores = build_metrics(pred, names)
     record = diagnostics.diagnose(build_evidence(pred, scores, masks, spec, meta, params))
-    scores["all_zero_threshold"] = diagnostics.all_zero_threshold(scores["true_foreground_fraction"])
+    scores["all_zero_threshold"] = record["all_zero_threshold"]
     scores["all_zero_symptom"] = int(record["symptom"])
     print(f"mean_iou {scores['mean_iou']:.4f}  foreground_fraction {scores['foreground_fraction']:.4f}  "
           f"diagnosis {record['category']}/{record['cause']}")

@@ -18,14 +18,15 @@ from typing import Any
 KERNEL_FLAGS = re.compile(r"^(sse4_[12]|avx\w*|fma|f16c|amx\w*)$")
 # Tags a stage run may carry about where it ran (the pipeline's stages write them).
 RECORDED_HOST, RECORDED_CPU = "numerics.host", "numerics.cpu"
+CPU_INFO = Path("/proc/cpuinfo")
 
 
 @functools.cache
-def describe(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+def describe() -> dict[str, Any]:
     """Host, CPU model, kernel-selecting CPU flags and Python version of this process's machine."""
     fields: dict[str, str] = {}
     try:
-        for line in cpuinfo.read_text().splitlines():
+        for line in CPU_INFO.read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     except OSError:
