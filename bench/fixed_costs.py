@@ -1,4 +1,4 @@
-"""Fixed costs per stage (issue 5, item 3): process start + TensorFlow import, MLflow, DVC bookkeeping.
+"""Fixed costs per stage: process start + TensorFlow import, MLflow, DVC bookkeeping.
 
 In a scratch copy of the tests' tiny pipeline (tests/conftest.py `make_pipeline_repo`, `TINY_PARAMS`), each
 stage's cmd is wrapped by bench/_stage_profile.py (same module, same behaviour, instrumented), then

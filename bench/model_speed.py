@@ -1,4 +1,4 @@
-"""Training and inference throughput: our DeepLabV3+ against keras-hub's DeepLabV3 image segmenter (issue 5, item 2).
+"""Training and inference throughput: our DeepLabV3+ against keras-hub's DeepLabV3 image segmenter.
 
 Run it with an interpreter that has keras-hub (see bench/README.md: a separate venv layered on the project's
 venv, so the project's venv is never modified). Every (model, image size) runs in its own subprocess so

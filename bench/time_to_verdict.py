@@ -1,4 +1,4 @@
-"""Time-to-verdict: segbisect against the naive baseline (no cache reuse) and the oracle cost (issue 5, item 1).
+"""Time-to-verdict: segbisect against the naive baseline (no cache reuse) and the oracle cost.
 
 For a culprit in each stage (prepare, preprocess, train, evaluate) this runs, on the tests' tiny pipeline
 (tests/conftest.py `make_pipeline_repo` + `TINY_PARAMS`, the default 5-stage dvc.yaml):
