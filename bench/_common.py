@@ -12,6 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline.scratch import TINY_PARAMS, make_repo
+from segbisect.refs import deep_merge
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
@@ -83,10 +86,5 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
 
 
 def tiny_repo(dest: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """The tests' tiny pipeline repository (tests/conftest.py `make_pipeline_repo`, `TINY_PARAMS`)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from conftest import make_pipeline_repo
-    finally:
-        sys.path.pop(0)
-    return make_pipeline_repo(dest, overrides)
+    """The tests' tiny pipeline repository (`pipeline.scratch.make_repo` with `TINY_PARAMS`)."""
+    return make_repo(dest, deep_merge(TINY_PARAMS, overrides or {}), message="tiny pipeline")

@@ -1,6 +1,6 @@
 """Fixed costs per stage: process start + TensorFlow import, MLflow, DVC bookkeeping.
 
-In a scratch copy of the tests' tiny pipeline (tests/conftest.py `make_pipeline_repo`, `TINY_PARAMS`), each
+In a scratch copy of the tests' tiny pipeline (`pipeline.scratch.make_repo` with `TINY_PARAMS`), each
 stage's cmd is wrapped by bench/_stage_profile.py (same module, same behaviour, instrumented), then
 `dvc repro --force --single-item STAGE` is timed from outside, `--reps` times per stage:
 

@@ -1,7 +1,7 @@
 """Time-to-verdict: segbisect against the naive baseline (no cache reuse) and the oracle cost.
 
 For a culprit in each stage (prepare, preprocess, train, evaluate) this runs, on the tests' tiny pipeline
-(tests/conftest.py `make_pipeline_repo` + `TINY_PARAMS`, the default 5-stage dvc.yaml):
+(`pipeline.scratch.make_repo` with `TINY_PARAMS`, the default 5-stage dvc.yaml):
 
 (a) `segbisect good <bad params file> --json --fresh` sequentially and with `--jobs 2`, each in its own
     copy of the reproduced GOOD repository, from two starting points: BAD never run (only GOOD's stages

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,19 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pipeline.scratch import ROOT, TINY_PARAMS, git, make_repo
 from segbisect.refs import deep_merge
-
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
-
-# Small enough that a full `dvc repro` takes well under a minute on 2 cores, big enough to exercise every stage.
-TINY_PARAMS: dict[str, Any] = {
-    "synthesize": {"n_images": 12, "image_size": 40},
-    "prepare": {"split": {"train": 0.5, "val": 0.25, "test": 0.25}},
-    "preprocess": {"image_size": 32},
-    "train": {"epochs": 1, "batch_size": 4},
-    "evaluate": {"batch_size": 4, "n_overlays": 2},
-}
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -43,29 +31,9 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
-
-
 def make_pipeline_repo(dest: Path, overrides: dict[str, Any] | None = None) -> Path:
     """A fresh git + DVC repository holding this project's pipeline with tiny params, committed."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), deep_merge(TINY_PARAMS, overrides or {}))
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "config", "user.email", "tests@example.com")
-    git(dest, "config", "user.name", "tests")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=dest, check=True)
-    git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", "tiny pipeline")
-    return dest
+    return make_repo(dest, deep_merge(TINY_PARAMS, overrides or {}), message="tiny pipeline")
 
 
 def dvc_repro(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,13 +23,12 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from pipeline.scratch import ROOT, git, make_repo
 from segbisect.refs import deep_merge
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 CASES_DIR = HERE / "cases"
 GOOD_PARAMS = HERE / "good.yaml"
-PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 GOOD_BRANCH = "main"
 COLUMNS = ("case", "cause", "BAD ref", "expected stage", "stage named", "minimal units", "diagnosis",
            "GOOD fg", "BAD fg", "BAD all-zero at", "hybrids", "stage executions", "seconds")
@@ -125,10 +123,6 @@ def load_case(folder: Path) -> Case:
                 patch if patch.is_file() else None)
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
-
-
 def stage_env(tracking_uri: str) -> dict[str, str]:
     """This interpreter's tools first on PATH (dvc.yaml runs `python -m ...`) and one MLflow store for everything."""
     env = dict(os.environ)
@@ -140,22 +134,7 @@ def stage_env(tracking_uri: str) -> dict[str, str]:
 
 def build_base(repo: Path, overlay: dict[str, Any], env: dict[str, str]) -> Path:
     """A git + DVC copy of the project with the GOOD params committed on `main`, reproduced into its cache."""
-    repo.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, repo / name)
-    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(repo, "init", "-q", "-b", GOOD_BRANCH)
-    git(repo, "config", "user.email", "casebook@example.com")
-    git(repo, "config", "user.name", "casebook")
-    for args in (("init", "-q"), ("config", "core.analytics", "false")):
-        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, env=env)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "GOOD: casebook base configuration")
+    make_repo(repo, overlay, branch=GOOD_BRANCH, message="GOOD: casebook base configuration")
     done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the GOOD pipeline failed to reproduce:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
