@@ -16,14 +16,16 @@ import numpy as np
 
 from pipeline import diagnostics, figures, metrics, normalization
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.io import atomic_dir, write_json
 from pipeline.params import load_section
 from pipeline.processed import SPEC_FILE, load_spec, load_split
 from pipeline.tracking import stage_run
+from pipeline.train_meta import FILE as META_NAME
+from pipeline.train_meta import TrainMeta
 
 DATA_DIR = Path("data/processed")
 MODEL_FILE = Path("models/model.keras")
-META_FILE = Path("models/train_meta.json")
+META_FILE = Path("models") / META_NAME
 METRICS_FILE = Path("reports/metrics.json")
 EVAL_DIR = Path("reports/evaluate")
 FIGURES_DIR = Path("reports/figures")
@@ -226,13 +228,6 @@ def read_test_split(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return images, masks, stems
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    meta = read_json(path, "train")
-    if not isinstance(meta, dict):
-        raise PipelineError(f"{path}: expected a JSON object")
-    return meta
-
-
 def load_model(path: Path) -> Any:
     if not path.exists():
         raise PipelineError(f"{path}: not found (run the train stage first)")
@@ -262,7 +257,7 @@ def build_metrics(pred: Prediction, names: list[str]) -> dict[str, Any]:
 
 
 def build_evidence(
-    pred: Prediction, scores: dict[str, Any], masks: np.ndarray, spec: dict[str, Any], meta: dict[str, Any], params: EvaluateParams
+    pred: Prediction, scores: dict[str, Any], masks: np.ndarray, spec: dict[str, Any], meta: TrainMeta, params: EvaluateParams
 ) -> diagnostics.Evidence:
     values, counts = np.unique(masks, return_counts=True)
     return diagnostics.Evidence(
@@ -288,18 +283,14 @@ def build_evidence(
     )
 
 
-def training_evidence(meta: dict[str, Any]) -> dict[str, Any]:
-    """The train_meta fields the diagnostics use; a malformed field becomes None (unknown), never a crash."""
-    stats = meta.get("input_stats")
-    stats_ok = isinstance(stats, dict) and all(isinstance(stats.get(k), list) and len(stats[k]) == 3 for k in ("mean", "std"))
-    best = meta.get("best_val_mean_iou")
-    weights = meta.get("class_weights")
+def training_evidence(meta: TrainMeta) -> dict[str, Any]:
+    """The train_meta fields the diagnostics use (None where the record was malformed: unknown, never a crash)."""
     return {
-        "from_logits": meta.get("from_logits") if isinstance(meta.get("from_logits"), bool) else None,
-        "best_val_mean_iou": float(best) if isinstance(best, (int, float)) and not isinstance(best, bool) else None,
-        "class_weights": weights if isinstance(weights, list) else None,
-        "train_normalization": meta.get("normalization") if isinstance(meta.get("normalization"), dict) else None,
-        "train_input_stats": stats if stats_ok else None,
+        "from_logits": meta.from_logits,
+        "best_val_mean_iou": meta.best_val_mean_iou,
+        "class_weights": meta.class_weights,
+        "train_normalization": meta.normalization,
+        "train_input_stats": meta.input_stats,
     }
 
 
@@ -347,7 +338,7 @@ def main() -> None:
     spec = read_spec(DATA_DIR)
     split = read_test_split(DATA_DIR)
     images, masks, _ = split
-    meta = read_meta(META_FILE)
+    meta = TrainMeta.read(META_FILE)
     model = load_model(MODEL_FILE)
     pred = predict_split(model, images, masks, spec, params)
     if pred.cm.sum() == 0:
@@ -366,7 +357,7 @@ def main() -> None:
         write_figures(fig_dir, pred, split, names, spec["ignore_index"], params.n_overlays)
         mlflow.log_metrics(flat_metrics(scores))
         mlflow.set_tags({"diagnosis": record["category"], "diagnosis.cause": record["cause"],
-                         "model_sha256": str(meta.get("model_sha256", "unknown"))})
+                         "model_sha256": meta.model_sha256 or "unknown"})
         mlflow.log_artifact(str(eval_dir / "diagnostics.json"), "evaluate")
         mlflow.log_artifacts(str(fig_dir), "figures")
         write_json(METRICS_FILE, scores)

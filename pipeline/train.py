@@ -19,6 +19,8 @@ from pipeline.io import atomic_dir, atomic_file, write_json
 from pipeline.params import load_section
 from pipeline.processed import load_spec, load_split
 from pipeline.tracking import stage_run
+from pipeline.train_meta import FILE as META_FILE
+from pipeline.train_meta import TrainMeta
 
 PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
@@ -249,19 +251,19 @@ def _floats(logs: dict[str, Any] | None) -> dict[str, float]:
     return {key: float(value) for key, value in (logs or {}).items()}
 
 
-def train_meta(spec: dict[str, Any], params: TrainParams, metrics: dict[str, Any], stats: dict[str, Any], digest: str) -> dict[str, Any]:
-    """models/train_meta.json: what evaluate needs to use the model and to diagnose a train/eval mismatch."""
-    return {
-        "from_logits": True,
-        "num_classes": spec["num_classes"],
-        "ignore_index": spec.get("ignore_index"),
-        "normalization": spec["normalization"],
-        "input_stats": stats,
-        "class_weights": params.class_weights,
-        "epochs_run": metrics["epochs_run"],
-        "best_val_mean_iou": metrics["best_val_mean_iou"],
-        "model_sha256": digest,
-    }
+def train_meta(spec: dict[str, Any], params: TrainParams, metrics: dict[str, Any], stats: dict[str, Any], digest: str) -> TrainMeta:
+    """What evaluate needs to use the model and to diagnose a train/eval mismatch."""
+    return TrainMeta(
+        from_logits=True,
+        num_classes=spec["num_classes"],
+        ignore_index=spec.get("ignore_index"),
+        normalization=spec["normalization"],
+        input_stats=stats,
+        class_weights=params.class_weights,
+        epochs_run=metrics["epochs_run"],
+        best_val_mean_iou=metrics["best_val_mean_iou"],
+        model_sha256=digest,
+    )
 
 
 def log_results(model: Any, metrics: dict[str, Any], digest: str) -> None:
@@ -315,11 +317,11 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
         check_finite(history, params.learning_rate)
         model.save(out / MODEL_FILE)
         metrics = summarize(history, seconds, len(x_train), params.epochs)
-        meta = train_meta(spec, params, metrics, input_stats(x_train, norm), sha256(out / MODEL_FILE))
-        write_json(out / "train_meta.json", meta)
+        digest = sha256(out / MODEL_FILE)
+        train_meta(spec, params, metrics, input_stats(x_train, norm), digest).write(out / META_FILE)
         write_json(METRICS_FILE, metrics)
         write_history(HISTORY_FILE, history)
-        log_results(model, metrics, meta["model_sha256"])
+        log_results(model, metrics, digest)
     return metrics
 
 

@@ -1,0 +1,50 @@
+"""The file contracts between stages: one type per file, and docs/contracts.md saying what the type says."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.train_meta import TrainMeta
+
+CONTRACTS = Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
+META = TrainMeta(from_logits=True, num_classes=2, ignore_index=255, normalization={"method": "unit"},
+                 input_stats={"mean": [0.5] * 3, "std": [0.2] * 3, "min": [0.0] * 3, "max": [1.0] * 3},
+                 class_weights=[1.0, 2.0], epochs_run=3, best_val_mean_iou=0.8, model_sha256="0" * 64)
+
+
+def documented_keys(name: str) -> list[str]:
+    """The backticked keys of the "`name` keys:" paragraph, leaving out what parentheses say about each."""
+    text = CONTRACTS.read_text()
+    paragraph = text[text.index(f"`{name}` keys:"):].split("\n\n", 1)[0]
+    return re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", paragraph.split(":", 1)[1]))
+
+
+def test_docs_list_exactly_the_fields_of_the_type() -> None:
+    assert documented_keys("train_meta.json") == [f.name for f in dataclasses.fields(TrainMeta)]
+
+
+def test_what_train_writes_evaluate_reads_back(tmp_path: Path) -> None:
+    META.write(tmp_path / "train_meta.json")
+    assert TrainMeta.read(tmp_path / "train_meta.json") == META
+
+
+def test_malformed_fields_become_unknown_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "train_meta.json"
+    path.write_text(json.dumps({**dataclasses.asdict(META), "from_logits": "yes", "input_stats": {"mean": "oops"},
+                                "best_val_mean_iou": True, "epochs_run": 2.5}))
+    read = TrainMeta.read(path)
+    assert (read.from_logits, read.input_stats, read.best_val_mean_iou, read.epochs_run) == (None, None, None, None)
+    assert read.class_weights == [1.0, 2.0] and read.num_classes == 2
+
+
+def test_a_file_that_is_not_an_object_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "train_meta.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(PipelineError, match=f"{re.escape(str(path))}: expected a JSON object"):
+        TrainMeta.read(path)
