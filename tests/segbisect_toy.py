@@ -1,6 +1,6 @@
 """A toy DVC project for segbisect tests: four stdlib-only stages, each `dvc repro` in about a second.
 
-Known ways to get the all-zero symptom (foreground_fraction == 0, the toy's all_zero_threshold), one or more per stage:
+Known ways to get the all-zero symptom (foreground_fraction == 0, the toy's own check in its pyproject.toml), one or more per stage:
 - prepare.fg_value != 255 (foreground label read as another value)
 - preprocess.mask_interp: bilinear (masks blurred below 1)
 - train.lr > 1 (collapse), or train.lr > 0.5 together with train.momentum > 0.9 (two-unit interaction)
@@ -92,7 +92,7 @@ else:
     pred = [1 if 1 / (1 + math.exp(-10 * s)) > p["threshold"] else 0 for s in scores]
 fg = sum(pred) / len(pred)
 acc = sum(int(a == b) for a, b in zip(pred, d["y"])) / len(pred)
-write("metrics.json", {"foreground_fraction": fg, "all_zero_threshold": 0.0, "accuracy": acc, "per_class": {"foreground": fg}})
+write("metrics.json", {"foreground_fraction": fg, "accuracy": acc, "per_class": {"foreground": fg}})
 write("eval/diagnostics.json", {"cause": "collapsed model" if m["collapsed"] else ("none" if fg else "threshold")})
 ''',
 }
@@ -109,6 +109,13 @@ DVC_YAML = {
                      "params": ["evaluate"], "outs": ["eval"], "metrics": [{"metrics.json": {"cache": False}}]},
     }
 }
+
+
+# The toy's segbisect settings: its own symptom and evidence file, as any project names them.
+PYPROJECT = """[tool.segbisect]
+fail-if = "foreground_fraction == 0"
+diagnostics = "eval/diagnostics.json"
+"""
 
 
 def sh(repo: Path, *args: str) -> str:
@@ -132,6 +139,7 @@ def make_toy_repo(dest: Path) -> Path:
         (dest / f"{name}.py").write_text(code)
     (dest / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     write_params(dest, PARAMS)
+    (dest / "pyproject.toml").write_text(PYPROJECT)
     (dest / ".gitignore").write_text("__pycache__/\nmlflow.db\n/segbisect-results/\n")
     sh(dest, "git", "init", "-q", "-b", "main")
     sh(dest, "git", "config", "user.email", "toy@example.com")

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from conftest import dvc_repro, make_pipeline_repo, write_params
 from pipeline.numerics import numeric_environment
 
+pytestmark = pytest.mark.e2e
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
 
 

@@ -72,6 +72,7 @@ def test_classes_must_be_consistent(tmp_path: Path) -> None:
         load_section("classes", ClassesParams, tmp_path / "params.yaml")
 
 
+@pytest.mark.e2e
 def test_preprocess_stage_writes_spec_and_splits(tmp_path: Path) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synthesize"].update(n_images=8, image_size=24)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from segbisect.predicate import DEFAULT, Predicate, PredicateError, UnjudgeableError, flatten
+from segbisect.predicate import Predicate, PredicateError, UnjudgeableError, flatten
 from segbisect.search import ddmin, search
+from segbisect.settings import load as load_settings
 from segbisect.units import Group, Unit
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def groups_of(spec: dict[str, int]) -> list[Group]:
@@ -103,8 +107,8 @@ def test_predicate_language() -> None:
     assert Predicate("0.3 < mean_iou <= 0.5")(metrics)
 
 
-def test_default_predicate_compares_the_share_with_the_recorded_tolerance() -> None:
-    pred = Predicate(DEFAULT)
+def test_project_predicate_compares_the_share_with_the_recorded_tolerance() -> None:
+    pred = Predicate(load_settings(ROOT).fail_if or "")
     assert pred.metric_keys == ["foreground_fraction", "all_zero_threshold"]
     assert pred({"foreground_fraction": 0.0004, "all_zero_threshold": 0.001})
     assert pred({"foreground_fraction": 0.0, "all_zero_threshold": 0.001})

@@ -24,6 +24,7 @@ from segbisect.workspace import Workspaces
 from conftest import tree_state
 from segbisect_toy import bad_commit, dvc, make_toy_repo, sh
 
+pytestmark = pytest.mark.e2e
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")
 THRESHOLD_BUG = {"prepare": {"n": 42}, "train": {"epochs": 6},
                  "evaluate": {"postprocess": "threshold", "threshold": 0.995}}
@@ -148,13 +149,23 @@ def test_preconditions_and_usage_errors(toy: Path) -> None:
         (("good", "good"), 2, "no differences"),
         (("good", "no-such-ref"), 2, "is not a git revision, DVC experiment, params file or MLflow run id"),
         (("good", bad, "--fail-if", "__import__('os').system('true')"), 2, "is not allowed"),
-        (("good", bad, "--fail-if", "fg == 0"), 2, "available keys: accuracy, all_zero_threshold, foreground_fraction, per_class.foreground"),
+        (("good", bad, "--fail-if", "fg == 0"), 2, "available keys: accuracy, foreground_fraction, per_class.foreground"),
+        (("good", bad, "--fail-if", ""), 2, "--fail-if '': not a valid expression"),
     ]
     for args, expected_code, message in cases:
         code, report, human = bisect(toy, *args)
         assert code == expected_code, (args, report)
         assert message in report.get("error", report.get("message", "")), (args, report)
         assert message.split(":")[0] in " ".join(human.split())
+    settings = toy / "pyproject.toml"
+    project = settings.read_text()
+    settings.write_text(project.replace("fail-if", "fail_if"))
+    code, report, _ = bisect(toy, "good", bad)
+    assert code == 2 and "pyproject.toml: unknown key 'fail_if' in [tool.segbisect]" in report["error"]
+    settings.unlink()
+    code, report, _ = bisect(toy, "good", bad)
+    assert code == 2 and report["error"].startswith("no failure check: pass --fail-if EXPR or --run CMD")
+    settings.write_text(project)
     (toy / "good").write_text("train: {lr: 2.0}\n")
     code, report, _ = bisect(toy, "good", bad)
     assert code == 2 and "ambiguous" in report["error"] and "'file:'" in report["error"]

@@ -141,6 +141,7 @@ def test_flips_move_image_and_mask_together_and_replay_with_the_seed() -> None:
     np.testing.assert_array_equal(y, y2)
 
 
+@pytest.mark.e2e
 def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) -> None:
     train.main()
     meta = json.loads((workdir / "models/train_meta.json").read_text())
@@ -176,6 +177,7 @@ def test_class_weights_must_match_num_classes(workdir: Path) -> None:
     assert not (workdir / "models").exists()
 
 
+@pytest.mark.e2e
 def test_nan_loss_stops_the_stage_with_one_line(workdir: Path) -> None:
     write_params(workdir, backbone="resnet18", optimizer="sgd", learning_rate=1e30, epochs=3, augment_flips=False)
     result = subprocess.run([sys.executable, "-m", "pipeline.train"], cwd=workdir, capture_output=True, text=True)

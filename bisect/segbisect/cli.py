@@ -31,6 +31,21 @@ git_commit tag plus its logged params). Force a kind with git:, exp:, file:
 or mlflow:.
 
 \b
+Project settings: the repository's pyproject.toml may hold
+  [tool.segbisect]
+  fail-if = "EXPR"          # the default --fail-if
+  diagnostics = "PATH"      # a JSON file the pipeline writes, shown as
+                            # evidence for the failing hybrid
+Without fail-if there, --fail-if or --run is required.
+
+\b
+Environment of the stages: every `dvc repro` of a hybrid gets
+SEGBISECT_SESSION (the session id, the results folder's name) and
+SEGBISECT_HYBRID (h01, h02, ...), so stages may tag what they log;
+MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME name the bisection's store
+(--no-mlflow removes MLFLOW_TRACKING_URI instead).
+
+\b
 Resuming: every finished hybrid is appended to <results>/<session>/journal.jsonl
 and remembered by its configuration fingerprint; re-running the same GOOD and
 BAD (the default --resume) reuses them, so an interrupted bisection continues
@@ -48,9 +63,10 @@ def main(
         None, "--fail-if", metavar="EXPR",
         help="Failure predicate over the metrics file, e.g. 'foreground_fraction == 0 or mean_iou < 0.2'. "
         "Comparisons of metric keys (dotted for nested) with numbers, and/or/not, parentheses. "
-        "Default: 'foreground_fraction <= all_zero_threshold', the all-zero symptom: the share of valid pixels "
-        "predicted as foreground is at most the tolerance the evaluate stage writes beside it (5% of the true "
-        "foreground share, and at least 0.1% of the valid pixels).",
+        "Default: the project's fail-if in [tool.segbisect] of pyproject.toml; this pipeline sets "
+        "'foreground_fraction <= all_zero_threshold', the all-zero symptom: the share of valid pixels predicted "
+        "as foreground is at most the tolerance its evaluate stage writes beside it (5% of the true foreground "
+        "share, and at least 0.1% of the valid pixels). An empty expression is an error.",
     ),
     run: Optional[str] = typer.Option(
         None, "--run", metavar="CMD",

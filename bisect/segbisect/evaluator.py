@@ -111,7 +111,7 @@ class Context:
     judge: Judge
     env: dict[str, str]
     metrics_file: str
-    diagnostics_roots: list[str]
+    diagnostics: str | None
     logs: Path
     jobs: int = 1
     repeat: int = 1
@@ -204,7 +204,7 @@ class Evaluator:
             env = {**ctx.env, "SEGBISECT_HYBRID": hybrid.id}
             log = ctx.logs / f"{hybrid.id}.log"
             run = partial(attempt, ctx.procs, workspace, env, log, ctx.metrics_file, ctx.judge.check,
-                          diagnostics_roots=ctx.diagnostics_roots, data_sources=sorted({*ctx.good.data_sources, *ctx.bad.data_sources}))
+                          diagnostics=ctx.diagnostics, data_sources=sorted({*ctx.good.data_sources, *ctx.bad.data_sources}))
             first: Attempt = run()
             attempts = [first]
             while len(attempts) < ctx.repeat and first.status == "ok" and first.executed:

@@ -15,9 +15,6 @@ from typing import Any
 
 from segbisect.errors import UsageError
 
-# The all-zero symptom as the evaluate stage defines it: it writes the tolerance beside the measured share, because
-# a collapsed model still paints a fraction of a percent and an exact zero would depend on the CPU's kernels.
-DEFAULT = "foreground_fraction <= all_zero_threshold"
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
             ast.Gt: operator.gt, ast.GtE: operator.ge}
 

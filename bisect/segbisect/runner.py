@@ -77,7 +77,7 @@ class Processes:
 
 def attempt(
     procs: Processes, workspace: Path, env: dict[str, str], log: Path, metrics_file: str,
-    check: str | None = None, force: list[str] | None = None, diagnostics_roots: list[str] | None = None,
+    check: str | None = None, force: list[str] | None = None, diagnostics: str | None = None,
     data_sources: list[str] | None = None,
 ) -> Attempt:
     """`dvc repro` in `workspace` (forcing `force` stages when repeating), then read metrics or run the check.
@@ -99,7 +99,7 @@ def attempt(
     else:
         result.metrics, result.reason = read_metrics(workspace / metrics_file)
         result.status = "ok" if result.metrics else "no-metrics"
-        result.diagnostics = _find_diagnostics(workspace, diagnostics_roots or [])
+        result.diagnostics = _read_diagnostics(workspace / diagnostics) if diagnostics else None
         if check and result.status == "ok":
             result.check_rc = procs.run(["bash", "-c", check], workspace, env, log)
     result.seconds = round(time.monotonic() - start, 2)
@@ -130,15 +130,9 @@ def read_metrics(path: Path) -> tuple[dict[str, Any], str]:
     return flat, "" if flat else f"metrics file {path.name} is empty"
 
 
-def _find_diagnostics(workspace: Path, roots: list[str]) -> Any:
-    """The last stage's `diagnostics.json`, when it writes one (evidence for the report)."""
-    for root in roots:
-        base = workspace / root
-        candidates = [base] if base.is_file() else sorted(base.rglob("diagnostics.json")) if base.is_dir() else []
-        for path in candidates:
-            if path.name == "diagnostics.json":
-                try:
-                    return json.loads(path.read_text())
-                except (OSError, ValueError):
-                    return None
-    return None
+def _read_diagnostics(path: Path) -> Any:
+    """The project's diagnostics file (`[tool.segbisect] diagnostics`), evidence for the report; None if unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ from segbisect.errors import EXIT_CULPRIT, EXIT_NO_CULPRIT, EXIT_PRECONDITION, P
 from segbisect.evaluator import Context, Evaluator, Hybrid, Judge
 from segbisect.gitutil import toplevel
 from segbisect.journal import Journal, known_hybrids
-from segbisect.predicate import DEFAULT, Predicate
+from segbisect.predicate import Predicate
 from segbisect.refs import Reference, resolve
 from segbisect.runner import Processes, read_metrics
 from segbisect.search import Verdict, search
+from segbisect.settings import load as load_settings
 from segbisect.snapshot import Snapshot, load
 from segbisect.tracking import DEFAULT_EXPERIMENT, Tracker, tracking_uri
 from segbisect.units import Inventory, diff, group
@@ -31,7 +32,7 @@ RESULTS = "segbisect-results"
 
 @dataclass
 class Options:
-    """The CLI's options, as the session needs them."""
+    """The CLI's options, as the session needs them, completed by the project's `[tool.segbisect]` settings."""
 
     good: str
     bad: str
@@ -46,11 +47,13 @@ class Options:
     fresh: bool = False
     results: Path | None = None
     experiment: str = DEFAULT_EXPERIMENT
+    diagnostics: str | None = None
 
 
 def bisect(opts: Options, console: Console) -> tuple[int, dict[str, Any]]:
     """Run a whole bisection; returns the exit code and the report (raises UsageError before any run)."""
     repo = _repo(opts.repo)
+    opts = _with_settings(opts, repo)
     uri = tracking_uri(repo)
     lookup_uri = uri if os.environ.get("MLFLOW_TRACKING_URI") or (repo / "mlflow.db").exists() else None
     for path in remove_stale(repo):
@@ -70,7 +73,7 @@ def _search(opts: Options, repo: Path, uri: str, good: Snapshot, bad: Snapshot, 
             console: Console, workspaces: Workspaces) -> tuple[int, dict[str, Any]]:
     groups = group(inventory.units)
     metrics_file = opts.metrics or _default_metrics(good)
-    judge = Judge(None if opts.run else Predicate(opts.fail_if or DEFAULT), opts.run)
+    judge = Judge(None if opts.run else Predicate(opts.fail_if or ""), opts.run)
     early, _ = read_metrics(repo / metrics_file)
     if judge.predicate and early:
         judge.predicate.resolve_keys(list(early))
@@ -99,7 +102,7 @@ def _search(opts: Options, repo: Path, uri: str, good: Snapshot, bad: Snapshot, 
     already = {r["fingerprint"] for r in journal.records("hybrid")}
     procs = Processes()
     ctx = Context(good, bad, inventory, groups, workspaces, procs, journal, known, judge, env, metrics_file,
-                  [o for s in good.stages[-1:] for o in s.outs], logs, opts.jobs, opts.repeat)
+                  opts.diagnostics, logs, opts.jobs, opts.repeat)
     evaluator = Evaluator(ctx, lambda h: _started(console, h), lambda h: _done(console, tracker, already, h))
     try:
         _preconditions(evaluator, judge, inventory, opts.jobs)
@@ -204,6 +207,16 @@ def _hybrid_env(uri: str | None, experiment: str, session: str) -> dict[str, str
     else:
         env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+def _with_settings(opts: Options, repo: Path) -> Options:
+    """The project's check and evidence file where the command line names none; no check at all is a usage error."""
+    settings = load_settings(repo)
+    fail_if = opts.fail_if if opts.fail_if is not None else settings.fail_if
+    if opts.run is None and fail_if is None:
+        raise UsageError(f"no failure check: pass --fail-if EXPR or --run CMD, or set fail-if in [tool.segbisect] of "
+                         f"{repo / 'pyproject.toml'}")
+    return replace(opts, fail_if=fail_if, diagnostics=settings.diagnostics)
 
 
 def _default_metrics(snap: Snapshot) -> str:
