@@ -8,7 +8,7 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,16 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu_model": model or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {
+        "cpu_model": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def stage_env(tracking_uri: str | None = None) -> dict[str, str]:
@@ -69,7 +73,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_results(name: str, rows: list[dict[str, Any]], meta: dict[str, Any], markdown: str, out: Path = RESULTS) -> None:
+def write_results(
+    name: str, rows: list[dict[str, Any]], meta: dict[str, Any], markdown: str, out: Path = RESULTS
+) -> None:
     """<out>/<name>.csv (pandas), <name>.json (rows + meta) and <name>.md."""
     import pandas as pd
 

@@ -21,9 +21,27 @@ sys.path.insert(0, os.getcwd())  # as `python -m`: the stage's own checkout firs
 STAGE, OUT = sys.argv[1], sys.argv[2]
 TIMES = {"tf_import": 0.0, "mlflow_import": 0.0, "mlflow_calls": 0.0}
 WATCH = {"tensorflow": "tf_import", "keras": "tf_import", "mlflow": "mlflow_import"}
-MLFLOW_FUNCS = ("start_run", "end_run", "log_params", "log_param", "log_metrics", "log_metric", "log_artifact",
-                "log_artifacts", "set_tag", "set_tags", "log_figure", "log_dict", "log_image", "log_text",
-                "set_experiment", "set_tracking_uri", "get_experiment_by_name", "create_experiment", "log_model")
+MLFLOW_FUNCS = (
+    "start_run",
+    "end_run",
+    "log_params",
+    "log_param",
+    "log_metrics",
+    "log_metric",
+    "log_artifact",
+    "log_artifacts",
+    "set_tag",
+    "set_tags",
+    "log_figure",
+    "log_dict",
+    "log_image",
+    "log_text",
+    "set_experiment",
+    "set_tracking_uri",
+    "get_experiment_by_name",
+    "create_experiment",
+    "log_model",
+)
 _depth = {"import": 0, "mlflow": 0}
 _real_import = builtins.__import__
 _patched: set[int] = set()
@@ -40,6 +58,7 @@ def _timed_mlflow(fn):
         finally:
             TIMES["mlflow_calls"] += time.perf_counter() - start
             _depth["mlflow"] -= 1
+
     wrapper.__wrapped_for_bench__ = True
     return wrapper
 

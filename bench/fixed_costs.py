@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, loadavg, machine, md_table, now, stage_env, tiny_repo, write_results  # noqa: E402
+from _common import RESULTS, loadavg, machine, md_table, now, stage_env, tiny_repo, write_results
 
 PROFILER = Path(__file__).resolve().parent / "_stage_profile.py"
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
@@ -51,7 +51,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/segbisect-bench-fixed"))
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--params", default="", help="JSON overlay on TINY_PARAMS, e.g. '{\"preprocess\": {\"image_size\": 64}}'")
+    ap.add_argument(
+        "--params", default="", help='JSON overlay on TINY_PARAMS, e.g. \'{"preprocess": {"image_size": 64}}\''
+    )
     args = ap.parse_args()
     if args.work.exists():
         shutil.rmtree(args.work)
@@ -63,7 +65,12 @@ def main() -> None:
         stage["cmd"] = f"python {PROFILER} {name} {prof / name}.json"
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvcyaml, sort_keys=False))
     env = stage_env(f"sqlite:///{args.work / 'mlflow.db'}")
-    meta: dict[str, Any] = {"started": now(), "machine": machine(), "load_start": loadavg(), "params": args.params or "TINY_PARAMS"}
+    meta: dict[str, Any] = {
+        "started": now(),
+        "machine": machine(),
+        "load_start": loadavg(),
+        "params": args.params or "TINY_PARAMS",
+    }
     print(f"[{now()}] load {loadavg()}: first repro (warm-up)", flush=True)
     first = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     if first.returncode != 0:
@@ -74,8 +81,13 @@ def main() -> None:
         for stage in STAGES:
             load = loadavg()
             start = time.time()
-            run = subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", stage],
-                                 cwd=repo, env=env, capture_output=True, text=True)
+            run = subprocess.run(
+                [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", stage],
+                cwd=repo,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             end = time.time()
             if run.returncode != 0:
                 raise SystemExit(f"{stage}: {run.stdout[-1500:]}{run.stderr[-1500:]}")
@@ -83,19 +95,32 @@ def main() -> None:
             total = end - start
             process = (p["end"] - p["start"]) + py
             mlflow = p["mlflow_import"] + p["mlflow_calls"]
-            rows.append({
-                "stage": stage, "rep": rep + 1, "dvc_total_s": round(total, 2),
-                "python_start_s": round(py, 3), "tf_import_s": p["tf_import"], "mlflow_import_s": p["mlflow_import"],
-                "mlflow_calls_s": p["mlflow_calls"], "dvc_s": round(total - process, 2),
-                "work_s": round(process - py - p["tf_import"] - mlflow, 2), "load": load,
-            })
+            rows.append(
+                {
+                    "stage": stage,
+                    "rep": rep + 1,
+                    "dvc_total_s": round(total, 2),
+                    "python_start_s": round(py, 3),
+                    "tf_import_s": p["tf_import"],
+                    "mlflow_import_s": p["mlflow_import"],
+                    "mlflow_calls_s": p["mlflow_calls"],
+                    "dvc_s": round(total - process, 2),
+                    "work_s": round(process - py - p["tf_import"] - mlflow, 2),
+                    "load": load,
+                }
+            )
             print(f"[{now()}] {rows[-1]}", flush=True)
     # one more: the DVC-only cost of a repro that has nothing to do, and of `dvc status`
     noop = []
     for cmd in (["repro"], ["status"]):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "dvc", *cmd], cwd=repo, env=env, capture_output=True, check=True)
-        noop.append({"command": "dvc " + " ".join(cmd) + " (nothing to do, 5 stages)", "seconds": round(time.perf_counter() - start, 2)})
+        noop.append(
+            {
+                "command": "dvc " + " ".join(cmd) + " (nothing to do, 5 stages)",
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
     meta.update(finished=now(), load_end=loadavg(), noop=noop)
     summary = summarize(rows)
     text = markdown(summary, rows, noop, meta)
@@ -108,27 +133,51 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for stage in STAGES:
         mine = [r for r in rows if r["stage"] == stage]
-        med = {k: statistics.median(r[k] for r in mine) for k in
-               ("dvc_total_s", "python_start_s", "tf_import_s", "mlflow_import_s", "mlflow_calls_s", "dvc_s", "work_s")}
+        med = {
+            k: statistics.median(r[k] for r in mine)
+            for k in (
+                "dvc_total_s",
+                "python_start_s",
+                "tf_import_s",
+                "mlflow_import_s",
+                "mlflow_calls_s",
+                "dvc_s",
+                "work_s",
+            )
+        }
         total = med["dvc_total_s"]
         mlflow = med["mlflow_import_s"] + med["mlflow_calls_s"]
-        out.append({
-            "stage": stage, "total_s": round(total, 2),
-            "python+TF import_s": round(med["python_start_s"] + med["tf_import_s"], 2),
-            "MLflow_s": round(mlflow, 2), "DVC_s": round(med["dvc_s"], 2), "work_s": round(med["work_s"], 2),
-            "python+TF %": round(100 * (med["python_start_s"] + med["tf_import_s"]) / total, 1),
-            "MLflow %": round(100 * mlflow / total, 1), "DVC %": round(100 * med["dvc_s"] / total, 1),
-            "fixed %": round(100 * (med["python_start_s"] + med["tf_import_s"] + mlflow + med["dvc_s"]) / total, 1),
-        })
+        out.append(
+            {
+                "stage": stage,
+                "total_s": round(total, 2),
+                "python+TF import_s": round(med["python_start_s"] + med["tf_import_s"], 2),
+                "MLflow_s": round(mlflow, 2),
+                "DVC_s": round(med["dvc_s"], 2),
+                "work_s": round(med["work_s"], 2),
+                "python+TF %": round(100 * (med["python_start_s"] + med["tf_import_s"]) / total, 1),
+                "MLflow %": round(100 * mlflow / total, 1),
+                "DVC %": round(100 * med["dvc_s"] / total, 1),
+                "fixed %": round(100 * (med["python_start_s"] + med["tf_import_s"] + mlflow + med["dvc_s"]) / total, 1),
+            }
+        )
     return out
 
 
-def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], noop: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown(
+    summary: list[dict[str, Any]], rows: list[dict[str, Any]], noop: list[dict[str, Any]], meta: dict[str, Any]
+) -> str:
     m = meta["machine"]
-    return (f"# Fixed costs per stage\n\n{meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; "
-            f"load (1/5/15 min) {meta['load_start']} at start, {meta['load_end']} at end; params {meta['params']}.\n\n"
-            "Medians over reps; shares of the stage's whole `dvc repro --force --single-item` time.\n\n"
-            + md_table(summary) + "\n" + md_table(noop) + "\n## Every run\n\n" + md_table(rows))
+    return (
+        f"# Fixed costs per stage\n\n{meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; "
+        f"load (1/5/15 min) {meta['load_start']} at start, {meta['load_end']} at end; params {meta['params']}.\n\n"
+        "Medians over reps; shares of the stage's whole `dvc repro --force --single-item` time.\n\n"
+        + md_table(summary)
+        + "\n"
+        + md_table(noop)
+        + "\n## Every run\n\n"
+        + md_table(rows)
+    )
 
 
 if __name__ == "__main__":

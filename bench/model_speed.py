@@ -35,7 +35,10 @@ sys.path.insert(1, str(ROOT))
 
 MODELS = {
     "ours-resnet18": "our DeepLabV3+ (pipeline/model.py), ResNet18, output stride 16, ASPP 256, decoder 256",
-    "kerashub-resnet18": "keras-hub DeepLabV3ImageSegmenter, ResNetBackbone (ResNet18 layout), SPP at P5, low-level P2 (its preset layout)",
+    "kerashub-resnet18": (
+        "keras-hub DeepLabV3ImageSegmenter, ResNetBackbone (ResNet18 layout), SPP at P5, "
+        "low-level P2 (its preset layout)"
+    ),
     "ours-default": "our DeepLabV3+ as params.yaml trains it: MobileNetV2 alpha 0.35, OS16, ASPP 64, decoder 64",
 }
 
@@ -50,19 +53,28 @@ def build(name: str, size: int, num_classes: int) -> Any:
     import keras_hub
 
     encoder = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128, 256, 512],
-        stackwise_num_blocks=[2, 2, 2, 2], stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block",
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=[2, 2, 2, 2],
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type="basic_block",
         image_shape=(size, size, 3),
     )
     backbone = keras_hub.models.DeepLabV3Backbone(
-        image_encoder=encoder, spatial_pyramid_pooling_key="P5", upsampling_size=8, dilation_rates=[6, 12, 18],
-        low_level_feature_key="P2", image_shape=(size, size, 3),
+        image_encoder=encoder,
+        spatial_pyramid_pooling_key="P5",
+        upsampling_size=8,
+        dilation_rates=[6, 12, 18],
+        low_level_feature_key="P2",
+        image_shape=(size, size, 3),
     )
     return keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=num_classes, activation=None)
 
 
-def one(name: str, size: int, batch: int, num_classes: int, steps: int, runs: int, warmup: int,
-        deterministic: bool = False) -> dict[str, Any]:
+def one(
+    name: str, size: int, batch: int, num_classes: int, steps: int, runs: int, warmup: int, deterministic: bool = False
+) -> dict[str, Any]:
     """Measure one model at one size (in this process)."""
     import keras
     import numpy as np
@@ -74,9 +86,11 @@ def one(name: str, size: int, batch: int, num_classes: int, steps: int, runs: in
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = build(name, size, num_classes)
     # keras-hub's segmenter compiles a pixel accuracy metric whatever `metrics` says: give ours the same
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     y = (rng.random((batch, size, size, 1)) < 0.1).astype(np.int32)  # (B, H, W, 1): keras-hub's metric needs it
@@ -111,10 +125,18 @@ def one(name: str, size: int, batch: int, num_classes: int, steps: int, runs: in
             model.predict_on_batch(x)
         infer_rates.append(batch * steps / (time.perf_counter() - start))
     result = {
-        "model": name, "size": size, "batch": batch, "classes": num_classes, "params_M": round(model.count_params() / 1e6, 2),
-        "train_img_s": round(statistics.median(train_rates), 2), "train_runs": [round(r, 2) for r in train_rates],
-        "infer_img_s": round(statistics.median(infer_rates), 2), "infer_runs": [round(r, 2) for r in infer_rates],
-        "first_fit_s": round(compile_s, 1), "xla": bool(model.jit_compile), "deterministic": deterministic,
+        "model": name,
+        "size": size,
+        "batch": batch,
+        "classes": num_classes,
+        "params_M": round(model.count_params() / 1e6, 2),
+        "train_img_s": round(statistics.median(train_rates), 2),
+        "train_runs": [round(r, 2) for r in train_rates],
+        "infer_img_s": round(statistics.median(infer_rates), 2),
+        "infer_runs": [round(r, 2) for r in infer_rates],
+        "first_fit_s": round(compile_s, 1),
+        "xla": bool(model.jit_compile),
+        "deterministic": deterministic,
     }
     if name.startswith("ours"):
         result["input_wait_pct"] = input_wait(model, size, batch, num_classes, steps * runs)
@@ -137,8 +159,10 @@ def input_wait(model: Any, size: int, batch: int, num_classes: int, steps: int) 
     masks = (rng.random((n, size, size)) < 0.1).astype(np.uint8)
     norm = make_spec("standardize", images)
     weights = pixel_weight_table([1.0, 3.0], num_classes, 255)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
+    )
     ds = make_dataset(images, masks, norm, batch, weights, flips=True, shuffle_seed=0).repeat()
     it = iter(ds)
     for _ in range(2):  # trace/compile
@@ -164,21 +188,40 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed steps per run")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--deterministic", action="store_true",
-                    help="enable TF op determinism as the train stage does")
+    ap.add_argument("--deterministic", action="store_true", help="enable TF op determinism as the train stage does")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=BENCH / "results")
     args = ap.parse_args()
     if args.one:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        print("RESULT " + json.dumps(one(args.one[0], int(args.one[1]), args.batch, args.classes, args.steps, args.runs, args.warmup, args.deterministic)))
+        print(
+            "RESULT "
+            + json.dumps(
+                one(
+                    args.one[0],
+                    int(args.one[1]),
+                    args.batch,
+                    args.classes,
+                    args.steps,
+                    args.runs,
+                    args.warmup,
+                    args.deterministic,
+                )
+            )
+        )
         return
     from _common import loadavg, machine, md_table, now, write_results
 
-    meta: dict[str, Any] = {"started": now(), "machine": machine(), "load_start": loadavg(), "python": sys.executable,
-                            "models": MODELS, "settings": vars(args) | {"out": str(args.out)}}
+    meta: dict[str, Any] = {
+        "started": now(),
+        "machine": machine(),
+        "load_start": loadavg(),
+        "python": sys.executable,
+        "models": MODELS,
+        "settings": vars(args) | {"out": str(args.out)},
+    }
     try:
-        import keras_hub  # noqa: F401
+        import keras_hub
 
         meta["keras_hub"] = keras_hub.__version__
     except Exception as exc:  # documented fallback: no keras-hub rows
@@ -193,31 +236,78 @@ def main() -> None:
             if name.startswith("kerashub") and str(meta["keras_hub"]).startswith("unavailable"):
                 continue
             load = loadavg()
-            cmd = [sys.executable, __file__, "--one", name, str(size), "--batch", str(args.batch), "--classes",
-                   str(args.classes), "--steps", str(args.steps), "--runs", str(args.runs), "--warmup", str(args.warmup), *(["--deterministic"] if args.deterministic else [])]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                str(size),
+                "--batch",
+                str(args.batch),
+                "--classes",
+                str(args.classes),
+                "--steps",
+                str(args.steps),
+                "--runs",
+                str(args.runs),
+                "--warmup",
+                str(args.warmup),
+                *(["--deterministic"] if args.deterministic else []),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
-                rows.append({"model": name, "size": size, "error": proc.stderr.strip().splitlines()[-1:] or proc.returncode})
+                rows.append(
+                    {"model": name, "size": size, "error": proc.stderr.strip().splitlines()[-1:] or proc.returncode}
+                )
             else:
                 rows.append(json.loads(line[7:]) | {"load": f"{load} -> {loadavg()}"})
             print(f"[{now()}] {rows[-1]}", flush=True)
     meta.update(finished=now(), load_end=loadavg())
     ratios = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        ours = next((r for r in rows if r["model"] == "ours-resnet18" and r["size"] == size and "train_img_s" in r), None)
-        hub = next((r for r in rows if r["model"] == "kerashub-resnet18" and r["size"] == size and "train_img_s" in r), None)
+        ours = next(
+            (r for r in rows if r["model"] == "ours-resnet18" and r["size"] == size and "train_img_s" in r), None
+        )
+        hub = next(
+            (r for r in rows if r["model"] == "kerashub-resnet18" and r["size"] == size and "train_img_s" in r), None
+        )
         if ours and hub:
-            ratios.append({"size": size, "train ours/keras-hub": round(ours["train_img_s"] / hub["train_img_s"], 2),
-                           "infer ours/keras-hub": round(ours["infer_img_s"] / hub["infer_img_s"], 2),
-                           "peak RSS ours/keras-hub": round(ours["peak_rss_MB"] / hub["peak_rss_MB"], 2)})
-    cols = ["model", "size", "batch", "params_M", "xla", "train_img_s", "infer_img_s", "input_wait_pct", "peak_rss_MB", "first_fit_s", "load"]
+            ratios.append(
+                {
+                    "size": size,
+                    "train ours/keras-hub": round(ours["train_img_s"] / hub["train_img_s"], 2),
+                    "infer ours/keras-hub": round(ours["infer_img_s"] / hub["infer_img_s"], 2),
+                    "peak RSS ours/keras-hub": round(ours["peak_rss_MB"] / hub["peak_rss_MB"], 2),
+                }
+            )
+    cols = [
+        "model",
+        "size",
+        "batch",
+        "params_M",
+        "xla",
+        "train_img_s",
+        "infer_img_s",
+        "input_wait_pct",
+        "peak_rss_MB",
+        "first_fit_s",
+        "load",
+    ]
     m = meta["machine"]
-    text = (f"# Model speed (CPU)\n\n{meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; "
-            f"TF {meta['tensorflow']}, Keras {meta['keras']}, keras-hub {meta['keras_hub']}; load (1/5/15 min) "
-            f"{meta['load_start']} at start, {meta['load_end']} at end. Batch {args.batch}, {args.classes} classes, "
-            f"median of {args.runs} runs x {args.steps} steps; TF op determinism {'on, as the train stage' if args.deterministic else 'off'}; Keras jit_compile=auto (resolved per model: `xla` column).\n\n" + md_table(rows, cols) + "\n" + md_table(ratios)
-            + "\nModels:\n\n" + "".join(f"- `{k}`: {v}\n" for k, v in MODELS.items()))
+    text = (
+        f"# Model speed (CPU)\n\n{meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; "
+        f"TF {meta['tensorflow']}, Keras {meta['keras']}, keras-hub {meta['keras_hub']}; load (1/5/15 min) "
+        f"{meta['load_start']} at start, {meta['load_end']} at end. Batch {args.batch}, {args.classes} classes, "
+        f"median of {args.runs} runs x {args.steps} steps; "
+        f"TF op determinism {'on, as the train stage' if args.deterministic else 'off'}; "
+        "Keras jit_compile=auto (resolved per model: `xla` column).\n\n"
+        + md_table(rows, cols)
+        + "\n"
+        + md_table(ratios)
+        + "\nModels:\n\n"
+        + "".join(f"- `{k}`: {v}\n" for k, v in MODELS.items())
+    )
     write_results("model_speed" + ("_deterministic" if args.deterministic else ""), rows, meta, text, args.out)
     print(text)
 

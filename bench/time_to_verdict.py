@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from segbisect.refs import deep_merge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, loadavg, machine, md_table, now, stage_env, tiny_repo, write_results  # noqa: E402
+from _common import RESULTS, loadavg, machine, md_table, now, stage_env, tiny_repo, write_results
 
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
 GOOD_OVERRIDES = {"evaluate": {"postprocess": "threshold", "threshold": 0.001}}
@@ -48,8 +49,16 @@ HARMLESS = {"evaluate": {"n_overlays": 1}}
 # culprit stage -> (BAD overlay on GOOD, --fail-if predicate, expected culprit unit)
 SCENARIOS: dict[str, tuple[dict[str, Any], str, str]] = {
     "prepare": ({"prepare": {"label_map": {0: 0, 255: 255}}}, "true_foreground_fraction == 0", "prepare.label_map"),
-    "preprocess": ({"preprocess": {"image_size": 48}}, "true_foreground_fraction != 0.15169270833333334", "preprocess.image_size"),
-    "train": ({"train": {"learning_rate": 0.5, "class_weights": [1.0, 0.0]}}, "foreground_fraction == 0", "train.learning_rate"),
+    "preprocess": (
+        {"preprocess": {"image_size": 48}},
+        "true_foreground_fraction != 0.15169270833333334",
+        "preprocess.image_size",
+    ),
+    "train": (
+        {"train": {"learning_rate": 0.5, "class_weights": [1.0, 0.0]}},
+        "foreground_fraction == 0",
+        "train.learning_rate",
+    ),
     "evaluate": ({"evaluate": {"threshold": 1.0}}, "foreground_fraction == 0", "evaluate.threshold"),
 }
 
@@ -62,21 +71,28 @@ def repro_timed(repo: Path, env: dict[str, str], force: bool) -> dict[str, Any]:
     """`dvc repro [--force]`, timing each executed stage from the moment DVC announces it to the next announcement."""
     args = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else [])]
     start = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        args, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     marks: list[tuple[str, float]] = []
     tail: list[str] = []
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.startswith("Running stage '"):
             marks.append((line.split("'")[1], time.perf_counter()))
-        tail = (tail + [line.rstrip()])[-5:]
+        tail = [*tail, line.rstrip()][-5:]
     rc = proc.wait()
     end = time.perf_counter()
     stage_seconds = {}
     for i, (name, t0) in enumerate(marks):
         t1 = marks[i + 1][1] if i + 1 < len(marks) else end
         stage_seconds[name] = round(t1 - t0, 2)
-    return {"rc": rc, "seconds": round(end - start, 2), "stage_seconds": stage_seconds,
-            "startup_seconds": round((marks[0][1] if marks else end) - start, 2), "tail": tail}
+    return {
+        "rc": rc,
+        "seconds": round(end - start, 2),
+        "stage_seconds": stage_seconds,
+        "startup_seconds": round((marks[0][1] if marks else end) - start, 2),
+        "tail": tail,
+    }
 
 
 def prepare_base(work: Path, tracking_uri: str) -> tuple[Path, dict[str, Any]]:
@@ -98,8 +114,9 @@ def bad_params(base: Path, overlay: dict[str, Any], dest: Path) -> Path:
     return dest
 
 
-def run_segbisect(base: Path, work: Path, bad_file: Path, predicate: str, jobs: int, tracking_uri: str,
-                  bad_cached: bool = False) -> dict[str, Any]:
+def run_segbisect(
+    base: Path, work: Path, bad_file: Path, predicate: str, jobs: int, tracking_uri: str, bad_cached: bool = False
+) -> dict[str, Any]:
     """segbisect in a private copy of the reproduced repo (same cache state for every measurement).
 
     `bad_cached`: first reproduce BAD in that copy (not timed), as a user who saw the failure has, then put
@@ -117,8 +134,21 @@ def run_segbisect(base: Path, work: Path, bad_file: Path, predicate: str, jobs: 
         sh([sys.executable, "-m", "dvc", "checkout", "-q"], repo, env)
         if run["rc"] != 0:
             raise SystemExit(f"BAD repro failed: {run['tail']}")
-    args = [str(Path(sys.executable).parent / "segbisect"), "good", str(bad_file), "--repo", str(repo),
-            "--results", str(work / "results"), "--jobs", str(jobs), "--fresh", "--json", "--fail-if", predicate]
+    args = [
+        str(Path(sys.executable).parent / "segbisect"),
+        "good",
+        str(bad_file),
+        "--repo",
+        str(repo),
+        "--results",
+        str(work / "results"),
+        "--jobs",
+        str(jobs),
+        "--fresh",
+        "--json",
+        "--fail-if",
+        predicate,
+    ]
     start = time.perf_counter()
     proc = sh(args, repo, env)
     seconds = time.perf_counter() - start
@@ -170,7 +200,9 @@ def unit_stage_index(unit: dict[str, Any]) -> int:
     return min(STAGES.index(s) for s in unit["stages"])
 
 
-def oracle(units: list[dict[str, Any]], culprit: list[str], bad_cached: bool = False) -> list[tuple[str, frozenset[str], list[str]]]:
+def oracle(
+    units: list[dict[str, Any]], culprit: list[str], bad_cached: bool = False
+) -> list[tuple[str, frozenset[str], list[str]]]:
     """The hybrids a perfect bisection must run, and the stages each must execute.
 
     Hybrids: the minimal evidence for the verdict segbisect reports, knowing the answer in advance:
@@ -182,9 +214,14 @@ def oracle(units: list[dict[str, Any]], culprit: list[str], bad_cached: bool = F
     downstream of each swapped unit, once per new input.
     """
     everything = frozenset(u["id"] for u in units)
-    wanted = [("BAD", everything), ("culprit only", frozenset(culprit)), ("BAD - culprit", everything - frozenset(culprit))]
+    wanted = [
+        ("BAD", everything),
+        ("culprit only", frozenset(culprit)),
+        ("BAD - culprit", everything - frozenset(culprit)),
+    ]
     if len(culprit) > 1:  # 1-minimality: each unit of the culprit set is needed
         wanted += [(f"culprit - {u}", frozenset(culprit) - {u}) for u in culprit]
+
     def upstream_of(config: frozenset[str], i: int) -> frozenset[str]:
         return frozenset(u["id"] for u in units if u["id"] in config and unit_stage_index(u) <= i)
 
@@ -225,12 +262,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", default="evaluate,preprocess,train,prepare")
     ap.add_argument("--jobs", default="1,2", help="segbisect --jobs values to measure")
-    ap.add_argument("--start", default="cold,cached",
-                    help="starting points: cold (only GOOD reproduced), cached (BAD reproduced too, untimed)")
+    ap.add_argument(
+        "--start",
+        default="cold,cached",
+        help="starting points: cold (only GOOD reproduced), cached (BAD reproduced too, untimed)",
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/segbisect-bench"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-naive", action="store_true", help="skip the naive replays (the slowest part)")
-    ap.add_argument("--predicate", action="append", default=[], metavar="STAGE=EXPR", help="override a scenario's --fail-if")
+    ap.add_argument(
+        "--predicate", action="append", default=[], metavar="STAGE=EXPR", help="override a scenario's --fail-if"
+    )
     ap.add_argument("--from-json", type=Path, help="only re-render the tables from an earlier time_to_verdict.json")
     args = ap.parse_args()
     if args.from_json:
@@ -245,8 +287,14 @@ def main() -> None:
     meta: dict[str, Any] = {"started": now(), "machine": machine(), "load_start": loadavg(), "loads": {}}
     print(f"[{now()}] load {loadavg()}: reproducing GOOD", flush=True)
     base, meta["good_repro"] = prepare_base(args.work, uri)
-    bench = Bench(base, args.work, uri, yaml.safe_load((base / "params.yaml").read_text()),
-                  [int(j) for j in args.jobs.split(",")], not args.no_naive)
+    bench = Bench(
+        base,
+        args.work,
+        uri,
+        yaml.safe_load((base / "params.yaml").read_text()),
+        [int(j) for j in args.jobs.split(",")],
+        not args.no_naive,
+    )
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios.split(","):
         overlay, predicate, expected = SCENARIOS[scenario]
@@ -263,33 +311,53 @@ def main() -> None:
     finish(rows, meta, args.out)
 
 
-def segbisect_rows(bench: Bench, scenario: str, start: str, bad_file: Path, predicate: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def segbisect_rows(
+    bench: Bench, scenario: str, start: str, bad_file: Path, predicate: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(a): one segbisect run per --jobs value; returns their rows and the report of the smallest --jobs."""
     rows, reports = [], {}
     for jobs in bench.jobs:
         load_before = loadavg()
         print(f"[{now()}] load {load_before}: segbisect {scenario} ({STARTS[start]}) --jobs {jobs}", flush=True)
-        report = run_segbisect(bench.base, bench.work / f"{scenario}-{start}-j{jobs}", bad_file, predicate, jobs,
-                               bench.uri, start == "cached")
+        report = run_segbisect(
+            bench.base,
+            bench.work / f"{scenario}-{start}-j{jobs}",
+            bad_file,
+            predicate,
+            jobs,
+            bench.uri,
+            start == "cached",
+        )
         reports[jobs] = report
         culprit = report.get("culprit") or {}
-        rows.append({
-            "culprit_stage": scenario, "start": STARTS[start], "method": f"segbisect --jobs {jobs}",
-            "verdict": report["verdict"],
-            "found": ",".join(u["name"] for u in culprit.get("units", [])) or "-",
-            "hybrids": sum(1 for h in report["hybrids"] if not h.get("reused")),
-            "stage_executions": report.get("stage_executions", 0), "wall_s": report["_seconds"],
-            "load": f"{load_before} -> {loadavg()}",
-        })
+        rows.append(
+            {
+                "culprit_stage": scenario,
+                "start": STARTS[start],
+                "method": f"segbisect --jobs {jobs}",
+                "verdict": report["verdict"],
+                "found": ",".join(u["name"] for u in culprit.get("units", [])) or "-",
+                "hybrids": sum(1 for h in report["hybrids"] if not h.get("reused")),
+                "stage_executions": report.get("stage_executions", 0),
+                "wall_s": report["_seconds"],
+                "load": f"{load_before} -> {loadavg()}",
+            }
+        )
         bench.details[f"{scenario}-{start}-j{jobs}"] = {
-            k: report.get(k) for k in ("verdict", "message", "hybrids", "units", "stage_executions", "_exit", "_seconds")}
+            k: report.get(k)
+            for k in ("verdict", "message", "hybrids", "units", "stage_executions", "_exit", "_seconds")
+        }
     return rows, reports[min(reports)]
 
 
-def baseline_rows(bench: Bench, scenario: str, start: str, report: dict[str, Any], expected: str) -> list[dict[str, Any]]:
+def baseline_rows(
+    bench: Bench, scenario: str, start: str, report: dict[str, Any], expected: str
+) -> list[dict[str, Any]]:
     """(b) and (c): the naive replays of the hybrids `report` ran, and the oracle costed with their stage times."""
     units = report["units"]
-    found = [u["id"] for u in (report.get("culprit") or {}).get("units", [])] or [u["id"] for u in units if u["name"] == expected]
+    found = [u["id"] for u in (report.get("culprit") or {}).get("units", [])] or [
+        u["id"] for u in units if u["name"] == expected
+    ]
     plan = oracle(units, found, bad_cached=start == "cached")
     ran = [(frozenset(h["from_bad"]), h["label"]) for h in report["hybrids"]]
     configs: dict[frozenset[str], str] = {}
@@ -305,39 +373,73 @@ def baseline_rows(bench: Bench, scenario: str, start: str, report: dict[str, Any
             for stage, sec in run["stage_seconds"].items():
                 stage_times.setdefault((config, stage), sec)
             if any(config == c for c, _ in ran):
-                charged.append({"seconds": run["seconds_total"], "executions": len(run["stage_seconds"]),
-                                "new": config not in reproduced})
+                charged.append(
+                    {
+                        "seconds": run["seconds_total"],
+                        "executions": len(run["stage_seconds"]),
+                        "new": config not in reproduced,
+                    }
+                )
         common = {"culprit_stage": scenario, "start": STARTS[start], "verdict": "-", "found": "-", "load": "see json"}
-        for method, picked in (("naive: same hybrids, repro --force", charged),
-                               ("naive, strict: without configurations already reproduced", [c for c in charged if c["new"]])):
-            rows.append({**common, "method": method, "hybrids": len(picked),
-                         "stage_executions": sum(c["executions"] for c in picked),
-                         "wall_s": round(sum(c["seconds"] for c in picked), 1)})
+        for method, picked in (
+            ("naive: same hybrids, repro --force", charged),
+            ("naive, strict: without configurations already reproduced", [c for c in charged if c["new"]]),
+        ):
+            rows.append(
+                {
+                    **common,
+                    "method": method,
+                    "hybrids": len(picked),
+                    "stage_executions": sum(c["executions"] for c in picked),
+                    "wall_s": round(sum(c["seconds"] for c in picked), 1),
+                }
+            )
     # oracle seconds: each executed stage at its own measured from-scratch duration in that configuration
-    oracle_s = sum(stage_times.get((config, s), statistics.median(
-        [v for (c, st), v in stage_times.items() if st == s] or [0.0])) for _, config, ex in plan for s in ex)
-    rows.append({"culprit_stage": scenario, "start": STARTS[start], "method": "oracle (perfect reuse, no overhead)",
-                 "verdict": "-", "found": ",".join(u["name"] for u in units if u["id"] in found),
-                 "hybrids": len(plan), "stage_executions": sum(len(ex) for _, _, ex in plan),
-                 "wall_s": round(oracle_s, 1), "load": "-"})
-    bench.details[f"{scenario}-{start}-oracle"] = [{"label": l, "from_bad": sorted(c), "executed": ex} for l, c, ex in plan]
+    oracle_s = sum(
+        stage_times.get((config, s), statistics.median([v for (c, st), v in stage_times.items() if st == s] or [0.0]))
+        for _, config, ex in plan
+        for s in ex
+    )
+    rows.append(
+        {
+            "culprit_stage": scenario,
+            "start": STARTS[start],
+            "method": "oracle (perfect reuse, no overhead)",
+            "verdict": "-",
+            "found": ",".join(u["name"] for u in units if u["id"] in found),
+            "hybrids": len(plan),
+            "stage_executions": sum(len(ex) for _, _, ex in plan),
+            "wall_s": round(oracle_s, 1),
+            "load": "-",
+        }
+    )
+    bench.details[f"{scenario}-{start}-oracle"] = [
+        {"label": label, "from_bad": sorted(c), "executed": ex} for label, c, ex in plan
+    ]
     return rows
 
 
-def naive_run(bench: Bench, scenario: str, units: list[dict[str, Any]], config: frozenset[str], label: str) -> dict[str, Any]:
+def naive_run(
+    bench: Bench, scenario: str, units: list[dict[str, Any]], config: frozenset[str], label: str
+) -> dict[str, Any]:
     """A configuration replayed from scratch, measured once per pass whichever scenario asks first."""
     params = hybrid_params(bench.good_params, units, sorted(config))
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
     if key not in bench.naive_cache:
         print(f"[{now()}] load {loadavg()}: naive {scenario} {label}", flush=True)
-        bench.naive_cache[key] = naive_replay(bench.base, bench.work, params, bench.uri) | {"load": loadavg(), "label": label}
+        bench.naive_cache[key] = naive_replay(bench.base, bench.work, params, bench.uri) | {
+            "load": loadavg(),
+            "label": label,
+        }
     return bench.naive_cache[key]
 
 
 def finish(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
     ratios = ratio_rows(rows)
     profile = profile_rows(meta)
-    text = markdown(rows, ratios, meta) + "\n## Where segbisect's time goes\n\n" + PROFILE_NOTE + "\n" + md_table(profile)
+    text = (
+        markdown(rows, ratios, meta) + "\n## Where segbisect's time goes\n\n" + PROFILE_NOTE + "\n" + md_table(profile)
+    )
     write_results("time_to_verdict_profile", profile, meta, text, out)
     write_results("time_to_verdict", rows, meta, text, out)
     write_results("time_to_verdict_ratios", ratios, meta, text, out)
@@ -368,13 +470,18 @@ def profile_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
         stage_time = sum(stage_med.get(s, 0.0) for h in hybrids for s in h["executed"])
         good = next((h["seconds"] for h in hybrids if h["label"] == "GOOD"), "-")
         jobs = int(key.rsplit("-j", 1)[1])
-        out.append({
-            "run": key, "wall_s": d["_seconds"], "sum_hybrid_s": round(in_hybrids, 1),
-            "session_s": round(d["_seconds"] - in_hybrids, 1) if jobs == 1 else "- (overlapping)",
-            "est_stage_exec_s": round(stage_time, 1),
-            "per_hybrid_overhead_s": round((in_hybrids - stage_time) / max(len(hybrids), 1), 1),
-            "all_restored_hybrid_s": good, "hybrids": len(hybrids),
-        })
+        out.append(
+            {
+                "run": key,
+                "wall_s": d["_seconds"],
+                "sum_hybrid_s": round(in_hybrids, 1),
+                "session_s": round(d["_seconds"] - in_hybrids, 1) if jobs == 1 else "- (overlapping)",
+                "est_stage_exec_s": round(stage_time, 1),
+                "per_hybrid_overhead_s": round((in_hybrids - stage_time) / max(len(hybrids), 1), 1),
+                "all_restored_hybrid_s": good,
+                "hybrids": len(hybrids),
+            }
+        )
     return out
 
 
@@ -388,17 +495,24 @@ def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for r in mine:
             if not r["method"].startswith("segbisect"):
                 continue
-            out.append({
-                "culprit_stage": scenario, "start": start, "method": r["method"], "verdict": r["verdict"], "found": r["found"],
-                "segbisect_s": r["wall_s"],
-                "naive_s": naive["wall_s"] if naive else "-",
-                "speedup_vs_naive": _ratio(naive, r),
-                "speedup_vs_strict_naive": _ratio(strict, r),
-                "oracle_s": orc["wall_s"] if orc else "-",
-                "x_oracle": round(r["wall_s"] / orc["wall_s"], 2) if orc and orc["wall_s"] else "-",
-                "stage_exec (seg/oracle/naive)": f"{r['stage_executions']}/{orc['stage_executions'] if orc else '-'}/"
-                                                 f"{naive['stage_executions'] if naive else '-'}",
-            })
+            out.append(
+                {
+                    "culprit_stage": scenario,
+                    "start": start,
+                    "method": r["method"],
+                    "verdict": r["verdict"],
+                    "found": r["found"],
+                    "segbisect_s": r["wall_s"],
+                    "naive_s": naive["wall_s"] if naive else "-",
+                    "speedup_vs_naive": _ratio(naive, r),
+                    "speedup_vs_strict_naive": _ratio(strict, r),
+                    "oracle_s": orc["wall_s"] if orc else "-",
+                    "x_oracle": round(r["wall_s"] / orc["wall_s"], 2) if orc and orc["wall_s"] else "-",
+                    "stage_exec (seg/oracle/naive)": f"{r['stage_executions']}/"
+                    f"{orc['stage_executions'] if orc else '-'}/"
+                    f"{naive['stage_executions'] if naive else '-'}",
+                }
+            )
     return out
 
 
@@ -408,10 +522,12 @@ def _ratio(baseline: dict[str, Any] | None, row: dict[str, Any]) -> float | str:
 
 def markdown(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     m = meta["machine"]
-    return (f"# Time to verdict\n\n{meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; "
-            f"load (1/5/15 min) {meta['load_start']} at start, {meta['load_end']} at end.\n\n"
-            f"GOOD reproduced in {meta['good_repro']['seconds']} s (stages: {meta['good_repro']['stage_seconds']}).\n\n"
-            "## Ratios\n\n" + md_table(ratios) + "\n## All measurements\n\n" + md_table(rows))
+    return (
+        f"# Time to verdict\n\n{meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; "
+        f"load (1/5/15 min) {meta['load_start']} at start, {meta['load_end']} at end.\n\n"
+        f"GOOD reproduced in {meta['good_repro']['seconds']} s (stages: {meta['good_repro']['stage_seconds']}).\n\n"
+        "## Ratios\n\n" + md_table(ratios) + "\n## All measurements\n\n" + md_table(rows)
+    )
 
 
 if __name__ == "__main__":

@@ -136,13 +136,17 @@ def postprocessing_rule(ev: Evidence) -> Finding | None:
             "rescaled outputs, so the threshold compares the wrong scale"
         )
         return Finding("postprocessing", "output_scaling", lines)
-    if ev.postprocess == "threshold" and ev.max_foreground_probability is not None and ev.threshold is not None:
-        if ev.max_foreground_probability < ev.threshold:
-            lines.append(
-                f"threshold {ev.threshold:.6g} exceeds the largest foreground probability "
-                f"{ev.max_foreground_probability:.3g} of any pixel"
-            )
-            return Finding("postprocessing", "threshold_too_high", lines)
+    if (
+        ev.postprocess == "threshold"
+        and ev.max_foreground_probability is not None
+        and ev.threshold is not None
+        and ev.max_foreground_probability < ev.threshold
+    ):
+        lines.append(
+            f"threshold {ev.threshold:.6g} exceeds the largest foreground probability "
+            f"{ev.max_foreground_probability:.3g} of any pixel"
+        )
+        return Finding("postprocessing", "threshold_too_high", lines)
     return Finding("postprocessing", "postprocessing_drops_foreground", lines)
 
 
@@ -191,12 +195,15 @@ def _no_foreground_labels(ev: Evidence) -> Finding:
     ignored = ev.label_counts.get(ev.ignore_index, 0) if ev.ignore_index is not None else 0
     lines = ["the test masks contain no foreground class id at all"]
     if not ignored:
-        lines.append("no pixel holds the ignore index either: the foreground was lost in labelling or in mask "
-                     "preprocessing (or the test split has none), which the masks alone cannot tell apart")
+        lines.append(
+            "no pixel holds the ignore index either: the foreground was lost in labelling or in mask "
+            "preprocessing (or the test split has none), which the masks alone cannot tell apart"
+        )
         return Finding("unknown", "no_foreground_labels", lines)
     lines.append(
         f"{_pct(ignored / total)} of mask pixels hold the ignore index {ev.ignore_index}: "
-        "the label map sends real classes to ignore (e.g. foreground stored as 255 mapped to ignore, or ids shifted by one)"
+        "the label map sends real classes to ignore "
+        "(e.g. foreground stored as 255 mapped to ignore, or ids shifted by one)"
     )
     return Finding("labels", "no_foreground_labels", lines)
 
@@ -204,9 +211,14 @@ def _no_foreground_labels(ev: Evidence) -> Finding:
 def normalization_rule(ev: Evidence) -> Finding | None:
     """Evaluation inputs normalized unlike the training inputs (config or measured statistics differ)."""
     lines = []
-    if ev.train_normalization is not None and ev.eval_normalization is not None:
-        if not _same_normalization(ev.train_normalization, ev.eval_normalization):
-            lines.append(f"training normalization {ev.train_normalization} differs from evaluation's {ev.eval_normalization}")
+    if (
+        ev.train_normalization is not None
+        and ev.eval_normalization is not None
+        and not _same_normalization(ev.train_normalization, ev.eval_normalization)
+    ):
+        lines.append(
+            f"training normalization {ev.train_normalization} differs from evaluation's {ev.eval_normalization}"
+        )
     if ev.train_input_stats is not None and ev.eval_input_stats is not None:
         lines.extend(_stats_mismatch(ev.train_input_stats, ev.eval_input_stats))
     return Finding("preprocessing", "normalization_mismatch", lines) if lines else None
@@ -231,13 +243,18 @@ def collapse_rule(ev: Evidence) -> Finding:
     """All-background from the raw outputs with healthy labels and inputs: the model learned only the majority."""
     missing = [
         name
-        for name, value in (("training input stats", ev.train_input_stats), ("evaluation input stats", ev.eval_input_stats))
+        for name, value in (
+            ("training input stats", ev.train_input_stats),
+            ("evaluation input stats", ev.eval_input_stats),
+        )
         if value is None
     ]
     if ev.outputs_are_probabilities and ev.from_logits is None:
         missing.append("whether training treated outputs as logits")
     if missing:
-        return Finding("unknown", "insufficient_evidence", [f"cannot rule out other causes without: {', '.join(missing)}"])
+        return Finding(
+            "unknown", "insufficient_evidence", [f"cannot rule out other causes without: {', '.join(missing)}"]
+        )
     background_only = 1.0 / ev.num_classes
     if ev.best_val_mean_iou is not None and ev.best_val_mean_iou > background_only + LEARNED_MARGIN:
         return Finding(
@@ -262,7 +279,8 @@ def collapse_rule(ev: Evidence) -> Finding:
 def observations(ev: Evidence) -> list[str]:
     """Facts worth reading whatever the verdict."""
     return [
-        f"predicted foreground {_pct(ev.foreground_fraction)} of valid pixels, true foreground {_pct(ev.true_foreground_fraction)} "
+        f"predicted foreground {_pct(ev.foreground_fraction)} of valid pixels, "
+        f"true foreground {_pct(ev.true_foreground_fraction)} "
         f"(all-zero symptom at or below {_pct(all_zero_threshold(ev.true_foreground_fraction))})",
         f"raw outputs in [{ev.output_min:.4g}, {ev.output_max:.4g}], mean {ev.output_mean:.4g}: {output_kind(ev)}",
         f"post-processing: {ev.postprocess}" + (f" at {ev.threshold:.6g}" if ev.postprocess == "threshold" else ""),
@@ -290,7 +308,7 @@ def _stats_mismatch(train: dict[str, list[float]], evaluation: dict[str, list[fl
     scale = np.maximum(t_std, 1e-6)
     shift = np.abs(e_mean - t_mean) / scale
     ratio = np.maximum(e_std, 1e-6) / scale
-    if shift.max() <= MAX_MEAN_SHIFT_STDS and (1 / MAX_STD_RATIO) <= ratio.min() and ratio.max() <= MAX_STD_RATIO:
+    if shift.max() <= MAX_MEAN_SHIFT_STDS and ratio.min() >= (1 / MAX_STD_RATIO) and ratio.max() <= MAX_STD_RATIO:
         return []
     return [
         f"evaluation inputs have per-channel mean {_vec(e_mean)} and std {_vec(e_std)}, training inputs mean "

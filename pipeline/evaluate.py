@@ -93,7 +93,8 @@ class ChannelStats:
     def result(self) -> dict[str, list[float]]:
         mean = np.asarray(self.total) / self.count
         std = np.sqrt(np.maximum(np.asarray(self.squares) / self.count - mean**2, 0.0))
-        return {k: [float(v) for v in arr] for k, arr in (("mean", mean), ("std", std), ("min", self.low), ("max", self.high))}
+        columns: tuple[tuple[str, Any], ...] = (("mean", mean), ("std", std), ("min", self.low), ("max", self.high))
+        return {k: [float(v) for v in arr] for k, arr in columns}
 
 
 class OutputStats:
@@ -134,7 +135,10 @@ class OutputStats:
 
     @property
     def saturated_fraction(self) -> float:
-        """Share of pixels with a class probability >= SATURATED: of the raw outputs if they are probabilities, else of their softmax."""
+        """Share of pixels with a class probability >= SATURATED.
+
+        Of the raw outputs if they are probabilities, else of their softmax.
+        """
         return (self.saturated_raw if self.probabilities else self.saturated_softmax) / self.pixels
 
 
@@ -150,7 +154,9 @@ class Prediction:
     outputs: OutputStats
 
 
-def predict_split(model: Any, images: np.ndarray, masks: np.ndarray, spec: dict[str, Any], params: EvaluateParams) -> Prediction:
+def predict_split(
+    model: Any, images: np.ndarray, masks: np.ndarray, spec: dict[str, Any], params: EvaluateParams
+) -> Prediction:
     """Predict in batches, accumulating confusion matrices and statistics instead of keeping the outputs."""
     check_input_shape(model, images.shape)
     outputs_per_pixel = model_classes(model)
@@ -173,7 +179,9 @@ def predict_split(model: Any, images: np.ndarray, masks: np.ndarray, spec: dict[
         pred = postprocess(outputs, params)
         result.preds[batch] = pred
         result.cm += metrics.confusion_matrix(masks[batch], pred, num_labels, spec["ignore_index"])
-        result.reference_cm += metrics.confusion_matrix(masks[batch], outputs.argmax(axis=-1), num_labels, spec["ignore_index"])
+        result.reference_cm += metrics.confusion_matrix(
+            masks[batch], outputs.argmax(axis=-1), num_labels, spec["ignore_index"]
+        )
     return result
 
 
@@ -194,7 +202,9 @@ def model_classes(model: Any) -> int:
 
 def check_output_shape(outputs: np.ndarray, mask_shape: tuple[int, ...]) -> None:
     if outputs.ndim != 4 or outputs.shape[:3] != tuple(mask_shape):
-        raise PipelineError(f"{MODEL_FILE}: output shape {outputs.shape} does not match the test masks {tuple(mask_shape)}")
+        raise PipelineError(
+            f"{MODEL_FILE}: output shape {outputs.shape} does not match the test masks {tuple(mask_shape)}"
+        )
 
 
 def read_spec(folder: Path) -> dict[str, Any]:
@@ -212,7 +222,9 @@ def read_spec(folder: Path) -> dict[str, Any]:
         raise PipelineError(f"{path}: class_names must list {spec['num_classes']} names, got {spec['class_names']!r}")
     norm = spec["normalization"]
     if not isinstance(norm, dict) or norm.get("method") not in normalization.METHODS:
-        raise PipelineError(f"{path}: normalization.method must be one of {', '.join(normalization.METHODS)}, got {norm!r}")
+        raise PipelineError(
+            f"{path}: normalization.method must be one of {', '.join(normalization.METHODS)}, got {norm!r}"
+        )
     if norm["method"] == "standardize" and not all(len(norm.get(k) or []) == 3 for k in ("mean", "std")):
         raise PipelineError(f"{path}: standardize normalization needs 3-channel 'mean' and 'std'")
     return spec
@@ -236,7 +248,9 @@ def load_model(path: Path) -> Any:
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # keras raises many types for a bad file; all mean the same to the user
-        raise PipelineError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise PipelineError(
+            f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
 
 
 def class_names(spec: dict[str, Any], num_labels: int) -> list[str]:
@@ -257,7 +271,12 @@ def build_metrics(pred: Prediction, names: list[str]) -> dict[str, Any]:
 
 
 def build_evidence(
-    pred: Prediction, scores: dict[str, Any], masks: np.ndarray, spec: dict[str, Any], meta: TrainMeta, params: EvaluateParams
+    pred: Prediction,
+    scores: dict[str, Any],
+    masks: np.ndarray,
+    spec: dict[str, Any],
+    meta: TrainMeta,
+    params: EvaluateParams,
 ) -> diagnostics.Evidence:
     values, counts = np.unique(masks, return_counts=True)
     return diagnostics.Evidence(
@@ -304,8 +323,15 @@ def overlay_indices(masks: np.ndarray, ignore_index: int | None, n: int) -> list
 
 
 def flat_metrics(scores: dict[str, Any]) -> dict[str, float]:
-    """MLflow wants flat numeric keys: per_class_iou.foreground -> iou_foreground, matrix cells -> confusion_matrix_i_j."""
-    prefixes = {"per_class_iou": "iou", "predicted_class_histogram": "predicted_fraction", "true_class_histogram": "true_fraction"}
+    """MLflow wants flat numeric keys.
+
+    per_class_iou.foreground -> iou_foreground, matrix cells -> confusion_matrix_i_j.
+    """
+    prefixes = {
+        "per_class_iou": "iou",
+        "predicted_class_histogram": "predicted_fraction",
+        "true_class_histogram": "true_fraction",
+    }
     flat: dict[str, float] = {}
     for key, value in scores.items():
         if isinstance(value, dict):
@@ -322,14 +348,25 @@ def _metric_name(name: str) -> str:
 
 
 def write_figures(
-    folder: Path, pred: Prediction, split: tuple[np.ndarray, np.ndarray, list[str]], names: list[str], ignore_index: int | None, n_overlays: int
+    folder: Path,
+    pred: Prediction,
+    split: tuple[np.ndarray, np.ndarray, list[str]],
+    names: list[str],
+    ignore_index: int | None,
+    n_overlays: int,
 ) -> None:
     images, masks, stems = split
     figures.plot_confusion_matrix(pred.cm, names, folder / "confusion_matrix.png")
     picks = overlay_indices(masks, ignore_index, n_overlays)
     if picks:
         figures.plot_overlays(
-            images[picks], masks[picks], pred.preds[picks], [stems[i] for i in picks], len(names), ignore_index, folder / "overlays.png"
+            images[picks],
+            masks[picks],
+            pred.preds[picks],
+            [stems[i] for i in picks],
+            len(names),
+            ignore_index,
+            folder / "overlays.png",
         )
 
 
@@ -348,16 +385,27 @@ def main() -> None:
     record = diagnostics.diagnose(build_evidence(pred, scores, masks, spec, meta, params))
     scores["all_zero_threshold"] = record["all_zero_threshold"]
     scores["all_zero_symptom"] = int(record["symptom"])
-    print(f"mean_iou {scores['mean_iou']:.4f}  foreground_fraction {scores['foreground_fraction']:.4f}  "
-          f"diagnosis {record['category']}/{record['cause']}")
-    with atomic_dir(EVAL_DIR) as eval_dir, atomic_dir(FIGURES_DIR) as fig_dir, stage_run("evaluate", params, eval_dir / "evaluate_run.json"):
+    print(
+        f"mean_iou {scores['mean_iou']:.4f}  foreground_fraction {scores['foreground_fraction']:.4f}  "
+        f"diagnosis {record['category']}/{record['cause']}"
+    )
+    with (
+        atomic_dir(EVAL_DIR) as eval_dir,
+        atomic_dir(FIGURES_DIR) as fig_dir,
+        stage_run("evaluate", params, eval_dir / "evaluate_run.json"),
+    ):
         import mlflow
 
         write_json(eval_dir / "diagnostics.json", record)
         write_figures(fig_dir, pred, split, names, spec["ignore_index"], params.n_overlays)
         mlflow.log_metrics(flat_metrics(scores))
-        mlflow.set_tags({"diagnosis": record["category"], "diagnosis.cause": record["cause"],
-                         "model_sha256": meta.model_sha256 or "unknown"})
+        mlflow.set_tags(
+            {
+                "diagnosis": record["category"],
+                "diagnosis.cause": record["cause"],
+                "model_sha256": meta.model_sha256 or "unknown",
+            }
+        )
         mlflow.log_artifact(str(eval_dir / "diagnostics.json"), "evaluate")
         mlflow.log_artifacts(str(fig_dir), "figures")
         write_json(METRICS_FILE, scores)

@@ -8,9 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
 
 IGNORE_COLOR = (0.55, 0.55, 0.55)
 
@@ -24,8 +24,15 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) ->
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     for (i, j), count in np.ndenumerate(cm):
-        ax.text(j, i, f"{count}\n{shares[i, j]:.1%}", ha="center", va="center",
-                color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+        ax.text(
+            j,
+            i,
+            f"{count}\n{shares[i, j]:.1%}",
+            ha="center",
+            va="center",
+            color="white" if shares[i, j] > 0.5 else "black",
+            fontsize=8,
+        )
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names, rotation=45, ha="right")
     ax.set_yticks(ticks, class_names)
@@ -66,7 +73,7 @@ def plot_overlays(
 def _class_cmap(num_classes: int) -> ListedColormap:
     """Class i gets colour i (background black); index num_classes is the ignore colour."""
     palette = [(0.0, 0.0, 0.0)] + [plt.get_cmap("tab10")(i % 10)[:3] for i in range(1, num_classes)]
-    return ListedColormap(palette + [IGNORE_COLOR])
+    return ListedColormap([*palette, IGNORE_COLOR])
 
 
 def _label_view(labels: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+def confusion_matrix(
+    true: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray:
     """(num_classes, num_classes) int64 counts; rows are true classes, columns predicted classes.
 
     Pixels whose label is `ignore_index` are excluded. Labels outside [0, num_classes) are excluded

@@ -19,7 +19,15 @@ ENCODER_FEATURES = "encoder_features"
 LOW_LEVEL_FEATURES = "low_level_features"
 
 # MobileNetV2 inverted-residual stages: (expansion, channels, repeats, first stride).
-_MOBILENETV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_MOBILENETV2_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 # ResNet stages after the stride-4 stem: (block kind, repeats per stage).
 _RESNET_BLOCKS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 _RESNET_WIDTHS = (64, 128, 256, 512)
@@ -51,8 +59,19 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def _conv_bn(x, filters: int, kernel: int, name: str, stride: int = 1, rate: int = 1, activation: str | None = "relu", momentum: float = 0.99):
-    x = layers.Conv2D(filters, kernel, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=f"{name}_conv")(x)
+def _conv_bn(
+    x,
+    filters: int,
+    kernel: int,
+    name: str,
+    stride: int = 1,
+    rate: int = 1,
+    activation: str | None = "relu",
+    momentum: float = 0.99,
+):
+    x = layers.Conv2D(
+        filters, kernel, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
     x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     if activation == "relu6":
         return layers.ReLU(6.0, name=f"{name}_relu6")(x)
@@ -60,9 +79,15 @@ def _conv_bn(x, filters: int, kernel: int, name: str, stride: int = 1, rate: int
 
 
 def _depthwise_bn(x, name: str, stride: int = 1, rate: int = 1, activation: str = "relu", momentum: float = 0.99):
-    x = layers.DepthwiseConv2D(3, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = layers.DepthwiseConv2D(
+        3, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=f"{name}_dw"
+    )(x)
     x = layers.BatchNormalization(momentum=momentum, name=f"{name}_dw_bn")(x)
-    return layers.ReLU(6.0, name=f"{name}_dw_relu6")(x) if activation == "relu6" else layers.Activation(activation, name=f"{name}_dw_relu")(x)
+    return (
+        layers.ReLU(6.0, name=f"{name}_dw_relu6")(x)
+        if activation == "relu6"
+        else layers.Activation(activation, name=f"{name}_dw_relu")(x)
+    )
 
 
 def _separable_conv(x, filters: int, name: str, rate: int = 1, momentum: float = 0.99):

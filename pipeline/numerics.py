@@ -42,7 +42,8 @@ CPU_INFO = Path("/proc/cpuinfo")
 
 def cpu_model_and_flags(cpuinfo: Path = CPU_INFO) -> tuple[str, set[str]]:
     """The CPU's model name and feature flags (Linux); elsewhere the platform's processor string and no flags."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         lines = cpuinfo.read_text().splitlines()
     except OSError:

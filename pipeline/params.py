@@ -75,7 +75,7 @@ def _coerce(hint: Any, value: Any, where: str, path: Path) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where, path)
+        return _build(typing.cast("type[Any]", hint), value, where, path)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -125,7 +125,7 @@ def _coerce(hint: Any, value: Any, where: str, path: Path) -> Any:
 def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value view of a params dataclass, the shape MLflow's log_params wants."""
     flat: dict[str, Any] = {}
-    items = dataclasses.asdict(obj).items() if dataclasses.is_dataclass(obj) else obj.items()
+    items = dataclasses.asdict(typing.cast(Any, obj)).items() if dataclasses.is_dataclass(obj) else obj.items()
     for key, value in items:
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -113,7 +114,7 @@ def load_pair(stem: str, image_path: Path, mask_path: Path, label_map: dict[int,
 def split_stems(stems: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[str]]:
     """Seeded split; every split with a non-zero fraction gets at least one image when there are enough."""
     order = np.random.default_rng(seed).permutation(len(stems))
-    counts = {name: int(round(fractions[name] * len(stems))) for name in SPLITS}
+    counts = {name: round(fractions[name] * len(stems)) for name in SPLITS}
     for name in SPLITS:
         if fractions[name] > 0 and counts[name] == 0:
             counts[name] = 1
@@ -140,10 +141,13 @@ def main() -> None:
     pairs = [load_pair(stem, img, msk, params.label_map) for stem, img, msk in find_pairs(Path(params.raw_dir))]
     by_stem = {p.stem: p for p in pairs}
     splits = split_stems(list(by_stem), params.split, params.seed)
-    summary = {
+    summary: dict[str, Any] = {
         "n_images": len(pairs),
         "splits": {
-            name: {"n_images": len(stems), "class_pixel_frequency": class_frequencies([by_stem[s].mask for s in stems], classes)}
+            name: {
+                "n_images": len(stems),
+                "class_pixel_frequency": class_frequencies([by_stem[s].mask for s in stems], classes),
+            }
             for name, stems in splits.items()
         },
     }

@@ -32,16 +32,18 @@ class PreprocessParams:
         if self.image_size < 16 or self.image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16 and at least 16, got {self.image_size}")
         if self.normalization not in normalization.METHODS:
-            raise ValueError(f"normalization must be one of {', '.join(normalization.METHODS)}, got {self.normalization!r}")
+            raise ValueError(
+                f"normalization must be one of {', '.join(normalization.METHODS)}, got {self.normalization!r}"
+            )
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(image, mode="RGB").resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image, mode="RGB").resize((size, size), Image.Resampling.BILINEAR))
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Nearest neighbour: interpolating class ids would invent classes (or erase thin structures)."""
-    return np.asarray(Image.fromarray(mask, mode="L").resize((size, size), Image.NEAREST))
+    return np.asarray(Image.fromarray(mask, mode="L").resize((size, size), Image.Resampling.NEAREST))
 
 
 def load_prepared_split(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:

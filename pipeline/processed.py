@@ -16,9 +16,8 @@ SPEC_FILE = "spec.json"
 
 def save_split(folder: Path, split: str, images: np.ndarray, masks: np.ndarray, stems: list[str]) -> None:
     """images: uint8 (N, H, W, 3); masks: uint8 class ids (N, H, W), ignore pixels hold the ignore index."""
-    with atomic_file(folder / f"{split}.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, images=images, masks=masks, stems=np.asarray(stems))
+    with atomic_file(folder / f"{split}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, images=images, masks=masks, stems=np.asarray(stems))
 
 
 def load_split(folder: Path | str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

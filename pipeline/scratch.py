@@ -32,8 +32,12 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
 
-def make_repo(dest: Path, params: dict[str, Any] | None = None, branch: str = "main",
-              message: str = "scratch copy of the pipeline") -> Path:
+def make_repo(
+    dest: Path,
+    params: dict[str, Any] | None = None,
+    branch: str = "main",
+    message: str = "scratch copy of the pipeline",
+) -> Path:
     """Copy the project into `dest` with `params` laid over its params.yaml, and commit it on `branch`."""
     from segbisect.refs import deep_merge
 

@@ -31,7 +31,11 @@ class SynthesizeParams:
             raise ValueError(f"n_images must be at least 3 (one per split), got {self.n_images}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {self.image_size}")
-        if len(self.mask_values) != 2 or len(set(self.mask_values)) != 2 or not all(0 <= v <= 255 for v in self.mask_values):
+        if (
+            len(self.mask_values) != 2
+            or len(set(self.mask_values)) != 2
+            or not all(0 <= v <= 255 for v in self.mask_values)
+        ):
             raise ValueError(f"mask_values must be two distinct values in [0, 255], got {self.mask_values}")
 
 
@@ -39,7 +43,14 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     base = rng.uniform(40, 150, size=3)
     coarse = rng.normal(0, 1, size=(size // 12 + 2, size // 12 + 2, 3))
     low = np.stack(
-        [np.asarray(Image.fromarray(coarse[..., c].astype(np.float32), mode="F").resize((size, size), Image.BICUBIC)) for c in range(3)],
+        [
+            np.asarray(
+                Image.fromarray(coarse[..., c].astype(np.float32), mode="F").resize(
+                    (size, size), Image.Resampling.BICUBIC
+                )
+            )
+            for c in range(3)
+        ],
         axis=-1,
     )
     grain = rng.normal(0, 10, size=(size, size, 3))
@@ -85,7 +96,9 @@ def main() -> None:
             image, fg = make_sample(params.seed, i, params.image_size)
             stem = f"wise_{i:05d}"
             Image.fromarray(image, mode="RGB").save(out / "images" / f"{stem}.png")
-            Image.fromarray(np.where(fg, foreground, background).astype(np.uint8), mode="L").save(out / "masks" / f"{stem}.png")
+            Image.fromarray(np.where(fg, foreground, background).astype(np.uint8), mode="L").save(
+                out / "masks" / f"{stem}.png"
+            )
             fg_pixels += int(fg.sum())
         share = fg_pixels / (params.n_images * params.image_size**2)
         mlflow.log_metric("foreground_share", share)

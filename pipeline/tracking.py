@@ -23,7 +23,9 @@ def git_commit() -> str:
     """HEAD's commit, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -51,8 +53,13 @@ def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[Any]:
         mlflow.log_params({k: _param_value(v) for k, v in as_flat_dict(params).items()})
         write_json(
             run_file,
-            {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "stage": stage, "config_hash": chash,
-             "numerics": numerics},
+            {
+                "run_id": run.info.run_id,
+                "experiment_id": run.info.experiment_id,
+                "stage": stage,
+                "config_hash": chash,
+                "numerics": numerics,
+            },
         )
         yield run
 

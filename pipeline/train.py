@@ -74,7 +74,9 @@ def check_masks(masks: np.ndarray, num_classes: int, ignore_index: int | None, w
     values = np.unique(masks)
     bad = [int(v) for v in values if v >= num_classes and v != ignore_index]
     if bad:
-        raise PipelineError(f"{where}: mask value {bad[0]} is neither a class id (0..{num_classes - 1}) nor ignore_index {ignore_index}")
+        raise PipelineError(
+            f"{where}: mask value {bad[0]} is neither a class id (0..{num_classes - 1}) nor ignore_index {ignore_index}"
+        )
 
 
 def pixel_weight_table(class_weights: list[float] | None, num_classes: int, ignore_index: int | None) -> np.ndarray:
@@ -132,10 +134,15 @@ def _random_flip(pair, draw):
 def input_stats(images: np.ndarray, norm: dict[str, Any]) -> dict[str, list[float]]:
     """Per-channel stats of the normalized training inputs, so evaluate can detect a normalization mismatch."""
     x = normalization.apply(images, norm).reshape(-1, images.shape[-1]).astype(np.float64)
-    return {name: [float(v) for v in fn(x, axis=0)] for name, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
+    return {
+        name: [float(v) for v in fn(x, axis=0)]
+        for name, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))
+    }
 
 
-def build_model(params: TrainParams, input_shape: tuple[int, int, int], num_classes: int, ignore_index: int | None) -> Any:
+def build_model(
+    params: TrainParams, input_shape: tuple[int, int, int], num_classes: int, ignore_index: int | None
+) -> Any:
     """DeepLabV3+ compiled with a logits loss that skips ignore pixels, and val mean IoU over argmax."""
     import keras
 
@@ -174,9 +181,13 @@ def fit(model: Any, train_ds: Any, val_ds: Any, params: TrainParams) -> dict[str
         keras.callbacks.EarlyStopping(
             monitor=MONITOR, mode="max", patience=params.early_stopping_patience, restore_best_weights=True, verbose=1
         ),
-        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mlflow.log_metrics(_floats(logs), step=epoch + 1)),
+        keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: mlflow.log_metrics(_floats(logs), step=epoch + 1)
+        ),
     ]
-    history = model.fit(train_ds, validation_data=val_ds, epochs=params.epochs, callbacks=callbacks, shuffle=False, verbose=2)
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=params.epochs, callbacks=callbacks, shuffle=False, verbose=2
+    )
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
@@ -185,7 +196,8 @@ def check_finite(history: dict[str, list[float]], learning_rate: float) -> None:
     for epoch, loss in enumerate(history.get("loss", []), start=1):
         if not math.isfinite(loss):
             raise PipelineError(
-                f"training loss became {loss} in epoch {epoch}: lower train.learning_rate (now {learning_rate:g}) in params.yaml"
+                f"training loss became {loss} in epoch {epoch}: "
+                f"lower train.learning_rate (now {learning_rate:g}) in params.yaml"
             )
 
 
@@ -251,7 +263,9 @@ def _floats(logs: dict[str, Any] | None) -> dict[str, float]:
     return {key: float(value) for key, value in (logs or {}).items()}
 
 
-def train_meta(spec: dict[str, Any], params: TrainParams, metrics: dict[str, Any], stats: dict[str, Any], digest: str) -> TrainMeta:
+def train_meta(
+    spec: dict[str, Any], params: TrainParams, metrics: dict[str, Any], stats: dict[str, Any], digest: str
+) -> TrainMeta:
     """What evaluate needs to use the model and to diagnose a train/eval mismatch."""
     return TrainMeta(
         from_logits=True,
@@ -302,11 +316,14 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
     num_classes, ignore_index, norm = spec["num_classes"], spec.get("ignore_index"), spec["normalization"]
     if params.class_weights is not None and len(params.class_weights) != num_classes:
         raise PipelineError(
-            f"params.yaml: train.class_weights has {len(params.class_weights)} values but {processed / 'spec.json'} has {num_classes} classes"
+            f"params.yaml: train.class_weights has {len(params.class_weights)} values "
+            f"but {processed / 'spec.json'} has {num_classes} classes"
         )
     keras.utils.set_random_seed(params.seed)
     tf.config.experimental.enable_op_determinism()
-    weights = None if params.class_weights is None else pixel_weight_table(params.class_weights, num_classes, ignore_index)
+    weights = (
+        None if params.class_weights is None else pixel_weight_table(params.class_weights, num_classes, ignore_index)
+    )
     train_ds = make_dataset(x_train, y_train, norm, params.batch_size, weights, params.augment_flips, params.seed)
     val_ds = make_dataset(x_val, y_val, norm, params.batch_size)
     with atomic_dir(models) as out, stage_run("train", params, out / "train_run.json"):
@@ -328,8 +345,10 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
 def main() -> None:
     params = load_section("train", TrainParams)
     metrics = train(params)
-    print(f"train: best val mean IoU {metrics['best_val_mean_iou']:.4f} at epoch {metrics['best_epoch']}, "
-          f"{metrics['train_seconds']:.0f} s ({metrics['images_per_second']:.1f} images/s)")
+    print(
+        f"train: best val mean IoU {metrics['best_val_mean_iou']:.4f} at epoch {metrics['best_epoch']}, "
+        f"{metrics['train_seconds']:.0f} s ({metrics['images_per_second']:.1f} images/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ def _is_number(value: Any) -> bool:
 
 def _is_stats(value: Any) -> bool:
     """Per-channel mean and std of 3 values each (min and max are informative only)."""
-    return isinstance(value, dict) and all(isinstance(value.get(k), list) and len(value[k]) == 3 for k in ("mean", "std"))
+    return isinstance(value, dict) and all(
+        isinstance(value.get(k), list) and len(value[k]) == 3 for k in ("mean", "std")
+    )
 
 
 CHECKS: dict[str, Callable[[Any], bool]] = {

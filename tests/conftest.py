@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
-from pipeline.scratch import ROOT, TINY_PARAMS, git, make_repo
+
+from pipeline.scratch import TINY_PARAMS, git, make_repo
 from segbisect.refs import deep_merge
 
 
@@ -45,6 +48,29 @@ def run_stage(repo: Path, stage: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", f"pipeline.{stage}"], cwd=repo, capture_output=True, text=True)
 
 
+def two_class_spec(size: int, ignore_index: int) -> dict[str, Any]:
+    """data/processed/spec.json as preprocess writes it for background/foreground images in [0, 1]."""
+    return {
+        "image_size": size,
+        "num_classes": 2,
+        "class_names": ["background", "foreground"],
+        "ignore_index": ignore_index,
+        "normalization": {"method": "unit"},
+        "image_interpolation": "bilinear",
+        "mask_interpolation": "nearest",
+    }
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script in a folder that is no package (examples/zero-predictions has a dash in its name), by its path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_params(repo: Path, overlay: dict[str, Any]) -> None:
     path = repo / "params.yaml"
     path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(path.read_text()), overlay), sort_keys=False))
@@ -58,9 +84,14 @@ def tree_state(repo: Path, skip: tuple[str, ...] = (".git/", ".dvc/cache/")) -> 
         rel = path.relative_to(repo).as_posix()
         if path.is_file() and not rel.startswith(skip):
             state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    for name, args in {"status": ["status", "--porcelain", "--ignored"], "index": ["ls-files", "-s"],
-                       "refs": ["for-each-ref"], "stash": ["stash", "list"], "head": ["rev-parse", "HEAD"],
-                       "worktrees": ["worktree", "list", "--porcelain"]}.items():
+    for name, args in {
+        "status": ["status", "--porcelain", "--ignored"],
+        "index": ["ls-files", "-s"],
+        "refs": ["for-each-ref"],
+        "stash": ["stash", "list"],
+        "head": ["rev-parse", "HEAD"],
+        "worktrees": ["worktree", "list", "--porcelain"],
+    }.items():
         state[f"git {name}"] = git(repo, *args)
     return state
 
@@ -103,8 +134,25 @@ def threshold_bisection(tmp_path_factory: pytest.TempPathFactory) -> ThresholdBi
     before = tree_state(repo)
     segbisect = Path(sys.executable).parent / "segbisect"
     result = subprocess.run(
-        [str(segbisect), "good", "bad", "--repo", str(repo), "--results", str(root / "results"), "--jobs", "2", "--json"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(segbisect),
+            "good",
+            "bad",
+            "--repo",
+            str(repo),
+            "--results",
+            str(root / "results"),
+            "--jobs",
+            "2",
+            "--json",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     report = json.loads(result.stdout) if result.stdout.strip() else {}
-    return ThresholdBisection(root, repo, uri, result.returncode, report, result.stderr[-4000:], before, tree_state(repo))
+    return ThresholdBisection(
+        root, repo, uri, result.returncode, report, result.stderr[-4000:], before, tree_state(repo)
+    )

@@ -1,6 +1,7 @@
 """A toy DVC project for segbisect tests: four stdlib-only stages, each `dvc repro` in about a second.
 
-Known ways to get the all-zero symptom (foreground_fraction == 0, the toy's own check in its pyproject.toml), one or more per stage:
+Known ways to get the all-zero symptom (foreground_fraction == 0, the toy's own check in its pyproject.toml),
+one or more per stage:
 - prepare.fg_value != 255 (foreground label read as another value)
 - preprocess.mask_interp: bilinear (masks blurred below 1)
 - train.lr > 1 (collapse), or train.lr > 0.5 together with train.momentum > 0.9 (two-unit interaction)
@@ -50,21 +51,21 @@ def write(path, data):
 '''
 
 STAGES = {
-    "prepare": '''from common import params, write
+    "prepare": """from common import params, write
 
 p = params("prepare")
 x = [(i % 10) / 10 for i in range(p["n"])]
 raw = [255 if v >= 0.5 else 0 for v in x]
 write("data/prepared.json", {"x": x, "y": [1 if r == p["fg_value"] else 0 for r in raw]})
-''',
-    "preprocess": '''from common import params, read, write
+""",
+    "preprocess": """from common import params, read, write
 
 p = params("preprocess")
 d = read("data/prepared.json")
 y = d["y"] if p["mask_interp"] == "nearest" else [v * 0.5 for v in d["y"]]
 write("data/processed.json", {"x": [v * p["scale"] for v in d["x"]], "y": [1 if v >= 1 else 0 for v in y]})
-''',
-    "train": '''import sys
+""",
+    "train": """import sys
 
 from common import params, read, write
 
@@ -77,8 +78,8 @@ bg = [x for x, y in zip(d["x"], d["y"]) if y == 0]
 collapsed = not fg or not bg or p["lr"] > 1 or (p["lr"] > 0.5 and p["momentum"] > 0.9)
 threshold = 1e9 if collapsed else (sum(fg) / len(fg) + sum(bg) / len(bg)) / 2
 write("model/model.json", {"threshold": threshold, "epochs": p["epochs"], "collapsed": collapsed})
-''',
-    "evaluate": '''import math
+""",
+    "evaluate": """import math
 
 from common import params, read, write
 
@@ -94,19 +95,36 @@ fg = sum(pred) / len(pred)
 acc = sum(int(a == b) for a, b in zip(pred, d["y"])) / len(pred)
 write("metrics.json", {"foreground_fraction": fg, "accuracy": acc, "per_class": {"foreground": fg}})
 write("eval/diagnostics.json", {"cause": "collapsed model" if m["collapsed"] else ("none" if fg else "threshold")})
-''',
+""",
 }
 
 DVC_YAML = {
     "stages": {
-        "prepare": {"cmd": "python prepare.py", "deps": ["prepare.py", "common.py"],
-                    "params": ["prepare.n", "prepare.fg_value"], "outs": ["data/prepared.json"]},
-        "preprocess": {"cmd": "python preprocess.py", "deps": ["preprocess.py", "data/prepared.json"],
-                       "params": ["preprocess"], "outs": ["data/processed.json"]},
-        "train": {"cmd": "python train.py", "deps": ["train.py", "common.py", "data/processed.json"],
-                  "params": ["train"], "outs": ["model"]},
-        "evaluate": {"cmd": "python evaluate.py", "deps": ["evaluate.py", "common.py", "data/processed.json", "model"],
-                     "params": ["evaluate"], "outs": ["eval"], "metrics": [{"metrics.json": {"cache": False}}]},
+        "prepare": {
+            "cmd": "python prepare.py",
+            "deps": ["prepare.py", "common.py"],
+            "params": ["prepare.n", "prepare.fg_value"],
+            "outs": ["data/prepared.json"],
+        },
+        "preprocess": {
+            "cmd": "python preprocess.py",
+            "deps": ["preprocess.py", "data/prepared.json"],
+            "params": ["preprocess"],
+            "outs": ["data/processed.json"],
+        },
+        "train": {
+            "cmd": "python train.py",
+            "deps": ["train.py", "common.py", "data/processed.json"],
+            "params": ["train"],
+            "outs": ["model"],
+        },
+        "evaluate": {
+            "cmd": "python evaluate.py",
+            "deps": ["evaluate.py", "common.py", "data/processed.json", "model"],
+            "params": ["evaluate"],
+            "outs": ["eval"],
+            "metrics": [{"metrics.json": {"cache": False}}],
+        },
     }
 }
 
@@ -158,7 +176,9 @@ def commit(repo: Path, message: str) -> str:
     return sh(repo, "git", "rev-parse", "HEAD").strip()
 
 
-def bad_commit(repo: Path, params: dict[str, Any] | None = None, files: dict[str, str] | None = None, tag: str = "bad") -> str:
+def bad_commit(
+    repo: Path, params: dict[str, Any] | None = None, files: dict[str, str] | None = None, tag: str = "bad"
+) -> str:
     """Commit a BAD configuration on a side branch (params overlay and file edits), then return to main."""
     sh(repo, "git", "checkout", "-q", "-b", f"branch-{tag}")
     if params:

@@ -8,15 +8,14 @@ CI runs this file a second time under another oneDNN ISA, and the GOOD check als
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "examples" / "zero-predictions" / "run_casebook.py"
@@ -29,16 +28,7 @@ MAX_FOREGROUND_SHARE_ERROR = 0.30
 MARGIN = 3.0
 
 
-def _load_runner() -> ModuleType:
-    """The runner lives in a folder with a dash in its name, so import it by path."""
-    spec = importlib.util.spec_from_file_location("run_casebook", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-casebook = _load_runner()
+casebook = load_script(RUNNER)
 CASES = casebook.load_cases()
 
 
@@ -78,7 +68,9 @@ def test_case_is_found_by_segbisect_and_diagnosed(case, base: tuple[Path, dict[s
     assert outcome.report["verdict"] == "culprit"
     good, bad = outcome.metrics("GOOD"), outcome.metrics("BAD")
     assert good["foreground_fraction"] >= MARGIN * good["all_zero_threshold"], "GOOD must clearly predict foreground"
-    assert bad["foreground_fraction"] <= bad["all_zero_threshold"] / MARGIN, "BAD must clearly show the all-zero symptom"
+    assert bad["foreground_fraction"] <= bad["all_zero_threshold"] / MARGIN, (
+        "BAD must clearly show the all-zero symptom"
+    )
     assert outcome.stage == case.stage
     assert outcome.units == case.units
     assert outcome.category in {*case.diagnosis, "unknown"}, outcome.diagnosis

@@ -13,15 +13,23 @@ from pipeline.errors import PipelineError
 from pipeline.train_meta import TrainMeta
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
-META = TrainMeta(from_logits=True, num_classes=2, ignore_index=255, normalization={"method": "unit"},
-                 input_stats={"mean": [0.5] * 3, "std": [0.2] * 3, "min": [0.0] * 3, "max": [1.0] * 3},
-                 class_weights=[1.0, 2.0], epochs_run=3, best_val_mean_iou=0.8, model_sha256="0" * 64)
+META = TrainMeta(
+    from_logits=True,
+    num_classes=2,
+    ignore_index=255,
+    normalization={"method": "unit"},
+    input_stats={"mean": [0.5] * 3, "std": [0.2] * 3, "min": [0.0] * 3, "max": [1.0] * 3},
+    class_weights=[1.0, 2.0],
+    epochs_run=3,
+    best_val_mean_iou=0.8,
+    model_sha256="0" * 64,
+)
 
 
 def documented_keys(name: str) -> list[str]:
     """The backticked keys of the "`name` keys:" paragraph, leaving out what parentheses say about each."""
     text = CONTRACTS.read_text()
-    paragraph = text[text.index(f"`{name}` keys:"):].split("\n\n", 1)[0]
+    paragraph = text[text.index(f"`{name}` keys:") :].split("\n\n", 1)[0]
     return re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", paragraph.split(":", 1)[1]))
 
 
@@ -36,8 +44,17 @@ def test_what_train_writes_evaluate_reads_back(tmp_path: Path) -> None:
 
 def test_malformed_fields_become_unknown_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "train_meta.json"
-    path.write_text(json.dumps({**dataclasses.asdict(META), "from_logits": "yes", "input_stats": {"mean": "oops"},
-                                "best_val_mean_iou": True, "epochs_run": 2.5}))
+    path.write_text(
+        json.dumps(
+            {
+                **dataclasses.asdict(META),
+                "from_logits": "yes",
+                "input_stats": {"mean": "oops"},
+                "best_val_mean_iou": True,
+                "epochs_run": 2.5,
+            }
+        )
+    )
     read = TrainMeta.read(path)
     assert (read.from_logits, read.input_stats, read.best_val_mean_iou, read.epochs_run) == (None, None, None, None)
     assert read.class_weights == [1.0, 2.0] and read.num_classes == 2

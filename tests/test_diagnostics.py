@@ -36,8 +36,14 @@ HEALTHY = Evidence(
     eval_input_stats=UNIT_STATS,
 )
 ALL_ZERO = {"foreground_fraction": 0.0, "reference_foreground_fraction": 0.0}
-PROBABILITIES = {"outputs_are_probabilities": True, "outputs_bounded": True, "output_min": 0.0, "output_max": 1.0,
-                 "output_mean": 0.5, "saturated_fraction": 0.97}
+PROBABILITIES = {
+    "outputs_are_probabilities": True,
+    "outputs_bounded": True,
+    "output_min": 0.0,
+    "output_max": 1.0,
+    "output_mean": 0.5,
+    "saturated_fraction": 0.97,
+}
 
 
 def verdict(**changes) -> tuple[str, str]:
@@ -75,7 +81,9 @@ def test_a_few_stray_foreground_pixels_still_count_as_all_zero():
 def test_without_true_foreground_the_floor_decides():
     """Masks without foreground make the relative tolerance zero; a collapsed model's stray pixels still count."""
     no_labels = {"true_foreground_fraction": 0.0, "label_counts": {0: 940, 255: 60}}
-    stray = diagnose(dataclasses.replace(HEALTHY, **no_labels, foreground_fraction=0.0006, reference_foreground_fraction=0.0006))
+    stray = diagnose(
+        dataclasses.replace(HEALTHY, **no_labels, foreground_fraction=0.0006, reference_foreground_fraction=0.0006)
+    )
     assert (stray["symptom"], stray["all_zero_threshold"], stray["cause"]) == (True, 0.001, "no_foreground_labels")
     assert not diagnose(dataclasses.replace(HEALTHY, **no_labels, foreground_fraction=0.002))["symptom"]
     assert all_zero_threshold(0.0) == SYMPTOM_FLOOR
@@ -96,7 +104,9 @@ def test_missing_training_stats_is_unknown_not_collapse():
 
 
 def test_no_foreground_labels_points_at_labels_and_mentions_ignore():
-    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, true_foreground_fraction=0.0, label_counts={0: 940, 255: 60}))
+    record = diagnose(
+        dataclasses.replace(HEALTHY, **ALL_ZERO, true_foreground_fraction=0.0, label_counts={0: 940, 255: 60})
+    )
     assert (record["category"], record["cause"]) == ("labels", "no_foreground_labels")
     assert any("ignore index 255" in line for line in record["evidence"])
 
@@ -149,12 +159,23 @@ def test_raw_argmax_with_foreground_points_at_postprocessing():
 
 
 def test_threshold_above_every_probability():
-    changes = {"foreground_fraction": 0.0, "postprocess": "threshold", "threshold": 0.9, "max_foreground_probability": 0.7}
+    changes = {
+        "foreground_fraction": 0.0,
+        "postprocess": "threshold",
+        "threshold": 0.9,
+        "max_foreground_probability": 0.7,
+    }
     assert verdict(**changes) == ("postprocessing", "threshold_too_high")
 
 
 def test_threshold_on_rescaled_outputs_is_output_scaling():
-    changes = {"foreground_fraction": 0.0, "postprocess": "threshold", "outputs_bounded": True, "output_min": 0.5, "output_max": 1.0}
+    changes = {
+        "foreground_fraction": 0.0,
+        "postprocess": "threshold",
+        "outputs_bounded": True,
+        "output_min": 0.5,
+        "output_max": 1.0,
+    }
     assert verdict(**changes) == ("postprocessing", "output_scaling")
 
 

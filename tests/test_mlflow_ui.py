@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, ThresholdBisection
+from conftest import ThresholdBisection
+from pipeline.scratch import ROOT
 from ui_server import (
     CHROMIUM,
     RUN_NAME_COL,
@@ -42,8 +43,10 @@ from ui_server import (
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} missing: install Debian's chromium (apt-get install chromium) for the MLflow UI test"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason=f"{CHROMIUM} missing: install Debian's chromium (apt-get install chromium) for the MLflow UI test",
+    ),
 ]
 
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
@@ -79,7 +82,11 @@ def all_runs(uri: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = Path(os.environ["MLFLOW_UI_RESULTS"]) if os.environ.get("MLFLOW_UI_RESULTS") else tmp_path_factory.mktemp("mlflow-ui-results")
+    path = (
+        Path(os.environ["MLFLOW_UI_RESULTS"])
+        if os.environ.get("MLFLOW_UI_RESULTS")
+        else tmp_path_factory.mktemp("mlflow-ui-results")
+    )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -163,7 +170,11 @@ def assert_row(page: Any, run: Any, metrics: list[str] = (), tags: list[str] = (
         assert cell.is_visible(), f"{key} cell of {run.info.run_name} not visible"
         expected = run.data.metrics[key]
         shown = shown_number(cell.inner_text())
-        assert shown == pytest.approx(expected, abs=max(1e-3, abs(expected) * 1e-2)), (run.info.run_name, key, cell.inner_text())
+        assert shown == pytest.approx(expected, abs=max(1e-3, abs(expected) * 1e-2)), (
+            run.info.run_name,
+            key,
+            cell.inner_text(),
+        )
     for key in tags:
         cell = row_cell(page, run.info.run_id, tag_col(key))
         assert cell.is_visible(), f"tag {key} cell of {run.info.run_name} not visible"
@@ -212,7 +223,12 @@ def test_stage_runs_of_a_configuration_in_the_ui(store: Store, server: MlflowSer
         for stage in STAGES:
             assert_row(page, runs[stage], tags=["stage", "config_hash"])
         assert_row(page, evaluate, metrics=KEY_METRICS)
-        for col, pixels in [(RUN_NAME_COL, 40), (metric_col("foreground_fraction"), 40), (metric_col("mean_iou"), 20), (tag_col("config_hash"), 20)]:
+        for col, pixels in [
+            (RUN_NAME_COL, 40),
+            (metric_col("foreground_fraction"), 40),
+            (metric_col("mean_iou"), 20),
+            (tag_col("config_hash"), 20),
+        ]:
             widen(page, col, pixels)
         save(page, results_dir, "mlflow-ui-stages.png", "mlflow-ui.png")
 
@@ -225,8 +241,9 @@ def test_stage_runs_of_a_configuration_in_the_ui(store: Store, server: MlflowSer
         assert shown_run_ids(page) == {r.info.run_id for r in runs.values()}
 
 
-def test_bisection_parent_and_hybrid_runs_in_the_ui(store: Store, bisection: Bisection, server: MlflowServer,
-                                                   results_dir: Path) -> None:
+def test_bisection_parent_and_hybrid_runs_in_the_ui(
+    store: Store, bisection: Bisection, server: MlflowServer, results_dir: Path
+) -> None:
     parent, children = bisection.parent, bisection.children
     session = parent.data.tags["segbisect.session"]
     experiment_id = parent.info.experiment_id
@@ -237,7 +254,7 @@ def test_bisection_parent_and_hybrid_runs_in_the_ui(store: Store, bisection: Bis
     varying = [k for k in sides if len({c.data.tags.get(k) for c in children}) > 1]
     child_tags = sorted({k for c in children for k in c.data.tags if k == "outcome"}) + (varying or sides)
     with chromium_page() as page, screenshot_on_failure(page, results_dir, "mlflow-ui-bisection.png"):
-        open_runs(page, server.url, experiment_id, [parent.info.run_name], f"tags.`segbisect.session` = \"{session}\"")
+        open_runs(page, server.url, experiment_id, [parent.info.run_name], f'tags.`segbisect.session` = "{session}"')
         close_assistant(page)
         missing = set_columns(page, [*KEY_METRICS, *child_tags])
         assert not missing, f"not offered in the Columns picker: {missing}"
@@ -248,12 +265,18 @@ def test_bisection_parent_and_hybrid_runs_in_the_ui(store: Store, bisection: Bis
             row_cell(page, child.info.run_id, RUN_NAME_COL).wait_for(timeout=UI_TIMEOUT_MS)
         assert shown_run_ids(page) >= {parent.info.run_id, *(c.info.run_id for c in children)}
         # The session filter also finds the stage runs the hybrids logged, where they share the experiment.
-        matching = client(store.uri).search_runs([experiment_id], f"tags.`segbisect.session` = '{session}'", max_results=1000)
+        matching = client(store.uri).search_runs(
+            [experiment_id], f"tags.`segbisect.session` = '{session}'", max_results=1000
+        )
         assert shown_run_ids(page) >= {r.info.run_id for r in matching}
         assert_row(page, parent)
         for child in children:
-            assert_row(page, child, metrics=[k for k in KEY_METRICS if k in child.data.metrics],
-                       tags=[k for k in child_tags if k in child.data.tags])
+            assert_row(
+                page,
+                child,
+                metrics=[k for k in KEY_METRICS if k in child.data.metrics],
+                tags=[k for k in child_tags if k in child.data.tags],
+            )
         assert any(all(k in c.data.metrics for k in KEY_METRICS) for c in children), "no hybrid logged the key metrics"
         widen(page, RUN_NAME_COL, 200)
         widen(page, metric_col("foreground_fraction"), 40)
@@ -262,11 +285,10 @@ def test_bisection_parent_and_hybrid_runs_in_the_ui(store: Store, bisection: Bis
 
 def test_server_is_stopped_and_port_freed_even_on_failure(tmp_path: Path) -> None:
     srv = MlflowServer(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "server.log")
-    with pytest.raises(RuntimeError, match="boom"):
-        with srv:
-            port, pid = srv.port, srv.proc.pid
-            assert port_in_use(port)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), srv:
+        port, pid = srv.port, srv.proc.pid
+        assert port_in_use(port)
+        raise RuntimeError("boom")
     assert not port_in_use(port)
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)

@@ -66,7 +66,9 @@ def test_save_load_roundtrip_needs_no_custom_objects(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"backbone": "vgg16"}, "unknown backbone"), ({"output_stride": 32}, "output_stride")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"backbone": "vgg16"}, "unknown backbone"), ({"output_stride": 32}, "output_stride")]
+)
 def test_rejects_unknown_options(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_deeplabv3plus((SIZE, SIZE, 3), 2, **kwargs)

@@ -21,8 +21,10 @@ VERBOSE_NAMES = {
     "Intel AVX-512 with Intel DL Boost": "AVX512_CORE_VNNI",
     "Intel AVX-512 with Intel DL Boost and bfloat16 support": "AVX512_CORE_BF16",
     "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support": "AVX10_1_512",
-    "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support and Intel AMX with bfloat16 and 8-bit integer support":
-        "AVX10_1_512_AMX",
+    (
+        "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support "
+        "and Intel AMX with bfloat16 and 8-bit integer support"
+    ): "AVX10_1_512_AMX",
 }
 ZEN4 = {"sse4_1", "avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16"}
 
@@ -40,8 +42,10 @@ def test_isa_is_the_widest_level_the_cpu_has_within_the_cap():
 
 def test_cpuinfo_gives_model_and_flags(tmp_path: Path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: Example CPU\nflags\t\t: fpu sse4_1 avx avx2\n\n"
-                    "processor\t: 1\nmodel name\t: Example CPU\nflags\t\t: fpu sse4_1 avx avx2\n")
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Example CPU\nflags\t\t: fpu sse4_1 avx avx2\n\n"
+        "processor\t: 1\nmodel name\t: Example CPU\nflags\t\t: fpu sse4_1 avx avx2\n"
+    )
     assert cpu_model_and_flags(info) == ("Example CPU", {"fpu", "sse4_1", "avx", "avx2"})
 
 
@@ -55,8 +59,7 @@ def test_onednn_off_records_no_isa(monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.e2e
 def test_recorded_isa_is_the_one_onednn_uses():
     """Under this process's ONEDNN_MAX_CPU_ISA (CI runs the suite under two settings), ask oneDNN itself."""
-    probe = ("import keras, tensorflow as tf; "
-             "keras.layers.Conv2D(4, 3)(tf.zeros([2, 8, 8, 3]))")
+    probe = "import keras, tensorflow as tf; keras.layers.Conv2D(4, 3)(tf.zeros([2, 8, 8, 3]))"
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
     header = next(line for line in out.splitlines() if ",info,cpu,isa:" in line)

@@ -32,17 +32,34 @@ def test_repro_builds_everything_then_only_what_changed(repo: Path, tracking_uri
     assert first.returncode == 0, first.stdout + first.stderr
     assert stages_run(first.stdout) == STAGES
 
-    for out in ["data/synthetic/images", "data/prepared/train/masks", "data/processed/spec.json", "models/model.keras",
-                "models/train_meta.json", "reports/evaluate/diagnostics.json", "reports/figures/overlays.png",
-                "reports/figures/confusion_matrix.png", "reports/train_history.csv"]:
+    for out in [
+        "data/synthetic/images",
+        "data/prepared/train/masks",
+        "data/processed/spec.json",
+        "models/model.keras",
+        "models/train_meta.json",
+        "reports/evaluate/diagnostics.json",
+        "reports/figures/overlays.png",
+        "reports/figures/confusion_matrix.png",
+        "reports/train_history.csv",
+    ]:
         assert (repo / out).exists(), out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(STAGES)
     assert lock["stages"]["evaluate"]["params"]["params.yaml"]["evaluate.postprocess"] == "argmax"
 
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    for key in ["mean_iou", "pixel_accuracy", "foreground_fraction", "per_class_iou", "predicted_class_histogram",
-                "output_min", "output_max", "output_mean", "confusion_matrix"]:
+    for key in [
+        "mean_iou",
+        "pixel_accuracy",
+        "foreground_fraction",
+        "per_class_iou",
+        "predicted_class_histogram",
+        "output_min",
+        "output_max",
+        "output_mean",
+        "confusion_matrix",
+    ]:
         assert key in metrics, key
     assert 0.0 <= metrics["mean_iou"] <= 1.0
     assert 0.0 <= metrics["foreground_fraction"] <= 1.0

@@ -9,10 +9,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, run_stage
+from conftest import run_stage
 from pipeline.errors import PipelineError
 from pipeline.params import ClassesParams
 from pipeline.prepare import check_label_map, class_frequencies, map_labels, split_stems
+from pipeline.scratch import ROOT
 
 CLASSES = ClassesParams(num_classes=2, names=["background", "foreground"], ignore_index=255)
 
@@ -46,7 +47,7 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
     a = split_stems(stems, fractions, seed=3)
     assert a == split_stems(stems, fractions, seed=3)
     assert a != split_stems(stems, fractions, seed=4)
-    assert sorted(sum(a.values(), [])) == stems
+    assert sorted(stem for split in a.values() for stem in split) == stems
     assert [len(a[k]) for k in ("train", "val", "test")] == [14, 3, 3]
 
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, run_stage
+from conftest import run_stage
 from pipeline import normalization
-from pipeline.params import ClassesParams, load_section
 from pipeline.errors import PipelineError
+from pipeline.params import ClassesParams, load_section
 from pipeline.preprocess import PreprocessParams, resize_image, resize_mask
 from pipeline.processed import load_spec, load_split
+from pipeline.scratch import ROOT
 
 
 def test_nearest_resize_never_invents_class_ids() -> None:

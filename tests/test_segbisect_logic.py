@@ -7,18 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from segbisect.predicate import Predicate, PredicateError, UnjudgeableError, flatten
+from segbisect.metrics import flatten
+from segbisect.predicate import Predicate, PredicateError, UnjudgeableError
 from segbisect.search import ddmin, search
 from segbisect.settings import load as load_settings
-from segbisect.units import Group, Unit
+from segbisect.units import Group, Unit, UnitKind
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def groups_of(spec: dict[str, int]) -> list[Group]:
     """Groups named like stages, with `n` units each named '<stage>.<i>'."""
-    return [Group(stage, (stage,), [Unit(f"{stage}.{i}", "param", f"{stage}.{i}", (stage,), (), 0, 1, "")
-                                    for i in range(n)]) for stage, n in spec.items()]
+    return [Group(stage, (stage,), [unit(f"{stage}.{i}", stage) for i in range(n)]) for stage, n in spec.items()]
+
+
+def unit(name: str, stage: str) -> Unit:
+    return Unit(id=name, kind=UnitKind.PARAM, name=name, stages=(stage,), path="params.yaml", good=0, bad=1, summary="")
 
 
 class Oracle:
@@ -49,9 +53,11 @@ def test_sequential_stage_search_uses_about_log2_hybrids(culprit: str) -> None:
     oracle = Oracle(lambda c: f"{culprit}.1" in c)
     oracle.seen = {frozenset(): "good", frozenset().union(*(g.ids for g in groups)): "bad"}  # preconditions
     verdict = search(groups, oracle, jobs=1)
-    assert (verdict.kind, verdict.stage, verdict.units) == ("culprit", culprit, [f"{culprit}.1"])
+    assert (verdict.kind, verdict.stage, verdict.units) == ("culprit", culprit, (f"{culprit}.1",))
     assert verdict.sufficient and verdict.necessary and verdict.minimal
-    prefixes = [c for c in oracle.seen if c and any(c == frozenset().union(*(g.ids for g in groups[:m])) for m in range(1, 8))]
+    prefixes = [
+        c for c in oracle.seen if c and any(c == frozenset().union(*(g.ids for g in groups[:m])) for m in range(1, 8))
+    ]
     assert len(prefixes) <= math.ceil(math.log2(len(groups)))
     # beyond GOOD and BAD: log2(8) prefixes + sufficient + necessary + ddmin over 2 units
     assert oracle.hybrids - 2 <= math.ceil(math.log2(len(groups))) + 1 + 1 + 2
@@ -61,7 +67,7 @@ def test_parallel_stage_search_is_one_wave_of_single_stages() -> None:
     groups = groups_of(STAGES)
     oracle = Oracle(lambda c: "s5.0" in c)
     verdict = search(groups, oracle, jobs=len(groups))
-    assert verdict.stage == "s5" and verdict.units == ["s5.0"]
+    assert verdict.stage == "s5" and verdict.units == ("s5.0",)
     assert oracle.waves[0] == [g.ids for g in groups]
 
 
@@ -70,14 +76,14 @@ def test_interaction_across_stages_is_reported_with_both_units() -> None:
     oracle = Oracle(lambda c: {"b.2", "d.0"} <= c)
     verdict = search(groups, oracle, jobs=1)
     assert verdict.kind == "interaction"
-    assert sorted(verdict.units) == ["b.2", "d.0"] and verdict.stages == ["b", "d"]
+    assert sorted(verdict.units) == ["b.2", "d.0"] and verdict.stages == ("b", "d")
     assert verdict.sufficient is False and verdict.necessary is True and verdict.minimal
 
 
 def test_several_sufficient_stages_name_the_first_and_list_the_others() -> None:
     groups = groups_of({"a": 1, "b": 1, "c": 1})
     verdict = search(groups, Oracle(lambda c: bool({"b.0", "c.0"} & c)), jobs=3)
-    assert verdict.stage == "b" and verdict.also_sufficient == ["c"] and verdict.necessary is False
+    assert verdict.stage == "b" and verdict.also_sufficient == ("c",) and verdict.necessary is False
 
 
 def test_skipped_hybrids_make_the_answer_ambiguous() -> None:
@@ -85,7 +91,7 @@ def test_skipped_hybrids_make_the_answer_ambiguous() -> None:
     everything = frozenset({"a.0", "b.0", "c.0"})
     oracle = Oracle(lambda c: "b.0" in c, skip=lambda c: c == frozenset({"a.0"}))
     verdict = search(groups, oracle, jobs=1)
-    assert verdict.kind == "ambiguous" and verdict.candidates == ["a", "b"]
+    assert verdict.kind == "ambiguous" and verdict.candidates == ("a", "b")
     assert everything not in oracle.seen or oracle.seen[everything] == "bad"
 
 
@@ -117,8 +123,10 @@ def test_project_predicate_compares_the_share_with_the_recorded_tolerance() -> N
         pred({"foreground_fraction": 0.0})
 
 
-@pytest.mark.parametrize("expr", ["__import__('os').system('true')", "mean_iou + 1 > 2", "[x for x in y]",
-                                  "mean_iou < ", "f(1) == 0", "lambda: 1"])
+@pytest.mark.parametrize(
+    "expr",
+    ["__import__('os').system('true')", "mean_iou + 1 > 2", "[x for x in y]", "mean_iou < ", "f(1) == 0", "lambda: 1"],
+)
 def test_predicate_rejects_anything_but_comparisons(expr: str) -> None:
     with pytest.raises(PredicateError):
         Predicate(expr)

@@ -27,13 +27,19 @@ def test_no_file_or_no_table_means_no_settings(tmp_path: Path) -> None:
     assert load(tmp_path) == Settings()
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[tool.segbisect\n", "not valid TOML"),
-    ('[tool]\nsegbisect = "x"\n', "[tool.segbisect] must be a table"),
-    ('[tool.segbisect]\nfail_if = "a == 0"\n', "unknown key 'fail_if' in [tool.segbisect] (known: diagnostics, fail-if)"),
-    ('[tool.segbisect]\nfail-if = ""\n', "[tool.segbisect] fail-if must be a non-empty string"),
-    ("[tool.segbisect]\ndiagnostics = 3\n", "[tool.segbisect] diagnostics must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[tool.segbisect\n", "not valid TOML"),
+        ('[tool]\nsegbisect = "x"\n', "[tool.segbisect] must be a table"),
+        (
+            '[tool.segbisect]\nfail_if = "a == 0"\n',
+            "unknown key 'fail_if' in [tool.segbisect] (known: diagnostics, fail-if)",
+        ),
+        ('[tool.segbisect]\nfail-if = ""\n', "[tool.segbisect] fail-if must be a non-empty string"),
+        ("[tool.segbisect]\ndiagnostics = 3\n", "[tool.segbisect] diagnostics must be a non-empty string"),
+    ],
+)
 def test_bad_settings_are_one_line_errors_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "pyproject.toml").write_text(text)
     with pytest.raises(UsageError) as caught:

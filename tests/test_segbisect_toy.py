@@ -18,16 +18,19 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import tree_state
 from segbisect import machine
 from segbisect.cli import app
 from segbisect.workspace import Workspaces
-from conftest import tree_state
 from segbisect_toy import bad_commit, dvc, make_toy_repo, sh
 
 pytestmark = pytest.mark.e2e
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")
-THRESHOLD_BUG = {"prepare": {"n": 42}, "train": {"epochs": 6},
-                 "evaluate": {"postprocess": "threshold", "threshold": 0.995}}
+THRESHOLD_BUG = {
+    "prepare": {"n": 42},
+    "train": {"epochs": 6},
+    "evaluate": {"postprocess": "threshold", "threshold": 0.995},
+}
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +66,9 @@ def unit_names(report: dict[str, Any]) -> list[str]:
 EVALUATE_CODE_BUG = ('pred = [1 if s > p["margin"] else 0 for s in scores]', "pred = [0 for s in scores]  # wrong axis")
 
 
-@pytest.mark.parametrize("scenario", ["prepare-params-file", "preprocess-commit", "train-params-files", "evaluate-code-commit"])
+@pytest.mark.parametrize(
+    "scenario", ["prepare-params-file", "preprocess-commit", "train-params-files", "evaluate-code-commit"]
+)
 def test_one_stage_differs(toy: Path, scenario: str) -> None:
     if scenario == "prepare-params-file":
         good, bad = "good", params_file(toy, "bad.yaml", {"prepare": {"fg_value": 1}, "train": {"epochs": 6}})
@@ -112,7 +117,9 @@ def test_several_stages_differ_only_one_matters_and_cache_is_reused(toy: Path) -
     assert hybrids["BAD"]["executed"] == ["prepare", "preprocess", "train", "evaluate"]
     assert hybrids["search: prepare"]["executed"] == ["train", "evaluate"]
     assert hybrids["search: prepare..train"]["executed"] == ["evaluate"]
-    assert all(h["executed"] == ["evaluate"] for label, h in hybrids.items() if label.startswith(("ddmin", "sufficient")))
+    assert all(
+        h["executed"] == ["evaluate"] for label, h in hybrids.items() if label.startswith(("ddmin", "sufficient"))
+    )
     assert report["stage_executions"] == 10 < 4 * len(report["hybrids"])
 
 
@@ -120,7 +127,11 @@ def test_parallel_stage_search_is_one_wave(toy: Path) -> None:
     code, report, _ = bisect(toy, "good", bad_commit(toy, THRESHOLD_BUG), "--jobs", "3")
     assert code == 0 and report["culprit"]["stage"] == "evaluate"
     labels = [h["label"] for h in report["hybrids"]]
-    assert sorted(label for label in labels if label.startswith("search")) == ["search: evaluate", "search: prepare", "search: train"]
+    assert sorted(label for label in labels if label.startswith("search")) == [
+        "search: evaluate",
+        "search: prepare",
+        "search: train",
+    ]
     assert not any(label.startswith("sufficient") for label in labels)
 
 
@@ -149,7 +160,11 @@ def test_preconditions_and_usage_errors(toy: Path) -> None:
         (("good", "good"), 2, "no differences"),
         (("good", "no-such-ref"), 2, "is not a git revision, DVC experiment, params file or MLflow run id"),
         (("good", bad, "--fail-if", "__import__('os').system('true')"), 2, "is not allowed"),
-        (("good", bad, "--fail-if", "fg == 0"), 2, "available keys: accuracy, foreground_fraction, per_class.foreground"),
+        (
+            ("good", bad, "--fail-if", "fg == 0"),
+            2,
+            "available keys: accuracy, foreground_fraction, per_class.foreground",
+        ),
         (("good", bad, "--fail-if", ""), 2, "--fail-if '': not a valid expression"),
     ]
     for args, expected_code, message in cases:
@@ -174,9 +189,13 @@ def test_preconditions_and_usage_errors(toy: Path) -> None:
 def start(repo: Path, results: Path, *args: str) -> subprocess.Popen:
     """segbisect as a terminal starts it: Ctrl-C (SIGINT) at its default, even where this test runs in a background
     job, whose shell sets SIGINT to ignored for everything it starts."""
-    return subprocess.Popen([SEGBISECT, *args, "--repo", str(repo), "--results", str(results), "--no-mlflow"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [SEGBISECT, *args, "--repo", str(repo), "--results", str(results), "--no-mlflow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_hybrids(results: Path, count: int, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -208,7 +227,9 @@ def test_user_workspace_untouched_even_when_killed_and_resume_finishes(toy: Path
     proc.kill()
     proc.wait()
     after_kill = tree_state(toy)
-    assert {k: v for k, v in after_kill.items() if k != "git worktrees"} == {k: v for k, v in before.items() if k != "git worktrees"}
+    assert {k: v for k, v in after_kill.items() if k != "git worktrees"} == {
+        k: v for k, v in before.items() if k != "git worktrees"
+    }
 
     code, report, human = bisect(toy, "good", "bad", "--results", str(results))
     assert code == 0 and report["culprit"]["stage"] == "evaluate"
@@ -231,8 +252,15 @@ def test_mlflow_run_reference_and_tracking(toy: Path, tracking_uri: str) -> None
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("toy")
     good_sha = sh(toy, "git", "rev-parse", "good").strip()
-    run = client.create_run(experiment, tags={"stage": "train", "git_commit": f"{good_sha}-dirty",
-                                              "numerics.host": "gpu-node-7", "numerics.cpu": "Another CPU"})
+    run = client.create_run(
+        experiment,
+        tags={
+            "stage": "train",
+            "git_commit": f"{good_sha}-dirty",
+            "numerics.host": "gpu-node-7",
+            "numerics.cpu": "Another CPU",
+        },
+    )
     for key, value in {"lr": "2.0", "momentum": "0.5", "epochs": "5", "max_n": "45"}.items():
         client.log_param(run.info.run_id, key, value)
     code, report, human = bisect(toy, "good", run.info.run_id, mlflow=True)
@@ -255,12 +283,16 @@ def test_mlflow_run_reference_and_tracking(toy: Path, tracking_uri: str) -> None
     assert len(children) == len(report["hybrids"])
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert {c.data.tags["side.train"] for c in children} == {"good", "bad"}
-    assert {(c.data.tags["machine.host"], c.data.tags["machine.cpu"]) for c in children} == {(here["host"], here["cpu"])}
+    assert {(c.data.tags["machine.host"], c.data.tags["machine.cpu"]) for c in children} == {
+        (here["host"], here["cpu"])
+    }
 
 
 def test_run_check_and_repeat(toy: Path) -> None:
     check = "python -c \"import json,sys; sys.exit(1 if json.load(open('metrics.json'))['accuracy'] < 0.9 else 0)\""
-    code, report, _ = bisect(toy, "good", bad_commit(toy, {"evaluate": {"margin": 0.45}}), "--run", check, "--repeat", "2")
+    code, report, _ = bisect(
+        toy, "good", bad_commit(toy, {"evaluate": {"margin": 0.45}}), "--run", check, "--repeat", "2"
+    )
     assert code == 0 and report["culprit"]["stage"] == "evaluate" and unit_names(report) == ["evaluate.margin"]
     bad = next(h for h in report["hybrids"] if h["label"] == "BAD")
     assert bad["attempts"] == 2 and bad["executed"] == ["evaluate", "evaluate"]
@@ -282,7 +314,10 @@ def test_reused_worktrees_give_the_results_of_fresh_ones(toy: Path, tmp_path: Pa
     bad = bad_commit(toy, {"prepare": {"n": 42}, "train": {"epochs": 6}}, files={"evaluate.py": code_bug})
     pooled_repo = Path(shutil.copytree(toy, tmp_path / "pooled", symlinks=True))
     code, pooled, _ = bisect(pooled_repo, "good", bad)
-    assert code == 0 and (pooled["culprit"]["stage"], unit_names(pooled)) == ("evaluate", ["evaluate.py"]), (pooled["message"], pooled["hybrids"])
+    assert code == 0 and (pooled["culprit"]["stage"], unit_names(pooled)) == ("evaluate", ["evaluate.py"]), (
+        pooled["message"],
+        pooled["hybrids"],
+    )
     code, fresh, human = bisect(toy, "good", bad, "--keep-workspaces")
     assert code == 0 and "hybrid worktrees kept" in human
 
@@ -317,7 +352,9 @@ def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs_and_their_lo
         assert not (again / "model" / "scratch.tmp").exists()
         assert (again / "data" / "prepared.json").read_text() == "{}" and (again / "model" / "model.json").is_file()
         assert (again / ".dvc" / "config.local").is_file(), "the worktree still shares the user's cache"
-        assert (again / "dvc.lock").read_text() == "schema: '2.0'\nstages: {}\n", "the lock of the outputs left in place"
+        assert (again / "dvc.lock").read_text() == "schema: '2.0'\nstages: {}\n", (
+            "the lock of the outputs left in place"
+        )
         roots = [first, other]
     assert not any(path.exists() for path in roots)
     assert sh(toy, "git", "worktree", "list").count("\n") == 1

@@ -8,15 +8,50 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from segbisect.report import Culprit, Report
 from segbisect.tracking import Tracker, store_ready
+from segbisect.verdict import VerdictKind
 
-SUMMARY = {"verdict": "culprit", "culprit": {"stage": "evaluate", "units": [{"name": "evaluate.threshold"}]},
-           "hybrids": [{}], "stage_executions": 1}
-HYBRID = {"id": "h01", "label": "GOOD", "outcome": "good", "reused": False, "sides": {"evaluate": "good"},
-          "metrics": {"foreground_fraction": 0.2}, "executed": [], "seconds": 1.0, "from_bad": [], "note": "ok"}
+SUMMARY = Report(
+    verdict=VerdictKind.CULPRIT,
+    message="stage 'evaluate' is sufficient and necessary; minimal change: 1 unit(s)",
+    culprit=Culprit(
+        stage="evaluate",
+        stages=("evaluate",),
+        units=({"name": "evaluate.threshold"},),
+        sufficient=True,
+        necessary=True,
+        minimal=True,
+        also_sufficient=(),
+        diagnostics=None,
+    ),
+    candidates=(),
+    good={"text": "g"},
+    bad={"text": "b"},
+    units=(),
+    hybrids=({},),
+    stage_executions=1,
+    stage_executions_total=1,
+    results_dir="results",
+    key_metrics=(),
+)
+HYBRID = {
+    "id": "h01",
+    "label": "GOOD",
+    "outcome": "good",
+    "reused": False,
+    "sides": {"evaluate": "good"},
+    "metrics": {"foreground_fraction": 0.2},
+    "executed": [],
+    "seconds": 1.0,
+    "from_bad": [],
+    "note": "ok",
+}
 
 
-def open_tracker(uri: str, warnings: list[str], gate: threading.Event | None = None) -> tuple[Tracker, list[str | None]]:
+def open_tracker(
+    uri: str, warnings: list[str], gate: threading.Event | None = None
+) -> tuple[Tracker, list[str | None]]:
     """A started tracker, and the parent ids its `on_open` callback got (it waits for `gate` first, if given)."""
     opened: list[str | None] = []
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from conftest import two_class_spec
 from pipeline import train
 from pipeline.errors import PipelineError
 from pipeline.params import load_section
@@ -37,8 +38,17 @@ TINY_PARAMS: dict[str, Any] = {
     "early_stopping_patience": 2,
     "seed": 1,
 }
-META_KEYS = {"from_logits", "num_classes", "ignore_index", "normalization", "input_stats", "class_weights",
-             "epochs_run", "best_val_mean_iou", "model_sha256"}
+META_KEYS = {
+    "from_logits",
+    "num_classes",
+    "ignore_index",
+    "normalization",
+    "input_stats",
+    "class_weights",
+    "epochs_run",
+    "best_val_mean_iou",
+    "model_sha256",
+}
 
 
 def write_params(folder: Path, **overrides: Any) -> Path:
@@ -54,8 +64,8 @@ def squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     masks = np.zeros((n, SIZE, SIZE), np.uint8)
     for i in range(n):
         r, c = rng.integers(0, SIZE - 10, 2)
-        masks[i, r:r + 10, c:c + 10] = 1
-        images[i, r:r + 10, c:c + 10] += 150
+        masks[i, r : r + 10, c : c + 10] = 1
+        images[i, r : r + 10, c : c + 10] += 150
     masks[:, 0, :2] = IGNORE
     return images, masks
 
@@ -68,8 +78,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for split, n in (("train", 8), ("val", 4)):
         images, masks = squares(n, seed=n)
         save_split(processed, split, images, masks, [f"{split}{i}" for i in range(n)])
-    spec = {"image_size": SIZE, "num_classes": 2, "class_names": ["background", "foreground"], "ignore_index": IGNORE,
-            "normalization": {"method": "unit"}, "image_interpolation": "bilinear", "mask_interpolation": "nearest"}
+    spec = two_class_spec(SIZE, IGNORE)
     (processed / "spec.json").write_text(json.dumps(spec))
     write_params(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -108,7 +117,7 @@ def test_weight_table_zeroes_ignore_pixels() -> None:
 
 def test_check_masks_names_the_bad_value() -> None:
     train.check_masks(np.array([[0, 1, IGNORE]], np.uint8), 2, IGNORE, "x.npz")
-    with pytest.raises(PipelineError, match="x.npz: mask value 7"):
+    with pytest.raises(PipelineError, match=r"x\.npz: mask value 7"):
         train.check_masks(np.array([[0, 7]], np.uint8), 2, IGNORE, "x.npz")
 
 
@@ -131,13 +140,13 @@ def test_flips_move_image_and_mask_together_and_replay_with_the_seed() -> None:
         ds = train.make_dataset(images, masks, {"method": "none"}, 16, table, flips=True, shuffle_seed=3)
         return [tuple(np.asarray(t) for t in batch) for batch in ds]
 
-    (x, y, w), = batches()
+    ((x, y, w),) = batches()
     np.testing.assert_array_equal(x[..., 0] / 200, y)
     np.testing.assert_array_equal(w, table[y])
     flips = [flip_used(m, masks) for m in y]
     assert None not in flips, "every output must be a flipped copy of an input mask"
     assert len(set(flips)) > 1, "flips never applied"
-    (x2, y2, _), = batches()
+    ((_, y2, _),) = batches()
     np.testing.assert_array_equal(y, y2)
 
 
@@ -172,7 +181,7 @@ def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) 
 
 def test_class_weights_must_match_num_classes(workdir: Path) -> None:
     write_params(workdir, class_weights=[1.0, 2.0, 3.0])
-    with pytest.raises(PipelineError, match="class_weights has 3 values but .* has 2 classes"):
+    with pytest.raises(PipelineError, match=r"class_weights has 3 values but .* has 2 classes"):
         train.main()
     assert not (workdir / "models").exists()
 

@@ -84,14 +84,29 @@ class MlflowServer:
 
     def _start_once(self) -> None:
         mlflow_cli = Path(sys.executable).parent / "mlflow"
-        cmd = [str(mlflow_cli) if mlflow_cli.exists() else "mlflow", "server",
-               "--backend-store-uri", self.backend_store_uri,
-               "--host", HOST, "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            str(mlflow_cli) if mlflow_cli.exists() else "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_store_uri,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         log = self.log_path.open("ab")
         try:
             # Own session = own process group: stop() kills the server and every worker it spawned.
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **SERVER_ENV}, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **SERVER_ENV},
+                start_new_session=True,
+            )
         finally:
             log.close()
         deadline = time.monotonic() + self.start_timeout
@@ -163,7 +178,9 @@ def chromium_page(viewport: tuple[int, int] = (1600, 1000)) -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:  # a missing test dependency is a failure, not a skip
-        raise RuntimeError("the MLflow UI test needs the `playwright` Python package (the project's `ui` extra)") from exc
+        raise RuntimeError(
+            "the MLflow UI test needs the `playwright` Python package (the project's `ui` extra)"
+        ) from exc
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -207,7 +224,9 @@ def set_columns(page: Any, show: list[str], hide: tuple[str, ...] = ("Dataset", 
     for name, wanted in [*((n, False) for n in hide), *((n, True) for n in show)]:
         search.fill(name)
         # Leaf nodes of the column tree; the search highlights matches, so compare the whole text.
-        node = page.locator(".du-bois-light-tree-treenode-switcher-close").filter(has_text=re.compile(f"^{re.escape(name)}$"))
+        node = page.locator(".du-bois-light-tree-treenode-switcher-close").filter(
+            has_text=re.compile(f"^{re.escape(name)}$")
+        )
         try:
             node.first.wait_for(timeout=5_000)
         except Exception:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
-from segbisect import report as reports
+from segbisect import render
 from segbisect.errors import EXIT_INTERRUPTED, SegbisectError, UsageError
-from segbisect.session import RESULTS, Options, bisect
+from segbisect.options import Options
+from segbisect.session import RESULTS, bisect
 from segbisect.tracking import DEFAULT_EXPERIMENT
 
 EPILOG = """\b
@@ -57,10 +58,14 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings=
 
 @app.command(epilog=EPILOG)
 def main(
-    good: str = typer.Argument(..., metavar="GOOD", help="Known-good configuration (revision, DVC experiment, params file or MLflow run id)."),
+    good: str = typer.Argument(
+        ..., metavar="GOOD", help="Known-good configuration (revision, DVC experiment, params file or MLflow run id)."
+    ),
     bad: str = typer.Argument(..., metavar="BAD", help="Failing configuration, same kinds as GOOD."),
-    fail_if: Optional[str] = typer.Option(
-        None, "--fail-if", metavar="EXPR",
+    fail_if: str | None = typer.Option(
+        None,
+        "--fail-if",
+        metavar="EXPR",
         help="Failure predicate over the metrics file, e.g. 'foreground_fraction == 0 or mean_iou < 0.2'. "
         "Comparisons of metric keys (dotted for nested) with numbers, and/or/not, parentheses. "
         "Default: the project's fail-if in [tool.segbisect] of pyproject.toml; this pipeline sets "
@@ -68,42 +73,78 @@ def main(
         "as foreground is at most the tolerance its evaluate stage writes beside it (5% of the true foreground "
         "share, and at least 0.1% of the valid pixels). An empty expression is an error.",
     ),
-    run: Optional[str] = typer.Option(
-        None, "--run", metavar="CMD",
+    run: str | None = typer.Option(
+        None,
+        "--run",
+        metavar="CMD",
         help="Custom check run in the hybrid's workspace after `dvc repro`, as in `git bisect run`: "
         "exit 0 good, 125 untestable, 1-127 bad, anything else aborts. Replaces --fail-if.",
     ),
-    metrics: Optional[str] = typer.Option(
-        None, "--metrics", metavar="PATH", help="Metrics file to judge (default: the last stage's metrics in dvc.yaml)."
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        metavar="PATH",
+        help="Metrics file to judge. Default: the metrics file `dvc metrics show` reads (stage or "
+        "top-level metrics in dvc.yaml); with several, the one holding every key --fail-if names (a --run check "
+        "shows the last one's metrics as evidence).",
     ),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Hybrids run in parallel (one worktree each)."),
     repeat: int = typer.Option(
-        1, "--repeat", min=1,
+        1,
+        "--repeat",
+        min=1,
         help="Evaluate each hybrid N times, re-running (forced) the stages that executed; disagreeing repeats "
         "make the hybrid untestable instead of trusting a noisy predicate.",
     ),
     repo: Path = typer.Option(Path("."), "--repo", help="The DVC project (a git repository)."),
-    results: Optional[Path] = typer.Option(
+    results: Path | None = typer.Option(
         None, "--results", help=f"Results folder (default: <repo>/{RESULTS}); holds journals, logs and reports."
     ),
-    keep_workspaces: bool = typer.Option(False, "--keep-workspaces", help="Give every hybrid a worktree of its own and keep them for inspection (by default worktrees are reused and removed)."),
+    keep_workspaces: bool = typer.Option(
+        False,
+        "--keep-workspaces",
+        help="Give every hybrid a worktree of its own and keep them for inspection "
+        "(by default worktrees are reused and removed).",
+    ),
     mlflow: bool = typer.Option(
-        True, "--mlflow/--no-mlflow",
+        True,
+        "--mlflow/--no-mlflow",
         help="Record a parent run with one child run per hybrid (MLFLOW_TRACKING_URI, else <repo>/mlflow.db).",
     ),
-    experiment: str = typer.Option(DEFAULT_EXPERIMENT, "--experiment", help="MLflow experiment of the bisection and its hybrids' stage runs."),
-    resume: bool = typer.Option(True, "--resume/--fresh", help="Reuse finished hybrids from earlier (interrupted) runs, or start over."),
-    as_json: bool = typer.Option(False, "--json", help="Print the verdict as one JSON object on stdout; human output goes to stderr."),
+    experiment: str = typer.Option(
+        DEFAULT_EXPERIMENT, "--experiment", help="MLflow experiment of the bisection and its hybrids' stage runs."
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--fresh", help="Reuse finished hybrids from earlier (interrupted) runs, or start over."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the verdict as one JSON object on stdout; human output goes to stderr."
+    ),
 ) -> None:
     """Find the stage, then the minimal change, that makes BAD fail where GOOD passes.
 
     Hybrids (GOOD with some of BAD's units of change: params keys, code/data files, stage definitions) run
-    `dvc repro` in temporary git worktrees sharing your DVC cache, so unchanged stages are restored or skipped, not re-run.
+    `dvc repro` in temporary git worktrees sharing your DVC cache, so unchanged stages are restored or skipped,
+    not re-run.
     Your working tree, index, refs, stash and DVC outputs are never modified.
     """
     console = Console(stderr=True) if as_json else Console()
     signal.signal(signal.SIGTERM, _interrupt)
-    opts = Options(good, bad, repo, fail_if, run, metrics, jobs, repeat, keep_workspaces, mlflow, not resume, results, experiment)
+    opts = Options(
+        good=good,
+        bad=bad,
+        repo=repo,
+        fail_if=fail_if,
+        run=run,
+        metrics=metrics,
+        jobs=jobs,
+        repeat=repeat,
+        keep_workspaces=keep_workspaces,
+        mlflow=mlflow,
+        fresh=not resume,
+        results=results,
+        experiment=experiment,
+    )
     try:
         code, result = bisect(opts, console)
     except SegbisectError as exc:
@@ -117,12 +158,11 @@ def main(
         if as_json:
             print(json.dumps({"verdict": "interrupted", "error": "interrupted", "exit_code": EXIT_INTERRUPTED}))
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    reports.render(console, result)
+    render.show(console, result)
     if as_json:
-        print(json.dumps(result, default=str))
+        print(json.dumps(result.to_dict(), default=str))
     raise typer.Exit(code)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 
-def git(repo: Path, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def git(repo: Path, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run git in `repo`, capturing output; raises CalledProcessError when `check`."""
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=check, input=stdin)
 

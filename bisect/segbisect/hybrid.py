@@ -1,57 +1,75 @@
-"""Write a hybrid configuration into a checkout of GOOD's commit: GOOD's params plus the chosen BAD units."""
+"""A finished hybrid: a configuration (GOOD plus some of BAD's units), its attempts and its outcome."""
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from segbisect.snapshot import ABSENT, Snapshot
-from segbisect.units import Unit
+from segbisect.attempt import Attempt
+from segbisect.outcome import Outcome
 
 
-def materialize(workspace: Path, good: Snapshot, bad: Snapshot, units: list[Unit]) -> None:
-    """Make `workspace` (a checkout of GOOD's commit) hold GOOD's configuration with `units` taken from BAD."""
-    _write_params(workspace, good, [u for u in units if u.kind == "param"])
-    for unit in units:
-        if unit.kind in ("file", "data"):
-            _write_file(workspace / unit.key[1], bad.file_bytes(unit.key[1]))
-    stage_units = [u for u in units if u.kind == "stage"]
-    if stage_units:
-        pipeline = copy.deepcopy(good.dvcyaml)
-        for unit in stage_units:
-            name = unit.key[1].split("@")[0]
-            _assign(pipeline.setdefault("stages", {}), (name,), unit.bad)
-        (workspace / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+@dataclass(frozen=True, kw_only=True)
+class Hybrid:
+    """As journaled (`to_record`) and reported (`row`); `reused` when its attempts came from a journal."""
 
+    id: str
+    label: str
+    fingerprint: str
+    from_bad: tuple[str, ...]
+    sides: dict[str, str]
+    attempts: tuple[Attempt, ...]
+    check: str | None
+    outcome: Outcome
+    note: str
+    reused: bool = False
 
-def _write_params(workspace: Path, good: Snapshot, units: list[Unit]) -> None:
-    params = copy.deepcopy(good.params_data)
-    for unit in units:
-        file, keypath = unit.key[1], unit.key[2]
-        _assign(params.setdefault(file, {}), keypath, unit.bad)
-    for file, data in params.items():
-        target = workspace / file
-        current = yaml.safe_load(target.read_text()) if target.is_file() else None
-        if current != data:
-            target.write_text(yaml.safe_dump(data, sort_keys=False))
+    @property
+    def executed(self) -> list[str]:
+        return [s for a in self.attempts for s in a.executed]
 
+    @property
+    def restored(self) -> list[str]:
+        return list(dict.fromkeys(s for a in self.attempts for s in a.restored))
 
-def _assign(tree: dict, keypath: tuple, value: Any) -> None:
-    """Set (or, for ABSENT, delete) the value at `keypath`, creating intermediate mappings."""
-    for part in keypath[:-1]:
-        tree = tree.setdefault(part, {})
-    if value == ABSENT:
-        tree.pop(keypath[-1], None)
-    else:
-        tree[keypath[-1]] = copy.deepcopy(value)
+    @property
+    def seconds(self) -> float:
+        return round(sum(a.seconds for a in self.attempts), 2)
 
+    def metrics(self, metrics_file: str | None) -> dict[str, Any]:
+        """The last attempt's metrics from `metrics_file` (empty when it has none)."""
+        if not self.attempts or metrics_file is None:
+            return {}
+        return self.attempts[-1].metrics.get(metrics_file, {})
 
-def _write_file(target: Path, content: bytes | None) -> None:
-    if content is None:
-        target.unlink(missing_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(content)
+    def to_record(self) -> dict[str, Any]:
+        """The journal line: the configuration and its attempts (the outcome is re-judged on reuse)."""
+        return {
+            "type": "hybrid",
+            "id": self.id,
+            "label": self.label,
+            "fingerprint": self.fingerprint,
+            "from_bad": list(self.from_bad),
+            "sides": self.sides,
+            "attempts": [a.to_record() for a in self.attempts],
+            "check": self.check,
+        }
+
+    def row(self, metrics_file: str | None) -> dict[str, Any]:
+        """The report's (and MLflow's) view of this hybrid."""
+        return {
+            "id": self.id,
+            "label": self.label,
+            "from_bad": list(self.from_bad),
+            "sides": self.sides,
+            "outcome": str(self.outcome),
+            "note": self.note,
+            "metrics": self.metrics(metrics_file),
+            "executed": self.executed,
+            "restored": self.restored,
+            "seconds": self.seconds,
+            "reused": self.reused,
+            "fingerprint": self.fingerprint,
+            "attempts": len(self.attempts),
+            "machine": self.attempts[-1].machine if self.attempts else None,
+        }

@@ -1,7 +1,9 @@
-"""JSONL journal of a session: one line per finished hybrid, keyed by configuration fingerprint.
+"""JSONL journal of a session: a header, then one line per finished hybrid, keyed by configuration fingerprint.
 
 Appending a line only after a hybrid finishes means a killed session loses at most the hybrids in flight;
 the next run of the same GOOD/BAD reads every journal under the results folder and reuses their results.
+The header carries the journal's schema: a journal written by another version of segbisect is set aside
+(renamed, never deleted) and its hybrids run again, rather than being misread.
 """
 
 from __future__ import annotations
@@ -12,17 +14,25 @@ from pathlib import Path
 from typing import Any
 
 JOURNAL = "journal.jsonl"
+SCHEMA = 2
+UNVERSIONED = 1
 
 
 class Journal:
     """Append-only log in `folder`; `fresh` discards what an earlier run of this session wrote."""
 
-    def __init__(self, folder: Path, fresh: bool = False) -> None:
+    def __init__(self, folder: Path, header: dict[str, Any], fresh: bool = False) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / JOURNAL
+        self._lock = threading.Lock()
+        self.set_aside: Path | None = None
         if fresh:
             self.path.unlink(missing_ok=True)
-        self._lock = threading.Lock()
+        schema = schema_of(self.path)
+        if schema is not None and schema != SCHEMA:
+            self.set_aside = self.path.rename(folder / f"journal.schema{schema}.jsonl")
+        if not self.path.is_file():
+            self.append({"type": "session", "schema": SCHEMA, **header})
 
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [r for r in _read(self.path) if kind is None or r.get("type") == kind]
@@ -34,10 +44,20 @@ class Journal:
             out.flush()
 
 
+def schema_of(path: Path) -> int | None:
+    """The schema a journal was written with (None when there is no journal)."""
+    if not path.is_file():
+        return None
+    header = next((r for r in _read(path) if r.get("type") == "session"), {})
+    return int(header.get("schema", UNVERSIONED))
+
+
 def known_hybrids(results_root: Path) -> dict[str, dict[str, Any]]:
-    """Finished hybrids of every session under `results_root`, by fingerprint (latest wins)."""
+    """Finished hybrids of every current-schema session under `results_root`, by fingerprint (latest wins)."""
     known: dict[str, dict[str, Any]] = {}
     for path in sorted(results_root.glob(f"*/{JOURNAL}"), key=lambda p: p.stat().st_mtime):
+        if schema_of(path) != SCHEMA:
+            continue
         for record in _read(path):
             if record.get("type") == "hybrid":
                 known[record["fingerprint"]] = record

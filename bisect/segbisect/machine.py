@@ -32,8 +32,12 @@ def describe() -> dict[str, Any]:
     except OSError:
         pass
     flags = sorted(f for f in fields.get("flags", "").split() if KERNEL_FLAGS.match(f))
-    return {"host": socket.gethostname(), "cpu": fields.get("model name") or platform.processor() or platform.machine(),
-            "cpu_flags": flags, "python": platform.python_version()}
+    return {
+        "host": socket.gethostname(),
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_flags": flags,
+        "python": platform.python_version(),
+    }
 
 
 def differences(tags: dict[str, str]) -> list[str]:

@@ -15,8 +15,14 @@ from typing import Any
 
 from segbisect.errors import UsageError
 
-_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-            ast.Gt: operator.gt, ast.GtE: operator.ge}
+_COMPARE = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
 
 
 class PredicateError(UsageError):
@@ -51,11 +57,15 @@ class Predicate:
         """The metrics the expression reads (resolved names once checked)."""
         return [self._aliases.get(k, k) for k in self.keys]
 
+    def fits(self, available: list[str]) -> bool:
+        """Whether every key names exactly one of `available` metrics."""
+        return all(len(_matches(key, available)) == 1 for key in self.keys)
+
     def resolve_keys(self, available: list[str]) -> None:
         """Map each key to a metric (a unique `*.key` suffix match counts); unknown keys are a usage error."""
         mapping = {}
         for key in self.keys:
-            matches = [key] if key in available else [a for a in available if a.endswith("." + key)]
+            matches = _matches(key, available)
             if len(matches) != 1:
                 listing = ", ".join(sorted(available)) or "(none)"
                 raise PredicateError(f"--fail-if: unknown metric key '{key}'; available keys: {listing}")
@@ -114,21 +124,15 @@ class Predicate:
         return value
 
 
+def _matches(key: str, available: list[str]) -> list[str]:
+    return [key] if key in available else [a for a in available if a.endswith("." + key)]
+
+
 def _key(node: ast.AST, text: str) -> str:
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
         return f"{_key(node.value, text)}.{node.attr}"
     if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-        return f"{_key(node.value, text)}.{node.slice.value}"
+        return f"{_key(node.value, text)}.{node.slice.value!s}"
     raise PredicateError(f"--fail-if '{text}': '{ast.unparse(node)}' is not a metric key")
-
-
-def flatten(metrics: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested metrics as dotted keys (`{"a": {"b": 1}}` -> `{"a.b": 1}`)."""
-    if not isinstance(metrics, dict):
-        return {prefix.rstrip("."): metrics} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in metrics.items():
-        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat

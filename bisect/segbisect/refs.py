@@ -28,7 +28,7 @@ class Reference:
     text: str
     kind: str
     commit: str
-    params: dict[str, dict] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
     detail: str = ""
     warnings: tuple[str, ...] = ()
 
@@ -46,13 +46,13 @@ def resolve(repo: Path, text: str, tracking_uri: str | None) -> Reference:
         return ref
     found = [ref for k in PREFIXES if (ref := _RESOLVERS[k](repo, text, tracking_uri)) is not None]
     if not found:
-        raise UsageError(
-            f"reference '{text}' is not a git revision, DVC experiment, params file or MLflow run id"
-        )
+        raise UsageError(f"reference '{text}' is not a git revision, DVC experiment, params file or MLflow run id")
     kinds = {ref.kind for ref in found}
     if len(found) > 1 and not (kinds == {"git", "exp"} and len({r.commit for r in found}) == 1):
         prefixes = ", ".join(f"'{PREFIX_OF[k]}:'" for k in sorted(kinds))
-        raise UsageError(f"reference '{text}' is ambiguous ({', '.join(sorted(kinds))}); prefix it with one of {prefixes}")
+        raise UsageError(
+            f"reference '{text}' is ambiguous ({', '.join(sorted(kinds))}); prefix it with one of {prefixes}"
+        )
     return found[0]
 
 
@@ -123,11 +123,14 @@ def _mlflow_ref(repo: Path, text: str, tracking_uri: str | None) -> Reference | 
         raise UsageError(f"MLflow run {text} records commit {recorded}, which this repository does not have")
     moved = machine.differences(tags)
     if moved:
-        warnings.append(f"MLflow run {text} ran on another machine ({'; '.join(moved)}): hybrids run here, so a verdict "
-                        "may rest on floating-point differences between CPUs rather than on the change")
+        warnings.append(
+            f"MLflow run {text} ran on another machine ({'; '.join(moved)}): hybrids run here, so a verdict "
+            "may rest on floating-point differences between CPUs rather than on the change"
+        )
     params = _commit_params(repo, commit)
     section = tags.get("stage")
-    target = params.get(section) if isinstance(params.get(section), dict) else params
+    nested = params.get(section) if section else None
+    target = nested if isinstance(nested, dict) else params
     for key, value in run.data.params.items():
         _set_dotted(target, key.split("."), value)
     detail = f"MLflow run {text[:8]} (stage {section}) at {commit[:10]}" if section else f"MLflow run at {commit[:10]}"
@@ -143,7 +146,7 @@ def _commit_params(repo: Path, commit: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def deep_merge(base: dict, overlay: dict) -> dict:
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """`base` with `overlay` laid over it, nested mappings merged key by key (how a params file overlays HEAD's)."""
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
@@ -154,7 +157,7 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
-def _set_dotted(target: dict, parts: list[str], text: str) -> None:
+def _set_dotted(target: dict[str, Any], parts: list[str], text: str) -> None:
     """Put a logged (stringified) param back at its nested place, keeping the committed value's type."""
     joined = ".".join(parts)
     if len(parts) > 1 and parts[0] not in target and joined not in target:

@@ -1,86 +1,104 @@
-"""The verdict as data (report.json, `--json`), as Markdown (report.md) and as a rich table on stderr."""
+"""The report of a bisection: the verdict, the culprit with its evidence, and every hybrid (report.json, --json)."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from segbisect.hybrid import Hybrid
+from segbisect.outcome import Outcome
+from segbisect.refs import Reference
+from segbisect.units import Inventory
+from segbisect.verdict import Verdict, VerdictKind
 
-KEY_METRICS = 2
-
-
-def hybrid_row(h: Any) -> dict[str, Any]:
-    return {"id": h.id, "label": h.label, "from_bad": h.from_bad, "sides": h.sides, "outcome": h.outcome,
-            "note": h.note, "metrics": h.metrics, "executed": h.executed, "restored": h.restored,
-            "seconds": h.seconds, "reused": h.reused, "fingerprint": h.fingerprint,
-            "attempts": len(h.attempts), "machine": h.attempts[-1].get("machine") if h.attempts else None}
+SCHEMA = 2
 
 
-def write(folder: Path, report: dict[str, Any]) -> None:
-    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (folder / "report.md").write_text(markdown(report))
+@dataclass(frozen=True, kw_only=True)
+class Culprit:
+    """The change the verdict names, with the failing hybrid's diagnostics as evidence."""
+
+    stage: str | None
+    stages: tuple[str, ...]
+    units: tuple[dict[str, Any], ...]
+    sufficient: bool | None
+    necessary: bool | None
+    minimal: bool
+    also_sufficient: tuple[str, ...]
+    diagnostics: Any
 
 
-def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# segbisect: {report['good']['text']} (GOOD) vs {report['bad']['text']} (BAD)", "",
-             f"**Verdict: {report['verdict']}** — {report['message']}", ""]
-    culprit = report.get("culprit")
-    if culprit:
-        lines += [f"Culprit stage: `{culprit['stage']}` (stages involved: {', '.join(culprit['stages'])}); "
-                  f"sufficient: {culprit['sufficient']}, necessary: {culprit['necessary']}, "
-                  f"1-minimal: {culprit['minimal']}", "", "| unit | kind | GOOD | BAD | change |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| `{u['name']}` | {u['kind']} | `{u['good']}` | `{u['bad']}` | {u['summary']} |" for u in culprit["units"]]
-        for unit in culprit["units"]:
-            if unit.get("diff"):
-                lines += ["", f"```diff\n{unit['diff']}\n```"]
-        if culprit.get("diagnostics") is not None:
-            lines += ["", "Diagnostics of the failing hybrid:", "", f"```json\n{json.dumps(culprit['diagnostics'], indent=2)}\n```"]
-    lines += ["", f"Hybrids: {len(report['hybrids'])}, stage executions: {report['stage_executions']}", "",
-              "| hybrid | what | units from BAD | outcome | key metrics | executed | restored | s |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for h in report["hybrids"]:
-        lines.append(f"| {h['id']}{' (reused)' if h['reused'] else ''} | {h['label']} | {len(h['from_bad'])} | "
-                     f"{h['outcome']} | {_metrics(h['metrics'], report['key_metrics'])} | {', '.join(h['executed']) or '-'} | "
-                     f"{', '.join(h['restored']) or '-'} | {h['seconds']} |")
-    lines += ["", "All differing units:", ""]
-    lines += [f"- `{u['name']}` ({', '.join(u['stages'])}): {u['summary']}" for u in report["units"]]
-    return "\n".join(lines) + "\n"
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """Everything a person (or a script, through `--json`) needs to act on a bisection."""
+
+    schema: int = SCHEMA
+    verdict: VerdictKind
+    message: str
+    culprit: Culprit | None
+    candidates: tuple[str, ...]
+    good: dict[str, Any]
+    bad: dict[str, Any]
+    units: tuple[dict[str, Any], ...]
+    hybrids: tuple[dict[str, Any], ...]
+    stage_executions: int
+    stage_executions_total: int
+    results_dir: str
+    key_metrics: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def render(console: Console, report: dict[str, Any]) -> None:
-    table = Table(title="evidence", show_lines=False)
-    for column in ("id", "hybrid (units from BAD)", "outcome", "metrics", "ran", "restored", "s"):
-        table.add_column(column, overflow="fold")
-    colours = {"good": "green", "bad": "red", "skip": "yellow"}
-    for h in report["hybrids"]:
-        table.add_row(h["id"] + ("*" if h["reused"] else ""), h["label"],
-                      f"[{colours.get(h['outcome'], 'white')}]{h['outcome']}[/]", _metrics(h["metrics"], report["key_metrics"]),
-                      ", ".join(h["executed"]) or "-", str(len(h["restored"])), str(h["seconds"]))
-    console.print(table)
-    console.print(f"[bold]verdict: {report['verdict']}[/] — {report['message']}")
-    culprit = report.get("culprit")
-    if culprit:
-        for unit in culprit["units"]:
-            console.print(f"  [bold]{unit['name']}[/] ({unit['kind']}, {', '.join(unit['stages'])}): {unit['summary']}")
-        if culprit.get("diagnostics") is not None:
-            console.print(f"  diagnostics: {_diagnosis(culprit['diagnostics'])}")
-    console.print(f"hybrids: {len(report['hybrids'])}, stage executions: {report['stage_executions']}; "
-                  f"report: {report['results_dir']}/report.md")
+@dataclass(frozen=True, kw_only=True)
+class Findings:
+    """What a session found, whatever its verdict: the references, the units and the hybrids it ran."""
+
+    good: Reference
+    bad: Reference
+    inventory: Inventory
+    hybrids: list[Hybrid]
+    metrics_file: str | None
+    key_metrics: list[str]
+    folder: Path
 
 
-def _metrics(metrics: dict[str, Any], keys: list[str]) -> str:
-    """The predicate's metrics (else the first few numbers)."""
-    ordered = [k for k in keys if k in metrics] or list(metrics)
-    numbers = [(k, metrics[k]) for k in ordered if isinstance(metrics[k], (int, float)) and not isinstance(metrics[k], bool)]
-    return ", ".join(f"{k}={v:.4g}" for k, v in numbers[:KEY_METRICS]) or "-"
+def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict | None = None) -> Report:
+    hybrids = findings.hybrids
+    return Report(
+        verdict=kind,
+        message=message,
+        culprit=_culprit(findings, verdict) if verdict and verdict.units else None,
+        candidates=verdict.candidates if verdict else (),
+        good=_reference(findings.good),
+        bad=_reference(findings.bad),
+        units=tuple(u.as_dict() for u in findings.inventory.units),
+        hybrids=tuple(h.row(findings.metrics_file) for h in hybrids),
+        stage_executions=sum(len(h.executed) for h in hybrids if not h.reused),
+        stage_executions_total=sum(len(h.executed) for h in hybrids),
+        results_dir=str(findings.folder),
+        key_metrics=tuple(findings.key_metrics),
+    )
 
 
-def _diagnosis(diagnostics: Any) -> str:
-    """The diagnostics' cause and first pieces of evidence when it has them, else a short excerpt."""
-    if isinstance(diagnostics, dict) and "cause" in diagnostics:
-        evidence = diagnostics.get("evidence") or []
-        return "; ".join([str(diagnostics["cause"]), *map(str, evidence[:3])])
-    return json.dumps(diagnostics, default=str)[:300]
+def _culprit(findings: Findings, verdict: Verdict) -> Culprit:
+    by_id = {u.id: u for u in findings.inventory.units}
+    failing = next(
+        (h for h in findings.hybrids if set(h.from_bad) == set(verdict.units) and h.outcome == Outcome.BAD), None
+    )
+    failing = failing or next((h for h in findings.hybrids if h.label == "BAD"), None)
+    return Culprit(
+        stage=verdict.stage,
+        stages=verdict.stages,
+        units=tuple({**by_id[i].as_dict(), "diff": by_id[i].detail} for i in verdict.units),
+        sufficient=verdict.sufficient,
+        necessary=verdict.necessary,
+        minimal=verdict.minimal,
+        also_sufficient=verdict.also_sufficient,
+        diagnostics=failing.attempts[-1].diagnostics if failing and failing.attempts else None,
+    )
+
+
+def _reference(ref: Reference) -> dict[str, Any]:
+    return {"text": ref.text, "kind": ref.kind, "commit": ref.commit, "detail": ref.detail}

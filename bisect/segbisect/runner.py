@@ -1,55 +1,35 @@
 """Run `dvc repro` (and an optional `--run` check) in a workspace and read what happened.
 
-Which stages executed and which were restored is read from DVC's own log lines, so cache reuse is
-measured rather than assumed.
+DVC runs under `segbisect.dvc_run`, which reports the stages it executed or restored and the errors it raised as
+structured events, so cache reuse is measured rather than assumed and no console text is parsed.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
+from segbisect import metrics as metrics_files
+from segbisect.attempt import Attempt, AttemptStatus
+from segbisect.dvc_run import Events
 
-from segbisect import machine
-from segbisect.predicate import flatten
-
-RAN = re.compile(r"^Running stage '(.+)':")
-RESTORED = (re.compile(r"^Stage '(.+)' is cached - skipping run"), re.compile(r"^Stage '(.+)' didn't change, skipping"))
-
-
-@dataclass
-class Attempt:
-    """One execution of a hybrid: status ok | crash | no-metrics, the evidence, and the machine it ran on."""
-
-    status: str
-    executed: list[str] = field(default_factory=list)
-    restored: list[str] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    diagnostics: Any = None
-    seconds: float = 0.0
-    reason: str = ""
-    check_rc: int | None = None
-    machine: dict[str, Any] = field(default_factory=machine.describe)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+OWN_WORDS = 300
 
 
 class Processes:
     """Child process groups of this session, so Ctrl-C can stop them all."""
 
     def __init__(self) -> None:
-        self._procs: set[subprocess.Popen] = set()
+        self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self.stopping = False
 
@@ -57,7 +37,9 @@ class Processes:
         with open(log, "ab") as out, self._lock:
             if self.stopping:
                 raise KeyboardInterrupt
-            proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
             self._procs.add(proc)
         try:
             return proc.wait()
@@ -69,70 +51,85 @@ class Processes:
         with self._lock:
             self.stopping = True
             for proc in self._procs:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """What every attempt of a session needs besides its workspace and log."""
+
+    env: dict[str, str]
+    metrics_files: tuple[str, ...]
+    check: str | None = None
+    diagnostics: str | None = None
+    data_sources: tuple[str, ...] = ()
 
 
 def attempt(
-    procs: Processes, workspace: Path, env: dict[str, str], log: Path, metrics_file: str,
-    check: str | None = None, force: list[str] | None = None, diagnostics: str | None = None,
-    data_sources: list[str] | None = None,
+    procs: Processes, workspace: Path, log: Path, task: Task, env: dict[str, str], force: Sequence[str] = ()
 ) -> Attempt:
-    """`dvc repro` in `workspace` (forcing `force` stages when repeating), then read metrics or run the check.
+    """`dvc repro` in `workspace` (forcing `force` stages when repeating), then read metrics and run the check.
 
     DVC-tracked data (`.dvc` files) is checked out from the shared cache first: a fresh worktree lacks it.
     """
     start = time.monotonic()
-    offset = log.stat().st_size if log.exists() else 0
-    dvc = [sys.executable, "-m", "dvc"]
-    present = [d for d in data_sources or [] if (workspace / d).is_file()]
-    rc = procs.run([*dvc, "checkout", "--quiet", *present], workspace, env, log) if present else 0
-    if rc == 0:
-        rc = procs.run([*dvc, "repro", *(["--force", "--single-item", *force] if force else [])], workspace, env, log)
-    executed, restored, last_words = _parse(log.read_bytes()[offset:].decode(errors="replace"))
-    result = Attempt("ok", executed, restored)
-    if rc != 0:
-        where = f"stage '{executed[-1]}'" if executed else "dvc"
-        result.status, result.reason = "crash", f"{where} failed (exit {rc}): {last_words}"
-    else:
-        result.metrics, result.reason = read_metrics(workspace / metrics_file)
-        result.status = "ok" if result.metrics else "no-metrics"
-        result.diagnostics = _read_diagnostics(workspace / diagnostics) if diagnostics else None
-        if check and result.status == "ok":
-            result.check_rc = procs.run(["bash", "-c", check], workspace, env, log)
-    result.seconds = round(time.monotonic() - start, 2)
-    return result
+    present = [d for d in task.data_sources if (workspace / d).is_file()]
+    events = _dvc(procs, workspace, env, log, ["checkout", "--quiet", *present]) if present else Events()
+    if events.rc == 0:
+        events = _dvc(procs, workspace, env, log, ["repro", *(["--force", "--single-item", *force] if force else [])])
+    if events.rc != 0:
+        return Attempt(
+            status=AttemptStatus.CRASH,
+            executed=tuple(events.executed),
+            restored=tuple(events.restored),
+            reason=_failure(events, log),
+            seconds=round(time.monotonic() - start, 2),
+        )
+    found, unread = metrics_files.read_all(workspace, task.metrics_files)
+    check_rc = procs.run(["bash", "-c", task.check], workspace, env, log) if task.check else None
+    return Attempt(
+        status=AttemptStatus.OK,
+        executed=tuple(events.executed),
+        restored=tuple(events.restored),
+        metrics=found,
+        unread=unread,
+        diagnostics=metrics_files.read_json(workspace / task.diagnostics) if task.diagnostics else None,
+        check_rc=check_rc,
+        seconds=round(time.monotonic() - start, 2),
+    )
 
 
-def _parse(output: str) -> tuple[list[str], list[str], str]:
-    """Executed and restored stages in order, and the failing stage's last words (its one-line reason)."""
-    executed, restored, reason = [], [], ""
-    for line in output.splitlines():
-        if match := RAN.match(line):
-            executed.append(match.group(1))
-        elif match := next((m for p in RESTORED if (m := p.match(line))), None):
-            restored.append(match.group(1))
-        elif line.strip() and not line.startswith(("> ", "ERROR", "Updating lock", "Generating lock")):
-            reason = line.strip()
-    return executed, restored, reason
+def _dvc(procs: Processes, workspace: Path, env: dict[str, str], log: Path, args: list[str]) -> Events:
+    """One DVC command under the events driver; a driver that died unreported gets its exit status alone."""
+    with tempfile.TemporaryDirectory(prefix="segbisect-events-") as tmp:
+        events_file = Path(tmp) / "events.json"
+        rc = procs.run([sys.executable, "-m", "segbisect.dvc_run", str(events_file), "--", *args], workspace, env, log)
+        events = Events.read(events_file)
+    if events is None:
+        return Events(rc=rc, errors=[f"dvc {args[0]} ended without a report ({_status(rc)})"])
+    return events
 
 
-def read_metrics(path: Path) -> tuple[dict[str, Any], str]:
-    if not path.is_file():
-        return {}, f"metrics file {path.name} is missing"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        return {}, f"metrics file {path.name} is unreadable: {str(exc).splitlines()[0]}"
-    flat = flatten(data)
-    return flat, "" if flat else f"metrics file {path.name} is empty"
+def _status(rc: int) -> str:
+    return f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
 
 
-def _read_diagnostics(path: Path) -> Any:
-    """The project's diagnostics file (`[tool.segbisect] diagnostics`), evidence for the report; None if unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _failure(events: Events, log: Path) -> str:
+    """Why the run failed: the failing stage's own last words when its command failed, else DVC's errors."""
+    if events.command_failed and events.executed:
+        own = _last_words(log, events) or "; ".join(events.errors)
+        return f"stage '{events.executed[-1]}' failed ({_status(events.rc)}): {own}"
+    return f"dvc failed ({_status(events.rc)}): {'; '.join(events.errors) or 'no error message'}"
+
+
+def _last_words(log: Path, events: Events) -> str:
+    """The last line the failing stage printed itself (after DVC's echo of its command)."""
+    with open(log, "rb") as handle:
+        handle.seek(events.output_from)
+        size = None if events.output_to is None else max(events.output_to - events.output_from, 0)
+        output = handle.read(size).decode(errors="replace") if size is None or size else ""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if lines and lines[0].startswith("> "):
+        lines = lines[1:]
+    return lines[-1][:OWN_WORDS] if lines else ""

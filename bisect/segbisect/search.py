@@ -1,73 +1,96 @@
 """The search: stage search over groups of units, confirmation in the other direction, then ddmin.
 
 Pure logic over an `evaluate` callback, so it is testable without DVC. A configuration is the set of unit
-ids taken from BAD (everything else is GOOD); outcomes are "good", "bad" or "skip" as in git bisect.
+ids taken from BAD (everything else is GOOD); outcomes are good, bad or skip as in git bisect.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from segbisect.outcome import Outcome
 from segbisect.units import Group
+from segbisect.verdict import Verdict, VerdictKind
 
 Config = frozenset[str]
-Evaluate = Callable[[list[tuple[Config, str]]], list[str]]
+Evaluate = Callable[[list[tuple[Config, str]]], list[Outcome]]
 
 
-@dataclass
-class Verdict:
-    """What the search concluded; `units` are unit ids, `stages` the stages they belong to."""
+@dataclass(frozen=True)
+class _Located:
+    """Stage search's answer: the first group whose change turns GOOD bad, what it does alone, and other
+    groups that were found sufficient in the same wave.
+    """
 
-    kind: str
-    stage: str | None = None
-    stages: list[str] = field(default_factory=list)
-    units: list[str] = field(default_factory=list)
-    sufficient: bool | None = None
-    necessary: bool | None = None
-    minimal: bool = False
-    also_sufficient: list[str] = field(default_factory=list)
-    candidates: list[str] = field(default_factory=list)
+    index: int
+    alone: Outcome
+    also: tuple[str, ...] = ()
 
 
 def search(groups: Sequence[Group], evaluate: Evaluate, jobs: int = 1) -> Verdict:
-    """Find the culprit group and its 1-minimal units; GOOD (no units) must be good and BAD (all) bad."""
+    """Find the culprit group and its 1-minimal units; GOOD (no units) must be good and BAD (all) bad.
+
+    Three steps after the preconditions: stage search, confirmation in the other direction, narrowing.
+    """
+    located = _locate(groups, evaluate, jobs)
+    if isinstance(located, Verdict):
+        return located
     everything = frozenset().union(*(g.ids for g in groups))
-    also: list[str] = []
-    culprit = None
-    if len(groups) == 1:
-        culprit, single = 0, "bad"
-    else:
-        if jobs >= len(groups):
-            outcomes = evaluate([(g.ids, f"search: {g.name}") for g in groups])
-            bad = [i for i, o in enumerate(outcomes) if o == "bad"]
-            if bad:
-                culprit, also = bad[0], [groups[i].name for i in bad[1:]]
-        if culprit is None:
-            culprit = _prefix_search(groups, evaluate, jobs)
-            if isinstance(culprit, list):
-                return Verdict("ambiguous", candidates=[groups[i].name for i in culprit])
-        single = evaluate([(groups[culprit].ids, f"sufficient? {groups[culprit].name}")])[0]
-    group = groups[culprit]
-    if single == "bad":
+    group = groups[located.index]
+    if located.alone == Outcome.BAD:
         necessary = _necessary(everything, group.ids, group.name, evaluate)
         units, minimal = ddmin([u.id for u in group.units], evaluate, jobs)
-        return Verdict("culprit", group.name, list(group.stages), units, True, necessary, minimal, also)
-    pool = [u.id for g in groups[: culprit + 1] for u in g.units]
-    units, minimal = ddmin(pool, evaluate, jobs)
+        return Verdict(
+            kind=VerdictKind.CULPRIT,
+            stage=group.name,
+            stages=group.stages,
+            units=tuple(units),
+            sufficient=True,
+            necessary=necessary,
+            minimal=minimal,
+            also_sufficient=located.also,
+        )
+    units, minimal = ddmin([u.id for g in groups[: located.index + 1] for u in g.units], evaluate, jobs)
     involved = [g for g in groups if g.ids & set(units)]
     combined = frozenset().union(*(g.ids for g in involved))
-    names = " + ".join(g.name for g in involved)
-    necessary = _necessary(everything, combined, names, evaluate)
-    stages = list(dict.fromkeys(s for g in involved for s in g.stages))
-    sufficient = None if single == "skip" else False
-    return Verdict("interaction", group.name, stages, units, sufficient, necessary, minimal, also)
+    necessary = _necessary(everything, combined, " + ".join(g.name for g in involved), evaluate)
+    return Verdict(
+        kind=VerdictKind.INTERACTION,
+        stage=group.name,
+        stages=tuple(dict.fromkeys(s for g in involved for s in g.stages)),
+        units=tuple(units),
+        sufficient=None if located.alone == Outcome.SKIP else False,
+        necessary=necessary,
+        minimal=minimal,
+        also_sufficient=located.also,
+    )
+
+
+def _locate(groups: Sequence[Group], evaluate: Evaluate, jobs: int) -> _Located | Verdict:
+    """Stage search: one wave of single groups when `jobs` allows, else a prefix bisection in pipeline order."""
+    if len(groups) == 1:
+        return _Located(0, Outcome.BAD)
+    also: tuple[str, ...] = ()
+    found: int | list[int] | None = None
+    if jobs >= len(groups):
+        outcomes = evaluate([(g.ids, f"search: {g.name}") for g in groups])
+        bad = [i for i, o in enumerate(outcomes) if o == Outcome.BAD]
+        if bad:
+            found, also = bad[0], tuple(groups[i].name for i in bad[1:])
+    if found is None:
+        found = _prefix_search(groups, evaluate, jobs)
+    if isinstance(found, list):
+        return Verdict(kind=VerdictKind.AMBIGUOUS, candidates=tuple(groups[i].name for i in found))
+    culprit = found
+    alone = evaluate([(groups[culprit].ids, f"sufficient? {groups[culprit].name}")])[0]
+    return _Located(culprit, alone, also)
 
 
 def _necessary(everything: Config, ids: Config, name: str, evaluate: Evaluate) -> bool | None:
     """Confirm in the other direction: BAD with these units taken from GOOD should pass."""
     outcome = evaluate([(everything - ids, f"necessary? BAD - {name}")])[0]
-    return {"good": True, "bad": False}.get(outcome)
+    return {Outcome.GOOD: True, Outcome.BAD: False}.get(outcome)
 
 
 def _prefix_search(groups: Sequence[Group], evaluate: Evaluate, jobs: int) -> int | list[int]:
@@ -77,7 +100,7 @@ def _prefix_search(groups: Sequence[Group], evaluate: Evaluate, jobs: int) -> in
     `jobs` probes per wave this needs about log_(jobs+1)(#groups) waves. Returns candidate indices when
     skipped hybrids leave the answer ambiguous.
     """
-    lo, hi, skipped = 0, len(groups), set()
+    lo, hi, skipped = 0, len(groups), set[int]()
     while hi - lo > 1:
         open_ = [m for m in range(lo + 1, hi) if m not in skipped]
         if not open_:
@@ -85,11 +108,11 @@ def _prefix_search(groups: Sequence[Group], evaluate: Evaluate, jobs: int) -> in
         probes = _spread(open_, lo, hi, jobs)
         configs = [(frozenset().union(*(g.ids for g in groups[:m])), f"search: {_span(groups, m)}") for m in probes]
         for m, outcome in sorted(zip(probes, evaluate(configs))):
-            if outcome == "skip":
+            if outcome == Outcome.SKIP:
                 skipped.add(m)
-            elif outcome == "bad" and m < hi:
+            elif outcome == Outcome.BAD and m < hi:
                 hi = m
-            elif outcome == "good" and lo < m < hi:
+            elif outcome == Outcome.GOOD and lo < m < hi:
                 lo = m
     return hi - 1
 
@@ -141,9 +164,9 @@ def _first_bad(configs: list[list[str]], evaluate: Evaluate, jobs: int) -> tuple
     for start in range(0, len(configs), max(jobs, 1)):
         wave = configs[start : start + max(jobs, 1)]
         outcomes = evaluate([(frozenset(c), f"ddmin: {_names(c)}") for c in wave])
-        clean = clean and "skip" not in outcomes
-        if "bad" in outcomes:
-            return start + outcomes.index("bad"), clean
+        clean = clean and Outcome.SKIP not in outcomes
+        if Outcome.BAD in outcomes:
+            return start + outcomes.index(Outcome.BAD), clean
     return None, clean
 
 
@@ -154,7 +177,8 @@ def _names(ids: list[str]) -> str:
 
 def _split(items: list[str], n: int) -> list[list[str]]:
     size, extra = divmod(len(items), n)
-    parts, start = [], 0
+    parts: list[list[str]] = []
+    start = 0
     for i in range(n):
         end = start + size + (1 if i < extra else 0)
         parts.append(items[start:end])

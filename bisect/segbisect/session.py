@@ -1,4 +1,4 @@
-"""One bisection from references to report: the glue between refs, snapshots, search, runs and records."""
+"""One bisection from references to report: the glue between refs, snapshots, search, executor and records."""
 
 from __future__ import annotations
 
@@ -6,51 +6,39 @@ import hashlib
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from segbisect import report as reports
+from segbisect import metrics, render
 from segbisect.errors import EXIT_CULPRIT, EXIT_NO_CULPRIT, EXIT_PRECONDITION, PreconditionError, UsageError
-from segbisect.evaluator import Context, Evaluator, Hybrid, Judge
+from segbisect.evaluator import Evaluator, Plan
+from segbisect.executor import Executor
 from segbisect.gitutil import toplevel
+from segbisect.hybrid import Hybrid
 from segbisect.journal import Journal, known_hybrids
+from segbisect.judge import Judge
+from segbisect.local_executor import LocalExecutor
+from segbisect.options import Options
+from segbisect.outcome import Outcome
 from segbisect.predicate import Predicate
 from segbisect.refs import Reference, resolve
-from segbisect.runner import Processes, read_metrics
-from segbisect.search import Verdict, search
+from segbisect.report import Findings, Report, build
+from segbisect.runner import Task
+from segbisect.search import search
 from segbisect.settings import load as load_settings
 from segbisect.snapshot import Snapshot, load
-from segbisect.tracking import DEFAULT_EXPERIMENT, Tracker, tracking_uri
+from segbisect.tracking import Tracker, tracking_uri
 from segbisect.units import Inventory, diff, group
+from segbisect.verdict import Verdict, VerdictKind
 from segbisect.workspace import Workspaces, remove_stale, user_cache_dir
 
 RESULTS = "segbisect-results"
+GOOD_CONFIG: frozenset[str] = frozenset()
 
 
-@dataclass
-class Options:
-    """The CLI's options, as the session needs them, completed by the project's `[tool.segbisect]` settings."""
-
-    good: str
-    bad: str
-    repo: Path = Path(".")
-    fail_if: str | None = None
-    run: str | None = None
-    metrics: str | None = None
-    jobs: int = 1
-    repeat: int = 1
-    keep_workspaces: bool = False
-    mlflow: bool = True
-    fresh: bool = False
-    results: Path | None = None
-    experiment: str = DEFAULT_EXPERIMENT
-    diagnostics: str | None = None
-
-
-def bisect(opts: Options, console: Console) -> tuple[int, dict[str, Any]]:
+def bisect(opts: Options, console: Console) -> tuple[int, Report]:
     """Run a whole bisection; returns the exit code and the report (raises UsageError before any run)."""
     repo = _repo(opts.repo)
     opts = _with_settings(opts, repo)
@@ -65,134 +53,215 @@ def bisect(opts: Options, console: Console) -> tuple[int, dict[str, Any]]:
         good, bad = load(good_ref, repo, workspaces.root / "good"), load(bad_ref, repo, workspaces.root / "bad")
         inventory = diff(good, bad)
         if not inventory.units:
-            raise UsageError(f"no differences: {good_ref.describe()} and {bad_ref.describe()} configure the pipeline identically")
-        return _search(opts, repo, uri, good, bad, inventory, console, workspaces)
+            raise UsageError(
+                f"no differences: {good_ref.describe()} and {bad_ref.describe()} configure the pipeline identically"
+            )
+        bisection = _Bisection.open(opts, repo, uri, good, bad, inventory, console, workspaces)
+        try:
+            result = bisection.run()
+        finally:
+            bisection.executor.close()
+        if opts.keep_workspaces:
+            console.print(f"hybrid worktrees kept in {workspaces.root} (remove with `git worktree remove`)")
+        return result
 
 
-def _search(opts: Options, repo: Path, uri: str, good: Snapshot, bad: Snapshot, inventory: Inventory,
-            console: Console, workspaces: Workspaces) -> tuple[int, dict[str, Any]]:
-    groups = group(inventory.units)
-    metrics_file = opts.metrics or _default_metrics(good)
-    judge = Judge(None if opts.run else Predicate(opts.fail_if or ""), opts.run)
-    early, _ = read_metrics(repo / metrics_file)
-    if judge.predicate and early:
-        judge.predicate.resolve_keys(list(early))
-    session = _session_id(good.ref, bad.ref, inventory)
-    folder = (opts.results or repo / RESULTS) / session
-    journal = Journal(folder, fresh=opts.fresh)
-    known = {} if opts.fresh else known_hybrids(folder.parent)
-    tracker = Tracker(uri if opts.mlflow else None, opts.experiment, lambda text: console.print(f"[yellow]warning:[/] {text}"))
-    previous = next(iter(journal.records("session")), {})
+@dataclass
+class _Bisection:
+    """The live parts of one session; `run` takes it through preconditions, search and report."""
 
-    def record_session(parent: str | None) -> None:
-        if not previous:
-            journal.append({"type": "session", "session": session, "good": good.ref.text, "bad": bad.ref.text,
-                            "mlflow_parent": parent})
+    opts: Options
+    good: Snapshot
+    bad: Snapshot
+    inventory: Inventory
+    files: list[str]
+    judge: Judge
+    journal: Journal
+    tracker: Tracker
+    executor: Executor
+    folder: Path
+    console: Console
+    evaluator: Evaluator = field(init=False)
 
-    tracker.start(session, {"good": good.ref.text, "bad": bad.ref.text, "good_commit": good.ref.commit,
-                            "bad_commit": bad.ref.commit},
-                  {"good": good.ref.describe(), "bad": bad.ref.describe(), "judge": opts.run or judge.predicate.text,
-                   "jobs": opts.jobs, "repeat": opts.repeat, "units": len(inventory.units), "groups": len(groups)},
-                  previous.get("mlflow_parent"), record_session)
-    console.print(f"GOOD {good.ref.describe()}\nBAD  {bad.ref.describe()}\n{len(inventory.units)} differing unit(s) "
-                  f"in {len(groups)} group(s): {', '.join(g.name for g in groups)}; results in {folder}")
-    env = _hybrid_env(uri if opts.mlflow else None, opts.experiment, session)
-    logs = folder / "logs"
-    logs.mkdir(exist_ok=True)
-    already = {r["fingerprint"] for r in journal.records("hybrid")}
-    procs = Processes()
-    ctx = Context(good, bad, inventory, groups, workspaces, procs, journal, known, judge, env, metrics_file,
-                  opts.diagnostics, logs, opts.jobs, opts.repeat)
-    evaluator = Evaluator(ctx, lambda h: _started(console, h), lambda h: _done(console, tracker, already, h))
-    try:
-        _preconditions(evaluator, judge, inventory, opts.jobs)
-        verdict = search(groups, evaluator, opts.jobs)
-    except PreconditionError as exc:
-        result = _report(good, bad, inventory, evaluator.hybrids, None, str(exc), folder, "precondition-failed", judge.keys())
-        tracker.finish(result, "FAILED")
-        reports.write(folder, result)
-        return EXIT_PRECONDITION, result
-    except BaseException as exc:
-        stopped = _report(good, bad, inventory, evaluator.hybrids, None, str(exc) or "interrupted", folder, "stopped", judge.keys())
-        tracker.finish(stopped, "KILLED")
-        raise
-    if opts.keep_workspaces:
-        console.print(f"hybrid worktrees kept in {workspaces.root} (remove with `git worktree remove`)")
-    result = _report(good, bad, inventory, evaluator.hybrids, verdict, _message(verdict), folder, verdict.kind, judge.keys())
-    tracker.finish(result)
-    reports.write(folder, result)
-    return (EXIT_CULPRIT if verdict.kind in ("culprit", "interaction") else EXIT_NO_CULPRIT), result
+    @classmethod
+    def open(
+        cls,
+        opts: Options,
+        repo: Path,
+        uri: str,
+        good: Snapshot,
+        bad: Snapshot,
+        inventory: Inventory,
+        console: Console,
+        workspaces: Workspaces,
+    ) -> _Bisection:
+        files = [opts.metrics] if opts.metrics else good.metrics_files
+        judge = _judge(opts, repo, files)
+        session = _session_id(good.ref, bad.ref, inventory)
+        folder = (opts.results or repo / RESULTS) / session
+        journal = Journal(folder, {"session": session, "good": good.ref.text, "bad": bad.ref.text}, fresh=opts.fresh)
+        if journal.set_aside:
+            _warn(console, f"{journal.set_aside} was written by another segbisect version; its hybrids run again")
+        tracker = Tracker(uri if opts.mlflow else None, opts.experiment, lambda text: _warn(console, text))
+        _start_tracking(tracker, journal, session, *_describe(opts, good, bad, inventory, judge))
+        task = Task(
+            env=_hybrid_env(uri if opts.mlflow else None, opts.experiment, session),
+            metrics_files=tuple(files),
+            check=opts.run,
+            diagnostics=opts.diagnostics,
+            data_sources=tuple(sorted({*good.data_sources, *bad.data_sources})),
+        )
+        (folder / "logs").mkdir(exist_ok=True)
+        executor = LocalExecutor(
+            workspaces=workspaces, good=good, bad=bad, task=task, logs=folder / "logs", jobs=opts.jobs
+        )
+        return cls(opts, good, bad, inventory, files, judge, journal, tracker, executor, folder, console)
+
+    def __post_init__(self) -> None:
+        groups = group(self.inventory.units)
+        self.console.print(
+            f"GOOD {self.good.ref.describe()}\nBAD  {self.bad.ref.describe()}\n{len(self.inventory.units)} "
+            f"differing unit(s) in {len(groups)} group(s): {', '.join(g.name for g in groups)}; "
+            f"results in {self.folder}"
+        )
+        plan = Plan(
+            inventory=self.inventory,
+            groups=groups,
+            stages=[s.name for s in self.good.stages],
+            known={} if self.opts.fresh else known_hybrids(self.folder.parent),
+            repeat=self.opts.repeat,
+        )
+        already = {r["fingerprint"] for r in self.journal.records("hybrid")}
+        self.evaluator = Evaluator(
+            plan,
+            self.executor,
+            self.journal,
+            self.judge,
+            lambda h: _started(self.console, h),
+            lambda h: _done(self.console, self.tracker, already, h, self.judge),
+        )
+
+    def run(self) -> tuple[int, Report]:
+        groups = self.evaluator.plan.groups
+        try:
+            self._preconditions()
+            verdict = search(groups, self.evaluator, self.opts.jobs)
+        except PreconditionError as exc:
+            return EXIT_PRECONDITION, self._close(VerdictKind.PRECONDITION_FAILED, str(exc), None, "FAILED")
+        except BaseException as exc:
+            stopped = build(self._findings(), VerdictKind.STOPPED, str(exc) or "interrupted")
+            self.tracker.finish(stopped, "KILLED")
+            raise
+        report = self._close(verdict.kind, verdict.message(), verdict)
+        return (EXIT_CULPRIT if verdict.names_a_change else EXIT_NO_CULPRIT), report
+
+    def _preconditions(self) -> None:
+        """As git bisect: GOOD must pass and BAD must fail (GOOD's metrics settle the judge's file and keys)."""
+        everything = frozenset(u.id for u in self.inventory.units)
+        if self.opts.jobs >= 2 and self.judge.ready:
+            self.evaluator([(GOOD_CONFIG, "GOOD"), (everything, "BAD")])
+        else:
+            self.evaluator([(GOOD_CONFIG, "GOOD")])
+        good_run = self.evaluator.get(GOOD_CONFIG)
+        if not self.judge.ready and good_run.attempts and good_run.attempts[-1].metrics:
+            _settle(self.judge, self.files, good_run)
+            good_run = self.evaluator.rejudge(GOOD_CONFIG)
+        if good_run.outcome != Outcome.GOOD:
+            raise PreconditionError(f"GOOD does not pass ({good_run.outcome}: {good_run.note}); nothing to bisect")
+        self.evaluator([(everything, "BAD")])
+        bad_run = self.evaluator.get(everything)
+        if bad_run.outcome != Outcome.BAD:
+            raise PreconditionError(f"BAD does not fail ({bad_run.outcome}: {bad_run.note}); nothing to bisect")
+
+    def _findings(self) -> Findings:
+        return Findings(
+            good=self.good.ref,
+            bad=self.bad.ref,
+            inventory=self.inventory,
+            hybrids=self.evaluator.hybrids,
+            metrics_file=self.judge.metrics_file,
+            key_metrics=self.judge.keys(),
+            folder=self.folder,
+        )
+
+    def _close(self, kind: VerdictKind, message: str, verdict: Verdict | None, status: str = "FINISHED") -> Report:
+        report = build(self._findings(), kind, message, verdict)
+        self.tracker.finish(report, status)
+        render.write(self.folder, report)
+        return report
 
 
-def _preconditions(evaluator: Evaluator, judge: Judge, inventory: Inventory, jobs: int) -> None:
-    """As git bisect: GOOD must pass and BAD must fail (the predicate's keys are checked on GOOD's metrics)."""
-    good, everything = frozenset(), frozenset(u.id for u in inventory.units)
-    checked = judge.predicate is None or judge.predicate.resolved
-    if jobs >= 2 and checked:
-        evaluator([(good, "GOOD"), (everything, "BAD")])
-    else:
-        evaluator([(good, "GOOD")])
-    good_run = evaluator.get(good)
-    if not checked and good_run.metrics:
-        judge.predicate.resolve_keys(list(good_run.metrics))
-        good_run.outcome, good_run.note = judge.all(good_run.attempts)
-    if good_run.outcome != "good":
-        raise PreconditionError(f"GOOD does not pass ({good_run.outcome}: {good_run.note}); nothing to bisect")
-    evaluator([(everything, "BAD")])
-    bad_run = evaluator.get(everything)
-    if bad_run.outcome != "bad":
-        raise PreconditionError(f"BAD does not fail ({bad_run.outcome}: {bad_run.note}); nothing to bisect")
+def _judge(opts: Options, repo: Path, files: list[str]) -> Judge:
+    """The check; for a predicate also the metrics file it reads and its keys, settled now when the user's
+    workspace holds the metrics files (from their last `dvc repro`), else by GOOD's first run.
+    """
+    predicate = None if opts.run else Predicate(opts.fail_if or "")
+    found, _ = metrics.read_all(repo, files)
+    judge = Judge(predicate, opts.run, metrics.choose(files, predicate, found))
+    if predicate and judge.metrics_file in found:
+        predicate.resolve_keys(list(found[judge.metrics_file]))
+    return judge
 
 
-def _report(good: Snapshot, bad: Snapshot, inventory: Inventory, hybrids: list[Hybrid], verdict: Verdict | None,
-            message: str, folder: Path, kind: str, keys: list[str]) -> dict[str, Any]:
-    by_id = {u.id: u for u in inventory.units}
-    culprit = None
-    if verdict and verdict.units:
-        units = [{**by_id[i].as_dict(), "diff": by_id[i].detail} for i in verdict.units]
-        failing = next((h for h in hybrids if set(h.from_bad) == set(verdict.units) and h.outcome == "bad"), None)
-        failing = failing or next((h for h in hybrids if h.label == "BAD"), None)
-        diagnostics = failing.attempts[-1].get("diagnostics") if failing and failing.attempts else None
-        culprit = {"stage": verdict.stage, "stages": verdict.stages, "units": units, "sufficient": verdict.sufficient,
-                   "necessary": verdict.necessary, "minimal": verdict.minimal,
-                   "also_sufficient": verdict.also_sufficient, "diagnostics": diagnostics}
-    return {
-        "verdict": kind, "message": message, "culprit": culprit,
-        "candidates": verdict.candidates if verdict else [],
-        "good": _ref_dict(good.ref), "bad": _ref_dict(bad.ref),
-        "units": [u.as_dict() for u in inventory.units],
-        "hybrids": [reports.hybrid_row(h) for h in hybrids],
-        "stage_executions": sum(len(h.executed) for h in hybrids if not h.reused),
-        "stage_executions_total": sum(len(h.executed) for h in hybrids),
-        "results_dir": str(folder),
-        "key_metrics": keys,
+def _settle(judge: Judge, files: list[str], good_run: Hybrid) -> None:
+    """Choose the metrics file and resolve the predicate's keys from GOOD's metrics."""
+    found = good_run.attempts[-1].metrics
+    judge.metrics_file = judge.metrics_file or metrics.choose(
+        files, judge.predicate, {f: found.get(f, {}) for f in files}
+    )
+    if judge.predicate and judge.metrics_file in found:
+        judge.predicate.resolve_keys(list(found[judge.metrics_file]))
+
+
+def _describe(
+    opts: Options, good: Snapshot, bad: Snapshot, inventory: Inventory, judge: Judge
+) -> tuple[dict[str, str], dict[str, object]]:
+    """The bisection's MLflow tags and params."""
+    tags = {"good": good.ref.text, "bad": bad.ref.text, "good_commit": good.ref.commit, "bad_commit": bad.ref.commit}
+    params: dict[str, object] = {
+        "good": good.ref.describe(),
+        "bad": bad.ref.describe(),
+        "judge": opts.run or (judge.predicate.text if judge.predicate else ""),
+        "jobs": opts.jobs,
+        "repeat": opts.repeat,
+        "units": len(inventory.units),
+        "groups": len(group(inventory.units)),
     }
+    return tags, params
 
 
-def _message(v: Verdict) -> str:
-    if v.kind == "ambiguous":
-        return f"untestable hybrids leave the culprit among: {', '.join(v.candidates)}"
-    role = {(True, True): "sufficient and necessary", (True, False): "sufficient but not necessary (BAD still fails without it)",
-            (True, None): "sufficient (necessity untestable)"}.get((v.sufficient, v.necessary), "")
-    if v.kind == "culprit":
-        extra = f"; also sufficient on their own: {', '.join(v.also_sufficient)}" if v.also_sufficient else ""
-        return f"stage '{v.stage}' is {role}; minimal change: {len(v.units)} unit(s){extra}"
-    needed = {True: "necessary", False: "not necessary", None: "necessity untestable"}[v.necessary]
-    return (f"no single stage suffices: the failure needs {len(v.units)} unit(s) together across "
-            f"{', '.join(v.stages)} ({needed})")
+def _start_tracking(
+    tracker: Tracker, journal: Journal, session: str, tags: dict[str, str], params: dict[str, object]
+) -> None:
+    """Open the MLflow parent run, reopening the one an interrupted run of this session recorded."""
+    parents = [r["parent"] for r in journal.records("mlflow")]
+    previous = parents[-1] if parents else None
+
+    def remember(parent: str | None) -> None:
+        if parent and parent != previous:
+            journal.append({"type": "mlflow", "parent": parent})
+
+    tracker.start(session, tags, params, previous, remember)
+
+
+def _warn(console: Console, text: str) -> None:
+    console.print(f"[yellow]warning:[/] {text}")
 
 
 def _started(console: Console, h: Hybrid) -> None:
     console.print(f"[cyan]{h.id}[/] {h.label} ... running")
 
 
-def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid) -> None:
-    colour = {"good": "green", "bad": "red"}.get(h.outcome, "yellow")
-    how = "reused earlier result" if h.reused else (
-        f"ran {', '.join(h.executed) or 'nothing'}; restored {len(h.restored)}")
+def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid, judge: Judge) -> None:
+    colour = {Outcome.GOOD: "green", Outcome.BAD: "red"}.get(h.outcome, "yellow")
+    how = (
+        "reused earlier result"
+        if h.reused
+        else (f"ran {', '.join(h.executed) or 'nothing'}; restored {len(h.restored)}")
+    )
     console.print(f"[cyan]{h.id}[/] {h.label}: [{colour}]{h.outcome}[/] ({h.note}; {how}; {h.seconds}s)")
     if h.fingerprint not in already:
-        tracker.hybrid(reports.hybrid_row(h))
+        tracker.hybrid(h.row(judge.metrics_file))
 
 
 def _hybrid_env(uri: str | None, experiment: str, session: str) -> dict[str, str]:
@@ -214,17 +283,11 @@ def _with_settings(opts: Options, repo: Path) -> Options:
     settings = load_settings(repo)
     fail_if = opts.fail_if if opts.fail_if is not None else settings.fail_if
     if opts.run is None and fail_if is None:
-        raise UsageError(f"no failure check: pass --fail-if EXPR or --run CMD, or set fail-if in [tool.segbisect] of "
-                         f"{repo / 'pyproject.toml'}")
+        raise UsageError(
+            f"no failure check: pass --fail-if EXPR or --run CMD, or set fail-if in [tool.segbisect] of "
+            f"{repo / 'pyproject.toml'}"
+        )
     return replace(opts, fail_if=fail_if, diagnostics=settings.diagnostics)
-
-
-def _default_metrics(snap: Snapshot) -> str:
-    """The metrics file of the last stage (in pipeline order) that declares one."""
-    for stage in reversed(snap.stages):
-        if stage.metrics:
-            return stage.metrics[0]
-    raise UsageError("no stage in dvc.yaml declares a metrics file; pass --metrics PATH or --run CMD")
 
 
 def _session_id(good: Reference, bad: Reference, inventory: Inventory) -> str:
@@ -235,10 +298,6 @@ def _session_id(good: Reference, bad: Reference, inventory: Inventory) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).name if "/" in text else text)[:40]
-
-
-def _ref_dict(ref: Reference) -> dict[str, Any]:
-    return {"text": ref.text, "kind": ref.kind, "commit": ref.commit, "detail": ref.detail}
 
 
 def _repo(path: Path) -> Path:

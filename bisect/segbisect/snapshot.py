@@ -9,17 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from segbisect import metrics
 from segbisect.errors import UsageError
 from segbisect.gitutil import export_tree
 from segbisect.refs import Reference
 
 ABSENT = "<absent>"
+# A leaf's address: (kind, params file | file | stage name, key path inside a params file).
+Key = tuple[str, str, tuple[Any, ...]]
 
 
 @dataclass
@@ -27,7 +32,7 @@ class StageSnap:
     """What one stage reads: declared params keys, git-tracked files, and DVC-tracked data (.dvc files)."""
 
     name: str
-    params: set[tuple[str, tuple]] = field(default_factory=set)
+    params: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
     files: set[str] = field(default_factory=set)
     data: set[str] = field(default_factory=set)
     metrics: list[str] = field(default_factory=list)
@@ -45,11 +50,40 @@ class Snapshot:
     params_data: dict[str, Any]
     dvcyaml: dict[str, Any]
     data_sources: list[str] = field(default_factory=list)
+    metrics_files: list[str] = field(default_factory=list)
 
-    def stage(self, name: str) -> StageSnap | None:
-        return next((s for s in self.stages if s.name == name), None)
+    @cached_property
+    def leaves(self) -> dict[Key, Leaf]:
+        """Everything the pipeline reads, flattened once: each stage definition, each params value down to its
+        leaves, each code file and each `.dvc` data file, with the stages that read it (pipeline order).
+        """
+        found: dict[Key, Leaf] = {}
+        for stage in self.stages:
+            for key in self._keys_read_by(stage):
+                known = found.get(key) or self.leaf_at(key)
+                found[key] = replace(known, readers=(*known.readers, stage.name))
+        return found
 
-    def param(self, file: str, keypath: tuple) -> Any:
+    def _keys_read_by(self, stage: StageSnap) -> list[Key]:
+        keys: list[Key] = [("stage", stage.name, ())]
+        for file, keypath in sorted(stage.params, key=str):
+            keys.extend(("param", file, path) for path in _param_leaves(self.param(file, keypath), keypath))
+        keys.extend(("file", path, ()) for path in sorted(stage.files))
+        keys.extend(("data", path, ()) for path in sorted(stage.data))
+        return keys
+
+    def leaf_at(self, key: Key) -> Leaf:
+        """The value and digest at any key, whether or not this side's stages read it (readers left empty)."""
+        kind, path, keypath = key
+        if kind == "param":
+            value = self.param(path, keypath)
+        elif kind == "stage":
+            value = self.stage_definition(path)
+        else:
+            return Leaf(readers=(), value=None, digest=self.file_digest(path))
+        return Leaf(readers=(), value=value, digest=digest(value))
+
+    def param(self, file: str, keypath: tuple[Any, ...]) -> Any:
         """The value at `keypath` in params file `file`, or ABSENT."""
         node: Any = self.params_data.get(file, {})
         for part in keypath:
@@ -70,6 +104,24 @@ class Snapshot:
         return self.dvcyaml.get("stages", {}).get(name.split("@")[0], ABSENT)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Leaf:
+    """One thing the pipeline reads: its value (None for files) and a digest that changes when it does."""
+
+    readers: tuple[str, ...]
+    value: Any
+    digest: str
+
+
+def _param_leaves(value: Any, keypath: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    """Key paths of nested params down to single values, so a unit of change is as small as one value."""
+    if isinstance(value, dict) and value:
+        for key, child in value.items():
+            yield from _param_leaves(child, (*keypath, key))
+    else:
+        yield keypath
+
+
 def load(ref: Reference, repo: Path, dest: Path) -> Snapshot:
     """Export `ref` into `dest` and read its pipeline with DVC's index."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -79,12 +131,12 @@ def load(ref: Reference, repo: Path, dest: Path) -> Snapshot:
     dvc_file = dest / "dvc.yaml"
     if not dvc_file.is_file():
         raise UsageError(f"{ref.describe()}: no dvc.yaml at commit {ref.commit[:10]}")
-    stages, param_files, sources = _read_stages(dest)
+    stages, param_files, sources, metrics_files = _read_stages(dest)
     params_data = {f: _load_yaml(dest / f) for f in sorted(param_files)}
-    return Snapshot(ref, dest, stages, params_data, _load_yaml(dvc_file), sources)
+    return Snapshot(ref, dest, stages, params_data, _load_yaml(dvc_file), sources, metrics_files)
 
 
-def _read_stages(root: Path) -> tuple[list[StageSnap], set[str], list[str]]:
+def _read_stages(root: Path) -> tuple[list[StageSnap], set[str], list[str], list[str]]:
     import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -97,20 +149,27 @@ def _read_stages(root: Path) -> tuple[list[StageSnap], set[str], list[str]]:
             graph = index.graph.reverse()
             ordered = [s for s in nx.lexicographical_topological_sort(graph, key=order.get) if s in pipeline]
             produced = [_rel(root, o.fs_path) for s in pipeline for o in s.outs]
-            tracked = {_rel(root, o.fs_path): _rel(root, s.path) for s in index.stages if s.is_data_source for o in s.outs}
+            tracked = {
+                _rel(root, o.fs_path): _rel(root, s.path) for s in index.stages if s.is_data_source for o in s.outs
+            }
             param_files: set[str] = set()
             snaps = [_stage_snap(root, s, produced, tracked, param_files) for s in ordered]
+            metrics_files = metrics.candidates(repo)
     except DvcException as exc:
         raise UsageError(f"cannot read the DVC pipeline: {exc}") from None
-    return snaps, param_files, sorted(set(tracked.values()))
+    return snaps, param_files, sorted(set(tracked.values())), metrics_files
 
 
-def _stage_snap(root: Path, stage: Any, produced: list[str], tracked: dict[str, str], param_files: set[str]) -> StageSnap:
+def _stage_snap(
+    root: Path, stage: Any, produced: list[str], tracked: dict[str, str], param_files: set[str]
+) -> StageSnap:
     from dvc.dependency.param import ParamsDependency
 
     dvcfile = _rel(root, stage.dvcfile.path)
-    snap = StageSnap(stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}",
-                     lock_file=Path(dvcfile).with_suffix(".lock").as_posix())
+    snap = StageSnap(
+        stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}",
+        lock_file=Path(dvcfile).with_suffix(".lock").as_posix(),
+    )
     file_deps = []
     for dep in stage.deps:
         path = _rel(root, dep.fs_path)

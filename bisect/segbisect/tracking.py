@@ -13,7 +13,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segbisect.report import Report
 
 DEFAULT_EXPERIMENT = "segbisect"
 
@@ -66,19 +69,26 @@ class Tracker:
 
     def __init__(self, uri: str | None, experiment: str, warn: Callable[[str], None]) -> None:
         self.uri, self.experiment, self.warn = uri, experiment, warn
+        self.store = uri or ""
         self.session = ""
         self.parent: str | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segbisect-mlflow") if uri else None
 
-    def start(self, session: str, tags: dict[str, str], params: dict[str, Any], resume: str | None,
-              on_open: Callable[[str | None], None]) -> None:
+    def start(
+        self,
+        session: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        resume: str | None,
+        on_open: Callable[[str | None], None],
+    ) -> None:
         """Create (or reopen, on resume) the parent run; `on_open` gets its id (None without MLflow) once it exists."""
         self.session = session
         if self._worker is None:
             on_open(None)
             return
         opening = self._worker.submit(self._guarded, "the session", self._open, tags, params, resume, on_open)
-        if not store_ready(self.uri, self.experiment):
+        if not store_ready(self.store, self.experiment):
             opening.result()
 
     def hybrid(self, record: dict[str, Any]) -> None:
@@ -86,11 +96,11 @@ class Tracker:
         if self._worker is not None:
             self._worker.submit(self._guarded, record["id"], self._log_hybrid, record)
 
-    def finish(self, summary: dict[str, Any], status: str = "FINISHED") -> None:
+    def finish(self, report: Report, status: str = "FINISHED") -> None:
         """Tag the parent run with the verdict and close it; returns once every queued call is written."""
         if self._worker is None:
             return
-        self._worker.submit(self._guarded, "the session", self._close, summary, status)
+        self._worker.submit(self._guarded, "the session", self._close, report, status)
         self._worker.shutdown(wait=True)
 
     def _guarded(self, what: str, call: Callable[..., None], *args: Any) -> None:
@@ -102,14 +112,17 @@ class Tracker:
             self.uri = None
             self.warn(f"MLflow logging failed for {what}, so the rest of this session is not tracked: {exc}")
 
-    def _open(self, tags: dict[str, str], params: dict[str, Any], resume: str | None,
-              on_open: Callable[[str | None], None]) -> None:
+    def _open(
+        self, tags: dict[str, str], params: dict[str, Any], resume: str | None, on_open: Callable[[str | None], None]
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(self.uri)
+        self.client = MlflowClient(self.store)
         found = self.client.get_experiment_by_name(self.experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            self.experiment, artifact_location=artifact_location(self.uri)
+        self.experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(self.experiment, artifact_location=artifact_location(self.store))
         )
         self.parent = self._reopen(resume) or self._create_parent(tags, params)
         on_open(self.parent)
@@ -124,34 +137,58 @@ class Tracker:
         return resume
 
     def _create_parent(self, tags: dict[str, str], params: dict[str, Any]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=f"segbisect {tags.get('good', '')}..{tags.get('bad', '')}",
-                                     tags={"segbisect.session": self.session, "segbisect.role": "session", **tags})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"segbisect {tags.get('good', '')}..{tags.get('bad', '')}",
+            tags={"segbisect.session": self.session, "segbisect.role": "session", **tags},
+        )
         self._log(run.info.run_id, params=params)
-        return run.info.run_id
+        return str(run.info.run_id)
 
     def _log_hybrid(self, record: dict[str, Any]) -> None:
-        tags = {"mlflow.parentRunId": self.parent, "segbisect.session": self.session, "segbisect.role": "hybrid",
-                "segbisect.hybrid": record["id"], "outcome": record["outcome"], "reused": str(record["reused"]),
-                **{f"side.{group}": side for group, side in record["sides"].items()},
-                **{f"machine.{key}": _tag(value) for key, value in (record.get("machine") or {}).items()}}
+        tags = {
+            "mlflow.parentRunId": self._parent(),
+            "segbisect.session": self.session,
+            "segbisect.role": "hybrid",
+            "segbisect.hybrid": record["id"],
+            "outcome": record["outcome"],
+            "reused": str(record["reused"]),
+            **{f"side.{group}": side for group, side in record["sides"].items()},
+            **{f"machine.{key}": _tag(value) for key, value in (record.get("machine") or {}).items()},
+        }
         run = self.client.create_run(self.experiment_id, run_name=f"{record['id']} {record['label']}"[:250], tags=tags)
         stage_runs = self._stage_runs(record["id"])
         if stage_runs:
             self.client.set_tag(run.info.run_id, "stage_runs", ",".join(stage_runs))
-        metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {
+            k: v for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         metrics |= {"stages_executed": len(record["executed"]), "seconds": record["seconds"]}
-        params = {"from_bad": ", ".join(record["from_bad"]) or "(none)", "label": record["label"], "note": record["note"]}
+        params = {
+            "from_bad": ", ".join(record["from_bad"]) or "(none)",
+            "label": record["label"],
+            "note": record["note"],
+        }
         self._log(run.info.run_id, params=params, metrics=metrics)
         self.client.set_terminated(run.info.run_id, "FINISHED" if record["outcome"] != "skip" else "FAILED")
 
-    def _close(self, summary: dict[str, Any], status: str) -> None:
-        culprit = summary.get("culprit") or {}
-        tags = {"verdict": summary["verdict"], "culprit.stage": str(culprit.get("stage")),
-                "culprit.units": ", ".join(u["name"] for u in culprit.get("units", []))}
+    def _close(self, report: Report, status: str) -> None:
+        culprit = report.culprit
+        tags = {
+            "verdict": str(report.verdict),
+            "culprit.stage": str(culprit.stage if culprit else None),
+            "culprit.units": ", ".join(u["name"] for u in culprit.units) if culprit else "",
+        }
+        parent = self._parent()
         for key, value in tags.items():
-            self.client.set_tag(self.parent, key, value[:5000])
-        self._log(self.parent, metrics={"hybrids": len(summary["hybrids"]), "stage_executions": summary["stage_executions"]})
-        self.client.set_terminated(self.parent, status)
+            self.client.set_tag(parent, key, value[:5000])
+        self._log(parent, metrics={"hybrids": len(report.hybrids), "stage_executions": report.stage_executions})
+        self.client.set_terminated(parent, status)
+
+    def _parent(self) -> str:
+        if self.parent is None:
+            raise RuntimeError("the session's MLflow run was never opened")
+        return self.parent
 
     def _stage_runs(self, hybrid_id: str) -> list[str]:
         query = f"tags.`segbisect.session` = '{self.session}' and tags.`segbisect.hybrid` = '{hybrid_id}'"

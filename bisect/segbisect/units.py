@@ -1,4 +1,4 @@
-"""Diff two snapshots into units of change, grouped by stage (a unit several stages read is its own group)."""
+"""Diff two snapshots' leaves into units of change, grouped by stage (a unit several stages read is its own group)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,50 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from segbisect.errors import UsageError
-from segbisect.snapshot import ABSENT, Snapshot, digest
+from segbisect.snapshot import ABSENT, Key, Leaf, Snapshot
 
 
-@dataclass(frozen=True)
+class UnitKind(StrEnum):
+    """What a unit swaps: a params value, a code file, a `.dvc` data file or a stage's definition."""
+
+    PARAM = "param"
+    FILE = "file"
+    DATA = "data"
+    STAGE = "stage"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Unit:
-    """One independently swappable difference: a params key, a file, a .dvc data file or a stage definition."""
+    """One independently swappable difference: a params value, a file, a .dvc data file or a stage definition.
+
+    `path` is the params file, the file or the stage name; `keypath` the key inside a params file.
+    """
 
     id: str
-    kind: str
+    kind: UnitKind
     name: str
     stages: tuple[str, ...]
-    key: tuple
+    path: str
+    keypath: tuple[Any, ...] = ()
     good: Any
     bad: Any
     summary: str
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "kind": self.kind, "stages": list(self.stages),
-                "good": self.good, "bad": self.bad, "summary": self.summary}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": str(self.kind),
+            "stages": list(self.stages),
+            "good": self.good,
+            "bad": self.bad,
+            "summary": self.summary,
+        }
 
 
 @dataclass
@@ -59,7 +80,7 @@ class Inventory:
 
 
 def diff(good: Snapshot, bad: Snapshot) -> Inventory:
-    """Compare GOOD and BAD key by key; raises UsageError when their pipelines have different stages."""
+    """Compare GOOD's and BAD's leaves; raises UsageError when their pipelines have different stages."""
     good_names, bad_names = [s.name for s in good.stages], [s.name for s in bad.stages]
     if set(good_names) != set(bad_names):
         only_good, only_bad = set(good_names) - set(bad_names), set(bad_names) - set(good_names)
@@ -67,19 +88,15 @@ def diff(good: Snapshot, bad: Snapshot) -> Inventory:
             f"GOOD and BAD have different stages (only in GOOD: {sorted(only_good) or '-'}, "
             f"only in BAD: {sorted(only_bad) or '-'}); segbisect needs the same stage graph"
         )
-    readers: dict[tuple, list[str]] = {}
-    for name in good_names:
-        for key in _stage_keys(good, bad, name):
-            readers.setdefault(key, []).append(name)
-    base, bad_digests, units = {}, {}, []
-    for key, stages in readers.items():
-        unit = _unit(good, bad, key, tuple(stages))
-        base[unit.id] = _digest(good, key)
-        bad_digests[unit.id] = _digest(bad, key)
-        if base[unit.id] != bad_digests[unit.id]:
-            units.append(unit)
     order = {n: i for i, n in enumerate(good_names)}
-    units.sort(key=lambda u: (order[u.stages[0]], len(u.stages) > 1, u.kind != "stage", u.id))
+    base, bad_digests, units = {}, {}, []
+    for key, readers in _keys(good, bad).items():
+        g, b = good.leaf_at(key), bad.leaf_at(key)
+        unit = _unit(good, bad, key, tuple(sorted(readers, key=order.__getitem__)), g, b)
+        base[unit.id], bad_digests[unit.id] = g.digest, b.digest
+        if g.digest != b.digest:
+            units.append(unit)
+    units.sort(key=lambda u: (order[u.stages[0]], len(u.stages) > 1, u.kind != UnitKind.STAGE, u.id))
     return Inventory(base, bad_digests, units)
 
 
@@ -92,47 +109,70 @@ def group(units: list[Unit]) -> list[Group]:
     return list(groups.values())
 
 
-def _stage_keys(good: Snapshot, bad: Snapshot, name: str) -> list[tuple]:
-    keys: list[tuple] = [("stage", name)]
-    sides = [s for s in (good.stage(name), bad.stage(name)) if s is not None]
-    for file, keypath in sorted({p for s in sides for p in s.params}, key=str):
-        keys.extend(("param", file, leaf) for leaf in _leaves(good.param(file, keypath), bad.param(file, keypath), keypath))
-    keys.extend(("file", p) for p in sorted({f for s in sides for f in s.files}))
-    keys.extend(("data", p) for p in sorted({d for s in sides for d in s.data}))
-    return keys
+def _keys(good: Snapshot, bad: Snapshot) -> dict[Key, set[str]]:
+    """Every key either side reads, with the stages that read it on either side.
+
+    Where one side has a single value and the other a mapping below the same params key (`a: 1` against
+    `a: {b: 2}`), the key is the shorter one, holding the whole value; an empty mapping has no leaves of its own.
+    """
+    keys: dict[Key, set[str]] = {}
+    for snap in (good, bad):
+        for key, leaf in snap.leaves.items():
+            keys.setdefault(key, set()).update(leaf.readers)
+    merged: dict[Key, set[str]] = {}
+    for key, readers in keys.items():
+        target = _target(key, keys, good, bad)
+        if target is not None:
+            merged.setdefault(target, set()).update(readers)
+    return merged
 
 
-def _leaves(good: Any, bad: Any, keypath: tuple) -> list[tuple]:
-    """Split nested params into leaf keys so a unit is as small as a single value."""
-    if isinstance(good, dict) and isinstance(bad, dict) and (good or bad):
-        subkeys = list(dict.fromkeys([*good, *bad]))
-        return [leaf for k in subkeys for leaf in _leaves(good.get(k, ABSENT), bad.get(k, ABSENT), (*keypath, k))]
-    return [keypath]
+def _target(key: Key, keys: dict[Key, set[str]], good: Snapshot, bad: Snapshot) -> Key | None:
+    """The key `key` is compared under: itself, an enclosing key that one side holds as a single value, or none
+    (an empty mapping whose other side has values below it).
+    """
+    if key[0] != "param":
+        return key
+    for length in range(1, len(key[2]) + 1):
+        prefix = (key[0], key[1], key[2][:length])
+        if prefix not in keys or not any(_below(other, prefix) for other in keys):
+            continue
+        if not all(isinstance(snap.param(key[1], prefix[2]), dict) for snap in (good, bad)):
+            return prefix
+        if prefix == key:
+            return None
+    return key
 
 
-def _digest(snap: Snapshot, key: tuple) -> str:
-    kind = key[0]
-    if kind == "param":
-        return digest(snap.param(key[1], key[2]))
-    if kind == "stage":
-        return digest(snap.stage_definition(key[1]))
-    return snap.file_digest(key[1])
+def _below(key: Key, prefix: Key) -> bool:
+    return key[:2] == prefix[:2] and len(key[2]) > len(prefix[2]) and key[2][: len(prefix[2])] == prefix[2]
 
 
-def _unit(good: Snapshot, bad: Snapshot, key: tuple, stages: tuple[str, ...]) -> Unit:
-    kind = key[0]
-    if kind == "param":
-        dotted = ".".join(str(p) for p in key[2])
-        name = dotted if key[1] == "params.yaml" else f"{key[1]}:{dotted}"
-        g, b = good.param(key[1], key[2]), bad.param(key[1], key[2])
-        return Unit(f"param:{name}", kind, name, stages, key, g, b, f"{_short(g)} -> {_short(b)}")
-    if kind == "stage":
-        g, b = good.stage_definition(key[1]), bad.stage_definition(key[1])
-        return Unit(f"stage:{key[1]}", kind, f"dvc.yaml stages.{key[1]}", stages, key, g, b, "stage definition changed")
-    path = key[1]
-    g, b = good.file_digest(path), bad.file_digest(path)
-    summary, detail = _file_change(good.file_bytes(path), bad.file_bytes(path))
-    return Unit(f"{kind}:{path}", kind, path, stages, key, g[:12], b[:12], summary, detail)
+def _unit(good: Snapshot, bad: Snapshot, key: Key, stages: tuple[str, ...], g: Leaf, b: Leaf) -> Unit:
+    kind, path, keypath = UnitKind(key[0]), key[1], key[2]
+    values, detail = (g.value, b.value), ""
+    if kind == UnitKind.PARAM:
+        dotted = ".".join(str(p) for p in keypath)
+        name = ident = dotted if path == "params.yaml" else f"{path}:{dotted}"
+        summary = f"{_short(g.value)} -> {_short(b.value)}"
+    elif kind == UnitKind.STAGE:
+        name, ident, summary = f"dvc.yaml stages.{path}", path, "stage definition changed"
+    else:
+        name = ident = path
+        values = (g.digest[:12], b.digest[:12])
+        summary, detail = _file_change(good.file_bytes(path), bad.file_bytes(path))
+    return Unit(
+        id=f"{kind}:{ident}",
+        kind=kind,
+        name=name,
+        stages=stages,
+        path=path,
+        keypath=keypath,
+        good=values[0],
+        bad=values[1],
+        summary=summary,
+        detail=detail,
+    )
 
 
 def _file_change(good: bytes | None, bad: bytes | None) -> tuple[str, str]:

@@ -46,7 +46,7 @@ class Workspaces:
         self.close()
 
     def acquire(self, name: str, commit: str, outs: list[str], locks: list[str]) -> Path:
-        """A worktree at `commit` whose DVC cache is the user's, holding no files but the commit's, `outs` and `locks`."""
+        """A worktree at `commit` sharing the user's DVC cache, holding only the commit's files, `outs` and `locks`."""
         with self._lock:
             path = self._idle.pop() if self._idle else None
         if path is None:

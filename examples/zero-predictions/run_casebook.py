@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
 from pipeline.scratch import ROOT, git, make_repo
 from segbisect.refs import deep_merge
 
@@ -30,8 +31,21 @@ HERE = Path(__file__).resolve().parent
 CASES_DIR = HERE / "cases"
 GOOD_PARAMS = HERE / "good.yaml"
 GOOD_BRANCH = "main"
-COLUMNS = ("case", "cause", "BAD ref", "expected stage", "stage named", "minimal units", "diagnosis",
-           "GOOD fg", "BAD fg", "BAD all-zero at", "hybrids", "stage executions", "seconds")
+COLUMNS = (
+    "case",
+    "cause",
+    "BAD ref",
+    "expected stage",
+    "stage named",
+    "minimal units",
+    "diagnosis",
+    "GOOD fg",
+    "BAD fg",
+    "BAD all-zero at",
+    "hybrids",
+    "stage executions",
+    "seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -97,11 +111,26 @@ class Outcome:
         return self.diagnosis.split("/", 1)[0]
 
     def row(self) -> dict[str, Any]:
-        return dict(zip(COLUMNS, (
-            self.case.name, self.case.cause, self.bad_ref, self.case.stage, self.stage or self.report.get("verdict"),
-            ", ".join(self.units), self.diagnosis, _round(self.good_fg), _round(self.bad_fg),
-            _round(self.metrics("BAD").get("all_zero_threshold")),
-            len(self.report.get("hybrids", [])), self.report.get("stage_executions"), round(self.seconds, 1))))
+        return dict(
+            zip(
+                COLUMNS,
+                (
+                    self.case.name,
+                    self.case.cause,
+                    self.bad_ref,
+                    self.case.stage,
+                    self.stage or self.report.get("verdict"),
+                    ", ".join(self.units),
+                    self.diagnosis,
+                    _round(self.good_fg),
+                    _round(self.bad_fg),
+                    _round(self.metrics("BAD").get("all_zero_threshold")),
+                    len(self.report.get("hybrids", [])),
+                    self.report.get("stage_executions"),
+                    round(self.seconds, 1),
+                ),
+            )
+        )
 
 
 def load_cases(names: list[str] | None = None) -> list[Case]:
@@ -110,7 +139,9 @@ def load_cases(names: list[str] | None = None) -> list[Case]:
     if names:
         unknown = set(names) - {p.name for p in folders}
         if unknown:
-            raise SystemExit(f"unknown case(s): {', '.join(sorted(unknown))} (known: {', '.join(p.name for p in folders)})")
+            raise SystemExit(
+                f"unknown case(s): {', '.join(sorted(unknown))} (known: {', '.join(p.name for p in folders)})"
+            )
         folders = [p for p in folders if p.name in names]
     return [load_case(p) for p in folders]
 
@@ -118,9 +149,17 @@ def load_cases(names: list[str] | None = None) -> list[Case]:
 def load_case(folder: Path) -> Case:
     spec = yaml.safe_load((folder / "case.yaml").read_text())
     params, patch = folder / "bad.yaml", folder / "bad.patch"
-    return Case(folder.name, spec["cause"], " ".join(spec["description"].split()), spec["stage"], spec["units"],
-                spec["diagnosis"], spec.get("good") or {}, params if params.is_file() else None,
-                patch if patch.is_file() else None)
+    return Case(
+        folder.name,
+        spec["cause"],
+        " ".join(spec["description"].split()),
+        spec["stage"],
+        spec["units"],
+        spec["diagnosis"],
+        spec.get("good") or {},
+        params if params.is_file() else None,
+        patch if patch.is_file() else None,
+    )
 
 
 def stage_env(tracking_uri: str) -> dict[str, str]:
@@ -141,8 +180,9 @@ def build_base(repo: Path, overlay: dict[str, Any], env: dict[str, str]) -> Path
     return repo
 
 
-def commit_on_branch(repo: Path, branch: str, start: str, message: str, params: dict[str, Any] | None = None,
-                     patch: Path | None = None) -> str:
+def commit_on_branch(
+    repo: Path, branch: str, start: str, message: str, params: dict[str, Any] | None = None, patch: Path | None = None
+) -> str:
     """Create `branch` at `start` plus one commit (params overlay and/or patch), in a temporary worktree."""
     work = repo.parent / f".casebook-{branch.replace('/', '-')}"
     git(repo, "worktree", "add", "-q", "-b", branch, str(work), start)
@@ -172,7 +212,9 @@ def make_refs(repo: Path, case: Case) -> tuple[str, str]:
     return good, str(case.bad_params)
 
 
-def run_segbisect(repo: Path, good: str, bad: str, results: Path, env: dict[str, str], jobs: int) -> tuple[dict[str, Any], int, float]:
+def run_segbisect(
+    repo: Path, good: str, bad: str, results: Path, env: dict[str, str], jobs: int
+) -> tuple[dict[str, Any], int, float]:
     """The user's one command, `segbisect GOOD BAD --json`; returns the verdict, exit code and wall seconds."""
     segbisect = Path(sys.executable).parent / "segbisect"
     args = [str(segbisect), good, bad, "--repo", str(repo), "--results", str(results), "--jobs", str(jobs), "--json"]
@@ -196,20 +238,33 @@ def write_table(outcomes: list[Outcome], out: Path, good_params: Path, jobs: int
     """casebook.csv and casebook.md (how GOOD was configured, the table, then each case's description)."""
     table = pd.DataFrame([o.row() for o in outcomes], columns=list(COLUMNS))
     table.to_csv(out / "casebook.csv", index=False)
-    lines = ["# Zero-predictions casebook", "",
-             f"GOOD: `{good_params.name}` over `params.yaml`; "
-             + "".join(f"{o.case.name} overlays `{json.dumps(o.case.good)}` on it; " for o in outcomes if o.case.good)
-             + f"fg = foreground_fraction; seconds = wall time of `segbisect GOOD BAD --json --jobs {jobs}`.", "",
-             markdown_table(table), ""]
+    lines = [
+        "# Zero-predictions casebook",
+        "",
+        f"GOOD: `{good_params.name}` over `params.yaml`; "
+        + "".join(f"{o.case.name} overlays `{json.dumps(o.case.good)}` on it; " for o in outcomes if o.case.good)
+        + f"fg = foreground_fraction; seconds = wall time of `segbisect GOOD BAD --json --jobs {jobs}`.",
+        "",
+        markdown_table(table),
+        "",
+    ]
     for o in outcomes:
-        lines += [f"## {o.case.name}: {o.case.cause}", "", o.case.description, "",
-                  f"segbisect: {o.report.get('message', '')}", ""]
+        lines += [
+            f"## {o.case.name}: {o.case.cause}",
+            "",
+            o.case.description,
+            "",
+            f"segbisect: {o.report.get('message', '')}",
+            "",
+        ]
     (out / "casebook.md").write_text("\n".join(lines))
     return table
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    cells = [[str(c) for c in table.columns]] + [["" if pd.isna(v) else str(v) for v in row] for row in table.itertuples(index=False)]
+    cells = [[str(c) for c in table.columns]] + [
+        ["" if pd.isna(v) else str(v) for v in row] for row in table.itertuples(index=False)
+    ]
     rows = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
     return "\n".join([rows[0], "|" + " --- |" * len(table.columns), *rows[1:]])
 
@@ -225,14 +280,21 @@ def _round(value: float | None) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="*", help="case folder names (default: all)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "casebook", help="results folder, new or empty (default: results/casebook)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "results" / "casebook",
+        help="results folder, new or empty (default: results/casebook)",
+    )
     parser.add_argument("--good-params", type=Path, default=GOOD_PARAMS, help="GOOD params overlay on params.yaml")
     parser.add_argument("--jobs", type=int, default=2, help="segbisect --jobs for every case")
     opts = parser.parse_args(argv)
     cases = load_cases(opts.cases)
     out = opts.out.resolve()
     if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out}: exists and is not empty; pass another --out (each run builds a fresh base repository)")
+        raise SystemExit(
+            f"{out}: exists and is not empty; pass another --out (each run builds a fresh base repository)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     env = stage_env(f"sqlite:///{out / 'mlflow.db'}")
     start = time.monotonic()

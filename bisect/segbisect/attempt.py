@@ -1,0 +1,50 @@
+"""One execution of a hybrid: what DVC did, the metrics it left, and the machine it ran on."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from segbisect import machine
+
+
+class AttemptStatus(StrEnum):
+    """OK: `dvc repro` succeeded (the metrics may still be missing); CRASH: it did not."""
+
+    OK = "ok"
+    CRASH = "crash"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attempt:
+    """`metrics` holds every readable metrics file (flattened) by path; `unread` says why the others are not."""
+
+    status: AttemptStatus
+    executed: tuple[str, ...] = ()
+    restored: tuple[str, ...] = ()
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unread: dict[str, str] = field(default_factory=dict)
+    diagnostics: Any = None
+    seconds: float = 0.0
+    reason: str = ""
+    check_rc: int | None = None
+    machine: dict[str, Any] = field(default_factory=machine.describe)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Attempt:
+        return cls(
+            status=AttemptStatus(record["status"]),
+            executed=tuple(record["executed"]),
+            restored=tuple(record["restored"]),
+            metrics=record["metrics"],
+            unread=record["unread"],
+            diagnostics=record["diagnostics"],
+            seconds=record["seconds"],
+            reason=record["reason"],
+            check_rc=record["check_rc"],
+            machine=record["machine"],
+        )

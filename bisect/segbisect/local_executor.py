@@ -1,0 +1,51 @@
+"""The local executor: hybrids run on this machine, `jobs` at a time, in worktrees sharing the user's DVC cache."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from segbisect.attempt import Attempt, AttemptStatus
+from segbisect.executor import Job
+from segbisect.materialize import materialize
+from segbisect.runner import Processes, Task, attempt
+from segbisect.snapshot import Snapshot
+from segbisect.workspace import Workspaces
+
+
+class LocalExecutor:
+    """An `Executor` over a thread pool; a repeat re-runs (forced) the stages the first attempt executed."""
+
+    def __init__(
+        self, *, workspaces: Workspaces, good: Snapshot, bad: Snapshot, task: Task, logs: Path, jobs: int
+    ) -> None:
+        self.workspaces, self.good, self.bad, self.task, self.logs = workspaces, good, bad, task, logs
+        self._procs = Processes()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="segbisect-hybrid")
+        stages = [stage for snap in (good, bad) for stage in snap.stages]
+        self._outs = sorted({out for stage in stages for out in stage.outs})
+        self._locks = sorted({stage.lock_file for stage in stages})
+
+    def submit(self, job: Job) -> Future[tuple[Attempt, ...]]:
+        return self._pool.submit(self._run, job)
+
+    def stop(self) -> None:
+        self._procs.stop_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _run(self, job: Job) -> tuple[Attempt, ...]:
+        workspace = self.workspaces.acquire(job.hybrid_id, self.good.ref.commit, self._outs, self._locks)
+        try:
+            materialize(workspace, self.good, self.bad, list(job.units))
+            env = {**self.task.env, "SEGBISECT_HYBRID": job.hybrid_id}
+            log = self.logs / f"{job.hybrid_id}.log"
+            first = attempt(self._procs, workspace, log, self.task, env)
+            attempts = [first]
+            while len(attempts) < job.repeat and first.status == AttemptStatus.OK and first.executed:
+                attempts.append(attempt(self._procs, workspace, log, self.task, env, force=first.executed))
+            return tuple(attempts)
+        finally:
+            self.workspaces.release(workspace)

@@ -1,0 +1,55 @@
+"""Materialize a hybrid configuration into a checkout of GOOD's commit: GOOD's params plus the chosen BAD units."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segbisect.snapshot import ABSENT, Snapshot
+from segbisect.units import Unit, UnitKind
+
+
+def materialize(workspace: Path, good: Snapshot, bad: Snapshot, units: list[Unit]) -> None:
+    """Make `workspace` (a checkout of GOOD's commit) hold GOOD's configuration with `units` taken from BAD."""
+    _write_params(workspace, good, [u for u in units if u.kind == UnitKind.PARAM])
+    for unit in units:
+        if unit.kind in (UnitKind.FILE, UnitKind.DATA):
+            _write_file(workspace / unit.path, bad.file_bytes(unit.path))
+    stage_units = [u for u in units if u.kind == UnitKind.STAGE]
+    if stage_units:
+        pipeline = copy.deepcopy(good.dvcyaml)
+        for unit in stage_units:
+            _assign(pipeline.setdefault("stages", {}), (unit.path.split("@")[0],), unit.bad)
+        (workspace / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+
+def _write_params(workspace: Path, good: Snapshot, units: list[Unit]) -> None:
+    params = copy.deepcopy(good.params_data)
+    for unit in units:
+        _assign(params.setdefault(unit.path, {}), unit.keypath, unit.bad)
+    for file, data in params.items():
+        target = workspace / file
+        current = yaml.safe_load(target.read_text()) if target.is_file() else None
+        if current != data:
+            target.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _assign(tree: dict[Any, Any], keypath: tuple[Any, ...], value: Any) -> None:
+    """Set (or, for ABSENT, delete) the value at `keypath`, creating intermediate mappings."""
+    for part in keypath[:-1]:
+        tree = tree.setdefault(part, {})
+    if value == ABSENT:
+        tree.pop(keypath[-1], None)
+    else:
+        tree[keypath[-1]] = copy.deepcopy(value)
+
+
+def _write_file(target: Path, content: bytes | None) -> None:
+    if content is None:
+        target.unlink(missing_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)

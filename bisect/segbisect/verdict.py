@@ -1,0 +1,58 @@
+"""What a bisection concluded, and its one-sentence explanation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """The search's conclusion; `units` are unit ids, `stages` the stages they belong to."""
+
+    kind: VerdictKind
+    stage: str | None = None
+    stages: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
+    sufficient: bool | None = None
+    necessary: bool | None = None
+    minimal: bool = False
+    also_sufficient: tuple[str, ...] = ()
+    candidates: tuple[str, ...] = ()
+
+    @property
+    def names_a_change(self) -> bool:
+        return self.kind in (VerdictKind.CULPRIT, VerdictKind.INTERACTION)
+
+    def message(self) -> str:
+        """The verdict in one sentence, as the report and the console print it."""
+        if self.kind == VerdictKind.AMBIGUOUS:
+            return f"untestable hybrids leave the culprit among: {', '.join(self.candidates)}"
+        if self.kind == VerdictKind.CULPRIT:
+            extra = f"; also sufficient on their own: {', '.join(self.also_sufficient)}" if self.also_sufficient else ""
+            return f"stage '{self.stage}' is {self._role()}; minimal change: {len(self.units)} unit(s){extra}"
+        needed = {True: "necessary", False: "not necessary", None: "necessity untestable"}[self.necessary]
+        return (
+            f"no single stage suffices: the failure needs {len(self.units)} unit(s) together across "
+            f"{', '.join(self.stages)} ({needed})"
+        )
+
+    def _role(self) -> str:
+        roles: dict[tuple[bool | None, bool | None], str] = {
+            (True, True): "sufficient and necessary",
+            (True, False): "sufficient but not necessary (BAD still fails without it)",
+            (True, None): "sufficient (necessity untestable)",
+        }
+        return roles.get((self.sufficient, self.necessary), "")
+
+
+class VerdictKind(StrEnum):
+    """How a bisection ended; the first two name a change."""
+
+    # A change found (exit 0): one stage suffices, or several units across stages only together.
+    CULPRIT = "culprit"
+    INTERACTION = "interaction"
+    # No change named: untestable hybrids in the way (exit 1), GOOD/BAD not as claimed (exit 3), interrupted.
+    AMBIGUOUS = "ambiguous"
+    PRECONDITION_FAILED = "precondition-failed"
+    STOPPED = "stopped"

@@ -1,0 +1,146 @@
+"""segbisect's typed records without DVC runs: flat diffs, metrics choice, judging, journal schema, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segbisect import metrics
+from segbisect.attempt import Attempt, AttemptStatus
+from segbisect.errors import UsageError
+from segbisect.hybrid import Hybrid
+from segbisect.journal import SCHEMA, Journal, known_hybrids
+from segbisect.judge import Judge
+from segbisect.outcome import Outcome
+from segbisect.predicate import Predicate
+from segbisect.refs import Reference
+from segbisect.snapshot import ABSENT, Snapshot, StageSnap
+from segbisect.units import UnitKind, diff
+from segbisect.verdict import Verdict, VerdictKind
+
+METRICS = "eval/metrics.json"
+
+
+def snapshot(root: Path, params: dict[str, Any], files: dict[str, str] | None = None) -> Snapshot:
+    """Two stages: `prep` reads params section `prep` and prep.py; `train` reads section `train`."""
+    root.mkdir(parents=True)
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+    stages = [
+        StageSnap("prep", params={("params.yaml", ("prep",))}, files={"prep.py"}),
+        StageSnap("train", params={("params.yaml", ("train",))}),
+    ]
+    dvcyaml = {"stages": {"prep": {"cmd": "python prep.py"}, "train": {"cmd": "python train.py"}}}
+    ref = Reference(root.name, "git", "0" * 40)
+    return Snapshot(ref, root, stages, {"params.yaml": params}, dvcyaml, metrics_files=[METRICS])
+
+
+def units_of(tmp_path: Path, good: dict[str, Any], bad: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    inventory = diff(snapshot(tmp_path / "good", good), snapshot(tmp_path / "bad", bad))
+    return {u.name: (u.good, u.bad) for u in inventory.units}
+
+
+def test_nested_params_differ_leaf_by_leaf_keeping_key_types(tmp_path: Path) -> None:
+    good = {"prep": {"label_map": {0: 0, 255: 1}, "size": 64}, "train": {"lr": 0.01, "opt": {"momentum": 0.9}}}
+    bad = {"prep": {"label_map": {0: 0, 255: 255}, "size": 64}, "train": {"lr": 0.01, "opt": {"momentum": 0.5}}}
+    inventory = diff(snapshot(tmp_path / "good", good), snapshot(tmp_path / "bad", bad))
+    found = {u.name: u for u in inventory.units}
+    assert sorted(found) == ["prep.label_map.255", "train.opt.momentum"]
+    assert found["prep.label_map.255"].keypath == ("prep", "label_map", 255)
+    assert found["prep.label_map.255"].kind == UnitKind.PARAM and found["prep.label_map.255"].stages == ("prep",)
+    assert len(inventory.base) == len(inventory.bad) > len(found)
+
+
+def test_a_value_against_a_mapping_is_one_unit_at_the_shorter_key(tmp_path: Path) -> None:
+    found = units_of(
+        tmp_path, {"prep": {"aug": True}, "train": {}}, {"prep": {"aug": {"flip": True, "crop": 0.5}}, "train": {}}
+    )
+    assert found == {"prep.aug": (True, {"flip": True, "crop": 0.5})}
+
+
+def test_an_empty_mapping_has_no_leaf_of_its_own(tmp_path: Path) -> None:
+    found = units_of(tmp_path, {"prep": {"aug": {}}, "train": {}}, {"prep": {"aug": {"flip": True}}, "train": {}})
+    assert found == {"prep.aug.flip": (ABSENT, True)}
+
+
+def test_files_and_stage_definitions_are_leaves_too(tmp_path: Path) -> None:
+    good = snapshot(tmp_path / "good", {"prep": {}, "train": {}}, {"prep.py": "x = 1\n"})
+    bad = snapshot(tmp_path / "bad", {"prep": {}, "train": {}}, {"prep.py": "x = 2\n"})
+    bad.dvcyaml["stages"]["train"]["cmd"] = "python train.py --fast"
+    units = {u.name: u for u in diff(good, bad).units}
+    assert sorted(units) == ["dvc.yaml stages.train", "prep.py"]
+    assert units["prep.py"].summary == "+1 -1 lines" and units["dvc.yaml stages.train"].kind == UnitKind.STAGE
+
+
+def test_metrics_file_is_the_one_whose_keys_the_predicate_names() -> None:
+    predicate = Predicate("foreground_fraction <= all_zero_threshold")
+    files = ["dvclive/metrics.json", METRICS]
+    found = {"dvclive/metrics.json": {"loss": 0.1}, METRICS: {"foreground_fraction": 0, "all_zero_threshold": 0.01}}
+    assert metrics.choose(files, predicate, found) == METRICS
+    assert metrics.choose(files, predicate, {METRICS: found[METRICS]}) is None, "undecided until every file is read"
+    with pytest.raises(
+        UsageError, match=r"none of the metrics files hold \(dvclive/metrics\.json, eval/metrics\.json\)"
+    ):
+        metrics.choose(files, Predicate("accuracy < 0.5"), found)
+    assert metrics.choose(files, None, {}) == METRICS, "a --run check shows the last file as evidence"
+    assert metrics.choose([], None, {}) is None
+    with pytest.raises(UsageError, match="no metrics file"):
+        metrics.choose([], predicate, {})
+
+
+def attempt(**metrics_by_file: dict[str, Any]) -> Attempt:
+    return Attempt(status=AttemptStatus.OK, executed=("train",), metrics=dict(metrics_by_file), seconds=1.5)
+
+
+def test_judge_reads_its_metrics_file_and_says_why_it_cannot() -> None:
+    judge = Judge(Predicate("fg == 0"), None, "m.json")
+    assert judge.one(attempt(**{"m.json": {"fg": 0}})) == (Outcome.BAD, "fg == 0 holds")
+    assert judge.one(attempt(**{"m.json": {"fg": 0.2}}))[0] == Outcome.GOOD
+    assert judge.one(attempt())[0] == Outcome.SKIP
+    crashed = Attempt(status=AttemptStatus.CRASH, reason="stage 'train' failed (exit 2): error: x")
+    assert judge.one(crashed) == (Outcome.SKIP, "stage 'train' failed (exit 2): error: x")
+    noisy = judge.all([attempt(**{"m.json": {"fg": 0}}), attempt(**{"m.json": {"fg": 0.3}})])
+    assert noisy[0] == Outcome.SKIP and "repeats disagree (1 bad, 1 good)" in noisy[1]
+
+
+def test_a_hybrid_survives_the_journal_round_trip(tmp_path: Path) -> None:
+    hybrid = Hybrid(
+        id="h01",
+        label="GOOD",
+        fingerprint="f" * 64,
+        from_bad=(),
+        sides={"train": "same"},
+        attempts=(attempt(**{"m.json": {"fg": 0.1}}),),
+        check=None,
+        outcome=Outcome.GOOD,
+        note="ok",
+    )
+    journal = Journal(tmp_path / "s", {"session": "s"})
+    journal.append(hybrid.to_record())
+    record = known_hybrids(tmp_path)["f" * 64]
+    assert tuple(Attempt.from_record(a) for a in record["attempts"]) == hybrid.attempts
+    assert hybrid.row("m.json")["metrics"] == {"fg": 0.1} and hybrid.row(None)["metrics"] == {}
+    assert json.loads(journal.path.read_text().splitlines()[0])["schema"] == SCHEMA
+
+
+def test_a_journal_of_another_schema_is_set_aside_not_misread(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    old = [{"type": "session", "session": "s"}, {"type": "hybrid", "fingerprint": "a", "attempts": [{"status": "ok"}]}]
+    (folder / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert known_hybrids(tmp_path) == {}
+    journal = Journal(folder, {"session": "s"})
+    assert journal.set_aside == folder / "journal.schema1.jsonl" and journal.set_aside.is_file()
+    assert journal.records("hybrid") == [] and journal.records("session")[0]["schema"] == SCHEMA
+
+
+def test_verdict_messages() -> None:
+    culprit = Verdict(kind=VerdictKind.CULPRIT, stage="train", units=("param:a",), sufficient=True, necessary=True)
+    assert culprit.names_a_change and culprit.message() == (
+        "stage 'train' is sufficient and necessary; minimal change: 1 unit(s)"
+    )
+    ambiguous = Verdict(kind=VerdictKind.AMBIGUOUS, candidates=("prep", "train"))
+    assert not ambiguous.names_a_change and ambiguous.message().endswith("among: prep, train")
