@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
 from pipeline.params import load_section
 from pipeline.processed import SPEC_FILE, load_spec, load_split
-from pipeline.tracking import stage_run
+from pipeline.tracking import log_artifact, log_artifacts, log_metrics, set_tags, stage_run
 from pipeline.train_meta import FILE as META_NAME
 from pipeline.train_meta import TrainMeta
 
@@ -394,20 +394,18 @@ def main() -> None:
         atomic_dir(FIGURES_DIR) as fig_dir,
         stage_run("evaluate", params, eval_dir / "evaluate_run.json"),
     ):
-        import mlflow
-
         write_json(eval_dir / "diagnostics.json", record)
         write_figures(fig_dir, pred, split, names, spec["ignore_index"], params.n_overlays)
-        mlflow.log_metrics(flat_metrics(scores))
-        mlflow.set_tags(
+        log_metrics(flat_metrics(scores))
+        set_tags(
             {
                 "diagnosis": record["category"],
                 "diagnosis.cause": record["cause"],
                 "model_sha256": meta.model_sha256 or "unknown",
             }
         )
-        mlflow.log_artifact(str(eval_dir / "diagnostics.json"), "evaluate")
-        mlflow.log_artifacts(str(fig_dir), "figures")
+        log_artifact(str(eval_dir / "diagnostics.json"), "evaluate")
+        log_artifacts(str(fig_dir), "figures")
         write_json(METRICS_FILE, scores)
 
 

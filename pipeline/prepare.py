@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
 from pipeline.params import ClassesParams, load_section
 from pipeline.processed import SPLITS
-from pipeline.tracking import stage_run
+from pipeline.tracking import log_artifact, log_metric, stage_run
 
 OUT_DIR = Path("data/prepared")
 SUMMARY_FILE = Path("reports/prepare_summary.json")
@@ -152,19 +152,17 @@ def main() -> None:
         },
     }
     with atomic_dir(OUT_DIR) as out, stage_run("prepare", params, out / "prepare_run.json"):
-        import mlflow
-
         for name, stems in splits.items():
             (out / name / "images").mkdir(parents=True)
             (out / name / "masks").mkdir(parents=True)
             for stem in stems:
                 Image.fromarray(by_stem[stem].image, mode="RGB").save(out / name / "images" / f"{stem}.png")
                 Image.fromarray(by_stem[stem].mask, mode="L").save(out / name / "masks" / f"{stem}.png")
-            mlflow.log_metric(f"{name}_images", len(stems))
+            log_metric(f"{name}_images", len(stems))
             for cls, freq in summary["splits"][name]["class_pixel_frequency"].items():
-                mlflow.log_metric(f"{name}_freq_{cls}", freq)
+                log_metric(f"{name}_freq_{cls}", freq)
         write_json(SUMMARY_FILE, summary)
-        mlflow.log_artifact(str(SUMMARY_FILE))
+        log_artifact(str(SUMMARY_FILE))
     print(f"prepare: {len(pairs)} pairs -> " + ", ".join(f"{n} {len(s)}" for n, s in splits.items()))
 
 

@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
 from pipeline.params import ClassesParams, load_section
 from pipeline.processed import SPEC_FILE, SPLITS, save_split
-from pipeline.tracking import stage_run
+from pipeline.tracking import log_dict, stage_run
 
 IN_DIR = Path("data/prepared")
 OUT_DIR = Path("data/processed")
@@ -78,12 +78,10 @@ def main() -> None:
         "mask_interpolation": "nearest",
     }
     with atomic_dir(OUT_DIR) as out, stage_run("preprocess", params, out / "preprocess_run.json"):
-        import mlflow
-
         for name, (images, masks, stems) in splits.items():
             save_split(out, name, images, masks, stems)
         write_json(out / SPEC_FILE, spec)
-        mlflow.log_dict(spec, SPEC_FILE)
+        log_dict(spec, SPEC_FILE)
     print(f"preprocess: {params.image_size}px, normalization {params.normalization} -> {OUT_DIR}")
 
 

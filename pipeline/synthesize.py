@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from pipeline.errors import run_stage
 from pipeline.io import atomic_dir
 from pipeline.params import load_section
-from pipeline.tracking import stage_run
+from pipeline.tracking import log_metric, stage_run
 
 OUT_DIR = Path("data/synthetic")
 
@@ -87,8 +87,6 @@ def main() -> None:
     params = load_section("synthesize", SynthesizeParams)
     background, foreground = params.mask_values
     with atomic_dir(OUT_DIR) as out, stage_run("synthesize", params, out / "synthesize_run.json"):
-        import mlflow
-
         (out / "images").mkdir()
         (out / "masks").mkdir()
         fg_pixels = 0
@@ -101,7 +99,7 @@ def main() -> None:
             )
             fg_pixels += int(fg.sum())
         share = fg_pixels / (params.n_images * params.image_size**2)
-        mlflow.log_metric("foreground_share", share)
+        log_metric("foreground_share", share)
         print(f"synthesize: wrote {params.n_images} image/mask pairs to {OUT_DIR} (foreground share {share:.3f})")
 
 

@@ -1,14 +1,35 @@
-"""MLflow logging shared by all stages: one run per stage execution, tagged so a configuration's runs group."""
+"""MLflow logging shared by all stages: one run per stage execution, tagged so a configuration's runs group.
+
+Tracking never decides whether a stage succeeds:
+
+- `SEGBISECT_TRACKING=off` in the environment runs a stage untracked: MLflow is not imported at all;
+- otherwise the store is probed first, with short timeouts; a store that cannot be used (unreachable server,
+  5xx answers, a read-only or locked SQLite file) costs one warning line and the stage runs untracked;
+- MLflow failing in the middle of a run (after the probe passed) is an environment fault: exit 75
+  (`pipeline.errors.EXIT_ENVIRONMENT`), one line naming the store.
+
+Stages log through the functions here (`log_metrics`, `log_artifact`, ...), which do nothing when untracked.
+"""
 
 from __future__ import annotations
 
+import http.client
 import os
+import sqlite3
+import ssl
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import EnvironmentFault, environment_fault
 from pipeline.io import write_json
 from pipeline.numerics import numeric_environment
 from pipeline.params import PARAMS_FILE, as_flat_dict, config_hash
@@ -17,6 +38,39 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "wise-deeplabv3plus"
 # Tags a caller such as segbisect passes in through the environment, so its hybrids' stage runs can be found.
 ENV_TAGS = {"SEGBISECT_SESSION": "segbisect.session", "SEGBISECT_HYBRID": "segbisect.hybrid"}
+# `SEGBISECT_TRACKING=off`: run the stage without MLflow (segbisect sets it for its hybrids when it does not track).
+TRACKING_SWITCH = "SEGBISECT_TRACKING"
+# MLflow's own settings for its HTTP client, bounded unless the user set them: 120 s timeouts and 7 retries with
+# exponential backoff would stall a stage for minutes on a dead server.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+PROBE_TIMEOUT_S = 3.0
+SQLITE_LOCK_TIMEOUT_S = 5.0  # what sqlite3 (and so MLflow) waits for a lock by default
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """The stage's MLflow run, or an untracked execution (`run_id` None): what `stage_run` yields."""
+
+    stage: str
+    run_id: str | None = None
+    experiment_id: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def tracked(self) -> bool:
+        return self.run_id is not None
+
+
+_current: StageRun | None = None
+
+
+def tracking_enabled() -> bool:
+    """False when `SEGBISECT_TRACKING=off` asks for untracked stages."""
+    return os.environ.get(TRACKING_SWITCH, "").strip().lower() != "off"
 
 
 def git_commit() -> str:
@@ -32,36 +86,209 @@ def git_commit() -> str:
 
 
 @contextmanager
-def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[Any]:
+def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[StageRun]:
     """Start an MLflow run for `stage`, log its params, and record the run id in `run_file` (a DVC out).
 
     The run id file lets a result restored from DVC's cache still point at the run that produced it; it also
     holds the numeric environment (CPU, oneDNN ISA, versions), tagged `numerics.*` on the run as well, since
-    results differ in the last bits from one CPU to another.
+    results differ in the last bits from one CPU to another. Untracked (see the module docstring), the file is
+    written all the same, with `run_id` and `experiment_id` null.
     """
-    import mlflow
-
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    mlflow.set_tracking_uri(tracking_uri)
-    ensure_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT), tracking_uri)
+    global _current
     chash = config_hash(PARAMS_FILE)
     numerics = numeric_environment()
-    tags = {"stage": stage, "config_hash": chash, "git_commit": git_commit()}
-    tags.update({f"numerics.{key}": _tag_value(value) for key, value in numerics.items()})
-    tags.update({tag: os.environ[var] for var, tag in ENV_TAGS.items() if os.environ.get(var)})
-    with mlflow.start_run(run_name=f"{stage} {chash[:8]}", tags=tags) as run:
-        mlflow.log_params({k: _param_value(v) for k, v in as_flat_dict(params).items()})
-        write_json(
-            run_file,
-            {
-                "run_id": run.info.run_id,
-                "experiment_id": run.info.experiment_id,
-                "stage": stage,
-                "config_hash": chash,
-                "numerics": numerics,
-            },
-        )
+    record = {"stage": stage, "config_hash": chash, "numerics": numerics}
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    untracked = not tracking_enabled()
+    if not untracked:
+        problem = probe_store(tracking_uri)
+        if problem is not None:
+            print(
+                f"warning: MLflow store {tracking_uri} unusable ({problem}): this stage runs untracked",
+                file=sys.stderr,
+                flush=True,
+            )
+            untracked = True
+    if untracked:
+        write_json(run_file, {"run_id": None, "experiment_id": None, **record})
+        _current = StageRun(stage)
+        try:
+            yield _current
+        finally:
+            _current = None
+        return
+
+    with _store_faults(tracking_uri):
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        ensure_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT), tracking_uri)
+        tags = {"stage": stage, "config_hash": chash, "git_commit": git_commit()}
+        tags.update({f"numerics.{key}": _tag_value(value) for key, value in numerics.items()})
+        tags.update({tag: os.environ[var] for var, tag in ENV_TAGS.items() if os.environ.get(var)})
+        active = mlflow.start_run(run_name=f"{stage} {chash[:8]}", tags=tags)
+    try:
+        with _store_faults(tracking_uri):
+            mlflow.log_params({k: _param_value(v) for k, v in as_flat_dict(params).items()})
+        run = StageRun(stage, active.info.run_id, active.info.experiment_id, tracking_uri)
+        write_json(run_file, {"run_id": run.run_id, "experiment_id": run.experiment_id, **record})
+        _current = run
         yield run
+    except BaseException as exc:
+        _current = None
+        # The stage failed already: mark the run FAILED if the store lets us, and report the stage's own error.
+        with suppress(Exception):
+            active.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    _current = None
+    with _store_faults(tracking_uri):
+        active.__exit__(None, None, None)
+
+
+def current() -> StageRun | None:
+    """The stage run in progress in this process, tracked or not; None outside `stage_run`."""
+    return _current
+
+
+def log_metric(key: str, value: float, step: int | None = None) -> None:
+    _log(lambda mlflow: mlflow.log_metric(key, value, step=step))
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    _log(lambda mlflow: mlflow.log_metrics(metrics, step=step))
+
+
+def set_tag(key: str, value: Any) -> None:
+    _log(lambda mlflow: mlflow.set_tag(key, value))
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    _log(lambda mlflow: mlflow.set_tags(tags))
+
+
+def log_dict(dictionary: dict[str, Any], artifact_file: str) -> None:
+    _log(lambda mlflow: mlflow.log_dict(dictionary, artifact_file))
+
+
+def log_artifact(local_path: str, artifact_path: str | None = None) -> None:
+    _log(lambda mlflow: mlflow.log_artifact(local_path, artifact_path))
+
+
+def log_artifacts(local_dir: str, artifact_path: str | None = None) -> None:
+    _log(lambda mlflow: mlflow.log_artifacts(local_dir, artifact_path))
+
+
+def log_keras_model(model: Any, name: str, signature: Callable[[Any], Any], pip_requirements: list[str]) -> None:
+    """The model in MLflow's Keras flavor; `signature(model)` is only computed when the run is tracked."""
+
+    def call(mlflow: Any) -> None:
+        import mlflow.keras
+
+        mlflow.keras.log_model(model, name=name, signature=signature(model), pip_requirements=pip_requirements)
+
+    _log(call)
+
+
+def _log(call: Callable[[Any], Any]) -> None:
+    """Run `call(mlflow)` against the tracked stage run; nothing when untracked or outside a stage run."""
+    run = _current
+    if run is None or not run.tracked:
+        return
+    with _store_faults(run.tracking_uri or DEFAULT_TRACKING_URI):
+        import mlflow
+
+        call(mlflow)
+
+
+@contextmanager
+def _store_faults(tracking_uri: str) -> Iterator[None]:
+    """MLflow calls: an environment fault under them becomes an EnvironmentFault naming the store (exit 75)."""
+    try:
+        yield
+    except EnvironmentFault:
+        raise
+    except Exception as exc:
+        fault = environment_fault(exc)
+        if fault is None:
+            raise
+        where, problem = fault
+        if where not in ("MLflow store", "database", "network"):  # a file of the store, say: keep its name
+            problem = f"{where}: {problem}"
+        raise EnvironmentFault(f"MLflow store {tracking_uri}", problem) from exc
+
+
+def probe_store(tracking_uri: str) -> str | None:
+    """Why the tracking store cannot be used, found within seconds; None when it looks usable.
+
+    `http(s)://`: MLflow's HTTP waits are bounded (unless set), and `<uri>/health` must answer within
+    PROBE_TIMEOUT_S without a 5xx status. `sqlite:///`: the database (or, if new, its folder) must take a write.
+    Other stores are not probed (their failures during the run are environment faults).
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        return _probe_http(tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+        return None if path in ("", ":memory:") else _probe_sqlite(Path(path))
+    return None
+
+
+def _probe_http(tracking_uri: str) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(tracking_uri)
+    except ValueError:
+        return None  # a URI this probe cannot read: MLflow's own calls decide
+    netloc = parts.netloc.rpartition("@")[2]  # credentials in the URI: /health needs none
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+            response.read(1024)
+    except urllib.error.HTTPError as exc:
+        # A 4xx (a proxy without /health, authentication) still shows a live server: MLflow's calls decide.
+        return f"HTTP {exc.code} from {url}" if exc.code >= 500 else None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, ssl.SSLError):
+            return None  # the server answers; its certificate is MLflow's business (MLFLOW_TRACKING_INSECURE_TLS, ...)
+        return f"no answer from {url}: {reason.strerror if isinstance(reason, OSError) and reason.strerror else reason}"
+    except TimeoutError:
+        return f"no answer from {url} within {PROBE_TIMEOUT_S:g} s"
+    except OSError as exc:
+        return f"no answer from {url}: {exc.strerror or exc}"
+    except http.client.HTTPException as exc:
+        return f"no HTTP answer from {url} ({type(exc).__name__})"
+    except ValueError:
+        return None  # a URI this probe cannot use (a bad port, say): MLflow's own calls decide
+    return None
+
+
+def _probe_sqlite(path: Path) -> str | None:
+    """Write to the database inside a transaction that is rolled back: a read-only file or folder, a lock held
+    too long or a file that is no database all show up here, as they would in MLflow's first write."""
+    if not path.exists():
+        return _probe_folder(path.parent)
+    try:
+        with closing(sqlite3.connect(path, timeout=SQLITE_LOCK_TIMEOUT_S, isolation_level=None)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("CREATE TABLE segbisect_write_probe (x INTEGER)")
+            db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None
+
+
+def _probe_folder(folder: Path) -> str | None:
+    """Whether a new database file can be created in `folder`."""
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".mlflow-write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        return f"{exc.filename or folder}: {exc.strerror or exc}"
+    return None
 
 
 def ensure_experiment(name: str, tracking_uri: str) -> None:

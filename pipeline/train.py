@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, atomic_file, write_json
 from pipeline.params import load_section
 from pipeline.processed import load_spec, load_split
-from pipeline.tracking import stage_run
+from pipeline.tracking import log_artifact, log_keras_model, log_metrics, set_tag, stage_run
 from pipeline.train_meta import FILE as META_FILE
 from pipeline.train_meta import TrainMeta
 
@@ -174,16 +174,13 @@ def build_model(
 def fit(model: Any, train_ds: Any, val_ds: Any, params: TrainParams) -> dict[str, list[float]]:
     """Fit with early stopping on val mean IoU (best weights restored) and NaN termination; per-epoch MLflow metrics."""
     import keras
-    import mlflow
 
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.EarlyStopping(
             monitor=MONITOR, mode="max", patience=params.early_stopping_patience, restore_best_weights=True, verbose=1
         ),
-        keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: mlflow.log_metrics(_floats(logs), step=epoch + 1)
-        ),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log_metrics(_floats(logs), step=epoch + 1)),
     ]
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=params.epochs, callbacks=callbacks, shuffle=False, verbose=2
@@ -281,14 +278,11 @@ def train_meta(
 
 
 def log_results(model: Any, metrics: dict[str, Any], digest: str) -> None:
-    """Final metrics, the history CSV, the model file's hash and the model itself (Keras flavor) to the active run."""
-    import mlflow
-    import mlflow.keras
-
-    mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-    mlflow.log_artifact(str(HISTORY_FILE))
-    mlflow.set_tag("model_sha256", digest)
-    mlflow.keras.log_model(model, name="model", signature=signature(model), pip_requirements=pip_requirements())
+    """Final metrics, the history CSV, the model file's hash and the model itself (Keras flavor) to the stage's run."""
+    log_metrics({key: float(value) for key, value in metrics.items()})
+    log_artifact(str(HISTORY_FILE))
+    set_tag("model_sha256", digest)
+    log_keras_model(model, name="model", signature=signature, pip_requirements=pip_requirements())
 
 
 def load_data(folder: Path) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

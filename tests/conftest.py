@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,12 +19,24 @@ import yaml
 
 from pipeline.scratch import TINY_PARAMS, git, make_repo
 from segbisect.refs import deep_merge
+from segbisect_toy import make_toy_repo
 
 
 @pytest.fixture(autouse=True, scope="session")
 def venv_on_path() -> None:
     """dvc.yaml runs `python -m ...`: make that the interpreter running the tests, activated or not."""
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture(scope="session")
+def toy_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_toy_repo(tmp_path_factory.mktemp("template") / "toy")
+
+
+@pytest.fixture
+def toy(toy_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the reproduced toy repository (git history, dvc.lock and DVC cache included)."""
+    return Path(shutil.copytree(toy_template, tmp_path / "toy", symlinks=True))
 
 
 @pytest.fixture(autouse=True)

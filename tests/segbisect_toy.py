@@ -8,11 +8,13 @@ one or more per stage:
 - evaluate.postprocess: threshold together with evaluate.threshold >= 0.99 (two units in one stage)
 - preprocess.scale: 0.5 together with evaluate.margin: 0.3 (an interaction across stages)
 - train crashes when prepare.n > train.max_n (an untestable hybrid: BAD's data with GOOD's train)
+Faults of the environment (killed, hung, full disk) are injected through TOY_FAULT (see `fault` in common.py).
 Harmless changes: prepare.n up to 45, train.epochs, comments in stage scripts.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +32,44 @@ PARAMS: dict[str, Any] = {
 COMMON = '''"""Helpers shared by the toy stages."""
 import json
 import os
+import signal
+import sys
+import time
 
 import yaml
 
 
 def params(section):
+    fault(section)
     with open("params.yaml") as f:
         return yaml.safe_load(f)[section]
+
+
+def fault(stage):
+    """A fault of the environment, as tests inject it: TOY_FAULT=<stage>:<kind>[:<file>] (with a file, only
+    while the file does not exist yet: the fault happens once). Like the real pipeline, the toy reports a
+    fault of its environment with exit status 75.
+    """
+    spec = os.environ.get("TOY_FAULT", "").split(":")
+    if spec[0] != stage:
+        return
+    if len(spec) > 2:
+        if os.path.exists(spec[2]):
+            return
+        open(spec[2], "w").close()
+    if spec[1] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if spec[1] == "hang":
+        time.sleep(600)
+    target = "/dev/full" if spec[1] == "full" else "filler.bin"
+    try:
+        with open(target, "wb") as out:
+            for _ in range(64):
+                out.write(bytes(1 << 20))
+                out.flush()
+    except OSError as exc:
+        print(f"error: {target}: {exc.strerror}", file=sys.stderr)
+        sys.exit(75)
 
 
 def read(path):
@@ -134,6 +167,23 @@ PYPROJECT = """[tool.segbisect]
 fail-if = "foreground_fraction == 0"
 diagnostics = "eval/diagnostics.json"
 """
+
+
+def bisect(repo: Path, *args: str, mlflow: bool = False) -> tuple[int, dict[str, Any], str]:
+    """Run `segbisect ... --json` in-process; returns exit code, the JSON verdict and the human output."""
+    from typer.testing import CliRunner
+
+    from segbisect.cli import app
+
+    extra = [] if mlflow else ["--no-mlflow"]
+    result = CliRunner().invoke(app, [*args, "--repo", str(repo), "--json", *extra])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, json.loads(result.stdout), result.stderr
+
+
+def unit_names(report: dict[str, Any]) -> list[str]:
+    return sorted(u["name"] for u in report["culprit"]["units"])
 
 
 def sh(repo: Path, *args: str) -> str:

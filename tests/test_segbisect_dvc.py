@@ -85,7 +85,7 @@ def test_failure_reason_names_the_stage_and_its_own_last_words(tmp_path: Path) -
     set_n(repo, -1)
     crashed = repro(repo, log)
     assert crashed.status == AttemptStatus.CRASH and crashed.executed == ("make", "score")
-    assert crashed.reason == "stage 'score' failed (exit 255): error: data.txt: negative count"
+    assert crashed.reason == "stage 'score' failed (exit 2): error: data.txt: negative count"
 
 
 def test_a_dvc_error_outside_any_command_still_has_a_reason(tmp_path: Path) -> None:

@@ -103,7 +103,9 @@ def test_judge_reads_its_metrics_file_and_says_why_it_cannot() -> None:
     crashed = Attempt(status=AttemptStatus.CRASH, reason="stage 'train' failed (exit 2): error: x")
     assert judge.one(crashed) == (Outcome.SKIP, "stage 'train' failed (exit 2): error: x")
     noisy = judge.all([attempt(**{"m.json": {"fg": 0}}), attempt(**{"m.json": {"fg": 0.3}})])
-    assert noisy[0] == Outcome.SKIP and "repeats disagree (1 bad, 1 good)" in noisy[1]
+    assert noisy[0] == Outcome.FLAKY and "repeats disagree (bad, good)" in noisy[1]
+    failed = Attempt(status=AttemptStatus.ERROR, reason="stage 'train' failed (killed by signal 9)")
+    assert judge.all([attempt(**{"m.json": {"fg": 0}}), failed]) == (Outcome.ERROR, failed.reason)
 
 
 def test_a_hybrid_survives_the_journal_round_trip(tmp_path: Path) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from segbisect.report import Culprit, Report
-from segbisect.tracking import Tracker, store_ready
+from segbisect.tracking import Tracker, store_ready, unusable
 from segbisect.verdict import VerdictKind
 
 SUMMARY = Report(
@@ -110,3 +112,16 @@ def test_an_unusable_store_warns_once_and_the_bisection_goes_on(tmp_path: Path) 
     tracker.finish(SUMMARY)
     assert not opened
     assert len(warnings) == 1 and "MLflow logging failed for the session" in warnings[0]
+
+
+def test_a_store_is_probed_in_seconds_before_anything_runs(tmp_path: Path) -> None:
+    assert unusable(f"sqlite:///{tmp_path / 'new.db'}") is None, "a new store in a writable folder is fine"
+    assert unusable(f"sqlite:///{tmp_path / 'missing' / 'm.db'}") == f"{tmp_path / 'missing'} does not exist"
+    MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()
+    assert unusable(f"sqlite:///{tmp_path / 'm.db'}") is None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    start = time.monotonic()
+    reason = unusable(closed)
+    assert reason is not None and reason.startswith("unreachable") and time.monotonic() - start < 5

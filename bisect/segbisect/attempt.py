@@ -10,10 +10,14 @@ from segbisect import machine
 
 
 class AttemptStatus(StrEnum):
-    """OK: `dvc repro` succeeded (the metrics may still be missing); CRASH: it did not."""
+    """OK: `dvc repro` succeeded (the metrics may still be missing); CRASH: a stage failed through its own code
+    (untestable, like `git bisect`'s skip); ERROR: the environment failed (a signal, a stage's exit 75, a full
+    disk, the time limit), which says nothing about the configuration.
+    """
 
     OK = "ok"
     CRASH = "crash"
+    ERROR = "error"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from segbisect.tracking import DEFAULT_EXPERIMENT
 EPILOG = """\b
 Exit codes:
   0    culprit found (a stage, or a minimal interaction of units)
-  1    no culprit: untestable hybrids leave the answer ambiguous
+  1    no culprit: untestable hybrids leave the answer ambiguous; or cannot
+       decide: the environment failed a hybrid (after --retries), or its
+       --repeat runs disagreed (verdict flaky)
   2    usage error: unknown/ambiguous reference, bad --fail-if, no differences
   3    precondition failed: GOOD does not pass or BAD does not fail
   4    aborted by a --run check (exit code outside 0..127)
@@ -40,11 +43,24 @@ Project settings: the repository's pyproject.toml may hold
 Without fail-if there, --fail-if or --run is required.
 
 \b
+Outcomes: a hybrid passes (good), fails (bad), is untestable (skip: a
+stage failed through its own code, e.g. exit 2 with an `error:` line or an
+exception in the project's code; missing metrics; a check's 125) or meets
+an environment error: a stage killed by a signal or exiting 75 (EX_TEMPFAIL,
+the documented status for a fault of its environment), a full or read-only
+disk, a lost DVC lock, a hybrid past --timeout. Errors are retried and never
+journaled, so a later run after a fix runs them again; they never count as
+evidence.
+
+
 Environment of the stages: every `dvc repro` of a hybrid gets
 SEGBISECT_SESSION (the session id, the results folder's name) and
 SEGBISECT_HYBRID (h01, h02, ...), so stages may tag what they log;
-MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME name the bisection's store
-(--no-mlflow removes MLFLOW_TRACKING_URI instead).
+MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME name the bisection's store.
+With --no-mlflow, or when the store fails a probe at start (a few seconds),
+MLFLOW_TRACKING_URI is removed and SEGBISECT_TRACKING=off tells stages to
+run untracked. MLFLOW_HTTP_REQUEST_TIMEOUT=10 and
+MLFLOW_HTTP_REQUEST_MAX_RETRIES=1 bound MLflow's waits unless already set.
 
 \b
 Resuming: every finished hybrid is appended to <results>/<session>/journal.jsonl
@@ -89,12 +105,28 @@ def main(
         "shows the last one's metrics as evidence).",
     ),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Hybrids run in parallel (one worktree each)."),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        metavar="SECONDS",
+        min=1,
+        help="Time limit of one attempt of a hybrid (all its stages and the check); past it the attempt's processes "
+        "are ended and it is an environment error. Default: none.",
+    ),
+    retries: int = typer.Option(
+        1,
+        "--retries",
+        min=0,
+        help="Attempts again a hybrid the environment failed (killed stage, exit 75, full disk, --timeout); still "
+        "failing, the bisection stops undecided (exit 1), its other finished hybrids kept for resuming.",
+    ),
     repeat: int = typer.Option(
         1,
         "--repeat",
         min=1,
-        help="Evaluate each hybrid N times, re-running (forced) the stages that executed; disagreeing repeats "
-        "make the hybrid untestable instead of trusting a noisy predicate.",
+        help="Evaluate each hybrid N times, re-running (forced) the stages that executed and the check every time, "
+        "restored stages or not; outcomes that disagree end the bisection with verdict flaky (exit 1), naming "
+        "the configuration, instead of trusting a noisy check.",
     ),
     repo: Path = typer.Option(Path("."), "--repo", help="The DVC project (a git repository)."),
     results: Path | None = typer.Option(
@@ -130,21 +162,9 @@ def main(
     """
     console = Console(stderr=True) if as_json else Console()
     signal.signal(signal.SIGTERM, _interrupt)
-    opts = Options(
-        good=good,
-        bad=bad,
-        repo=repo,
-        fail_if=fail_if,
-        run=run,
-        metrics=metrics,
-        jobs=jobs,
-        repeat=repeat,
-        keep_workspaces=keep_workspaces,
-        mlflow=mlflow,
-        fresh=not resume,
-        results=results,
-        experiment=experiment,
-    )
+    opts = Options(good=good, bad=bad, repo=repo, fail_if=fail_if, run=run, metrics=metrics, experiment=experiment)
+    opts = replace(opts, jobs=jobs, repeat=repeat, retries=retries, timeout=timeout, results=results)
+    opts = replace(opts, keep_workspaces=keep_workspaces, mlflow=mlflow, fresh=not resume)
     try:
         code, result = bisect(opts, console)
     except SegbisectError as exc:

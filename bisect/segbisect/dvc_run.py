@@ -9,22 +9,37 @@ installed DVC.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RAN = "Running stage '%s':"
 RESTORED = ("Stage '%s' is cached - skipping run, checking out outputs", "Stage '%s' didn't change, skipping")
+# How DVC's StageCmdFailedError states the command's exit status (it keeps no attribute for it).
+EXITED = re.compile(r", exited with (-?\d+)$")
+# Failures of the machine rather than of the project: full or read-only disks, exhausted memory, dead networks.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "input/output error",
+    errno.ENOMEM: "out of memory",
+    errno.EMFILE: "too many open files",
+    errno.ENFILE: "too many open files",
+}
 
 
 @dataclass
 class Events:
     """What one DVC command did: stages in order, DVC's error messages (outermost first) and its exit status.
 
-    `command_failed` when the error is a stage's command exiting non-zero rather than DVC failing around it.
+    `command_status` is the exit status of a stage's command that failed (None when DVC failed around it);
+    `environment` names a fault of the machine (full disk, lost lock, no memory) that DVC itself ran into.
     `output_from`/`output_to` are byte offsets in the log (stdout) around the last executed stage's own output.
     """
 
@@ -33,7 +48,8 @@ class Events:
     errors: list[str] = field(default_factory=list)
     output_from: int = 0
     output_to: int | None = None
-    command_failed: bool = False
+    command_status: int | None = None
+    environment: str = ""
     rc: int = 0
 
     @classmethod
@@ -61,7 +77,7 @@ class _Listener(logging.Handler):
             if self.events.output_to is None:
                 self.events.output_to = _offset()
             self.events.errors.extend(_messages(record))
-            self.events.command_failed |= _command_failed(record)
+            _classify(record, self.events)
 
 
 def _offset() -> int:
@@ -84,16 +100,22 @@ def _messages(record: logging.LogRecord) -> list[str]:
     return [m for m in dict.fromkeys(found) if m.strip()]
 
 
-def _command_failed(record: logging.LogRecord) -> bool:
-    """Whether a stage's own command exited non-zero (then its last words say why), not DVC around it."""
+def _classify(record: logging.LogRecord, events: Events) -> None:
+    """Note a stage command's exit status, or a fault of the environment, among the exceptions DVC logged."""
+    from dvc.lock import LockError
     from dvc.stage.exceptions import StageCmdFailedError
 
     exc = record.exc_info[1] if record.exc_info else None
     while exc is not None:
-        if isinstance(exc, StageCmdFailedError):
-            return True
+        if isinstance(exc, StageCmdFailedError) and (found := EXITED.search(str(exc))):
+            events.command_status = int(found.group(1))
+        elif isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            events.environment = events.environment or ENVIRONMENT_ERRNOS[exc.errno]
+        elif isinstance(exc, MemoryError):
+            events.environment = events.environment or "out of memory"
+        elif isinstance(exc, LockError):
+            events.environment = events.environment or "DVC lock held by another process"
         exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def main(argv: list[str]) -> int:

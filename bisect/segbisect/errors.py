@@ -26,6 +26,16 @@ class PreconditionError(SegbisectError):
     exit_code = EXIT_PRECONDITION
 
 
+class UndecidableError(SegbisectError):
+    """The environment failed a hybrid even after retries, or its repeats disagreed: no verdict can be trusted."""
+
+    exit_code = EXIT_NO_CULPRIT
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class AbortError(SegbisectError):
     """A `--run` check asked to abort (exit code outside 0..127)."""
 

@@ -1,6 +1,8 @@
 """Evaluate hybrid configurations: fingerprint, reuse earlier results, hand the rest to an executor.
 
-This is the `evaluate` callback the search calls; it owns the journal, the judging and the live progress.
+This is the `evaluate` callback the search calls; it owns the journal, the judging and the live progress. A
+hybrid the environment failed is never journaled (a later session runs it again) and, like disagreeing
+repeats, stops the bisection undecided rather than letting the search build on it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from segbisect.attempt import Attempt
+from segbisect.errors import UndecidableError
 from segbisect.executor import Executor, Job
 from segbisect.hybrid import Hybrid
 from segbisect.journal import Journal
@@ -29,6 +32,7 @@ class Plan:
     stages: list[str]
     known: dict[str, dict[str, Any]]
     repeat: int
+    retries: int = 1
 
 
 class Evaluator:
@@ -63,11 +67,22 @@ class Evaluator:
             else:
                 pending.append(draft)
         self._run_all(pending)
+        self._stop_if_undecidable([self.get(config) for config, _ in batch])
         return [self.get(config).outcome for config, _ in batch]
 
     def get(self, config: Config) -> Hybrid:
         """The evaluated hybrid of `config`."""
         return self._memo[self.plan.inventory.fingerprint(config)]
+
+    def _stop_if_undecidable(self, hybrids: list[Hybrid]) -> None:
+        """An environment failure (after retries) or disagreeing repeats make any verdict untrustworthy."""
+        for outcome, kind, what in (
+            (Outcome.ERROR, "cannot-decide", "the environment failed"),
+            (Outcome.FLAKY, "flaky", "the same configuration gave different outcomes"),
+        ):
+            hit = next((h for h in hybrids if h.outcome == outcome), None)
+            if hit:
+                raise UndecidableError(kind, f"{what} for {hit.id} ({hit.label}): {hit.note}")
 
     def rejudge(self, config: Config) -> Hybrid:
         """Judge `config`'s attempts again (once the judge knows its metrics file and keys)."""
@@ -109,7 +124,8 @@ class Evaluator:
             for draft in drafts:
                 self.on_start(draft)
                 units = tuple(self._units[u] for u in draft.from_bad)
-                futures[self.executor.submit(Job(hybrid_id=draft.id, units=units, repeat=self.plan.repeat))] = draft
+                job = Job(hybrid_id=draft.id, units=units, repeat=self.plan.repeat, retries=self.plan.retries)
+                futures[self.executor.submit(job)] = draft
             for future in as_completed(futures):
                 self._finish(futures[future], future.result())
         except BaseException:
@@ -119,7 +135,7 @@ class Evaluator:
     def _finish(self, draft: Hybrid, attempts: tuple[Attempt, ...]) -> None:
         outcome, note = self.judge.all(attempts)
         hybrid = replace(draft, attempts=attempts, outcome=outcome, note=note)
-        if hybrid.fingerprint not in self._journaled:
+        if hybrid.fingerprint not in self._journaled and outcome != Outcome.ERROR:
             self.journal.append(hybrid.to_record())
             self._journaled.add(hybrid.fingerprint)
         self._memo[hybrid.fingerprint] = hybrid

@@ -16,11 +16,14 @@ from segbisect.units import Unit
 
 @dataclass(frozen=True, kw_only=True)
 class Job:
-    """One hybrid to run: GOOD with `units` taken from BAD, attempted `repeat` times."""
+    """One hybrid to run: GOOD with `units` taken from BAD, attempted `repeat` times; an attempt the environment
+    failed is tried again up to `retries` times.
+    """
 
     hybrid_id: str
     units: tuple[Unit, ...]
     repeat: int
+    retries: int = 1
 
 
 class Executor(Protocol):

@@ -9,6 +9,7 @@ The header carries the journal's schema: a journal written by another version of
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,22 @@ class Journal:
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [r for r in _read(self.path) if kind is None or r.get("type") == kind]
 
+    def torn(self) -> int:
+        """How many lines a kill cut short (skipped when reading)."""
+        return _read_counting(self.path)[1]
+
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=str)
-        with self._lock, open(self.path, "a") as out:
-            out.write(line + "\n")
+        """One line, flushed to disk before returning; a line torn by an earlier kill is closed off first."""
+        line = json.dumps(record, default=str) + "\n"
+        with self._lock, open(self.path, "a+b") as out:
+            out.seek(0, 2)
+            if out.tell():
+                out.seek(-1, 2)
+                if out.read(1) != b"\n":
+                    line = "\n" + line
+            out.write(line.encode())
             out.flush()
+            os.fsync(out.fileno())
 
 
 def schema_of(path: Path) -> int | None:
@@ -65,12 +77,17 @@ def known_hybrids(results_root: Path) -> dict[str, dict[str, Any]]:
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
+    return _read_counting(path)[0]
+
+
+def _read_counting(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records, and how many lines were cut short by a kill (skipped)."""
     if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
+        return [], 0
+    records, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:
-            continue  # a line cut short by a kill
-    return records
+            torn += 1
+    return records, torn

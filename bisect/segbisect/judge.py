@@ -33,7 +33,9 @@ class Judge:
         return self.predicate.metric_keys if self.predicate else []
 
     def one(self, attempt: Attempt) -> tuple[Outcome, str]:
-        if attempt.status != AttemptStatus.OK:
+        if attempt.status == AttemptStatus.ERROR:
+            return Outcome.ERROR, attempt.reason
+        if attempt.status == AttemptStatus.CRASH:
             return Outcome.SKIP, attempt.reason
         if self.check is not None:
             return _checked(attempt.check_rc)
@@ -51,13 +53,16 @@ class Judge:
         return Outcome.GOOD, f"{self.predicate.text} does not hold"
 
     def all(self, attempts: Sequence[Attempt]) -> tuple[Outcome, str]:
-        """One outcome for repeated attempts; disagreeing repeats make the hybrid untestable (noise)."""
+        """One outcome for repeated attempts: ERROR if the environment failed one, FLAKY if they disagree."""
         verdicts = [self.one(a) for a in attempts]
+        failed = next((v for v in verdicts if v[0] == Outcome.ERROR), None)
+        if failed:
+            return failed
         outcomes = {o for o, _ in verdicts}
         if len(outcomes) == 1:
             return verdicts[-1]
-        counts = ", ".join(f"{sum(o == x for o, _ in verdicts)} {x}" for x in sorted(outcomes))
-        return Outcome.SKIP, f"repeats disagree ({counts}): predicate is noisy here"
+        sequence = ", ".join(o for o, _ in verdicts)
+        return Outcome.FLAKY, f"repeats disagree ({sequence}): the check is not deterministic here"
 
 
 def _checked(rc: int | None) -> tuple[Outcome, str]:

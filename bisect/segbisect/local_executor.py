@@ -10,17 +10,19 @@ from segbisect.executor import Job
 from segbisect.materialize import materialize
 from segbisect.runner import Processes, Task, attempt
 from segbisect.snapshot import Snapshot
-from segbisect.workspace import Workspaces
+from segbisect.workspace import PROCESSES, Workspaces
 
 
 class LocalExecutor:
-    """An `Executor` over a thread pool; a repeat re-runs (forced) the stages the first attempt executed."""
+    """An `Executor` over a thread pool. A repeat re-runs (forced) the stages the first attempt executed and the
+    check every time, restored stages or not.
+    """
 
     def __init__(
         self, *, workspaces: Workspaces, good: Snapshot, bad: Snapshot, task: Task, logs: Path, jobs: int
     ) -> None:
         self.workspaces, self.good, self.bad, self.task, self.logs = workspaces, good, bad, task, logs
-        self._procs = Processes()
+        self._procs = Processes(workspaces.root / PROCESSES)
         self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="segbisect-hybrid")
         stages = [stage for snap in (good, bad) for stage in snap.stages]
         self._outs = sorted({out for stage in stages for out in stage.outs})
@@ -36,16 +38,25 @@ class LocalExecutor:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
+    def _try(self, job: Job, workspace: Path, log: Path, env: dict[str, str], force: tuple[str, ...] = ()) -> Attempt:
+        """One attempt, tried again while the environment fails it (at most `job.retries` more times)."""
+        result = attempt(self._procs, workspace, log, self.task, env, force)
+        for _ in range(job.retries):
+            if result.status != AttemptStatus.ERROR:
+                break
+            result = attempt(self._procs, workspace, log, self.task, env, force)
+        return result
+
     def _run(self, job: Job) -> tuple[Attempt, ...]:
         workspace = self.workspaces.acquire(job.hybrid_id, self.good.ref.commit, self._outs, self._locks)
         try:
             materialize(workspace, self.good, self.bad, list(job.units))
             env = {**self.task.env, "SEGBISECT_HYBRID": job.hybrid_id}
             log = self.logs / f"{job.hybrid_id}.log"
-            first = attempt(self._procs, workspace, log, self.task, env)
+            first = self._try(job, workspace, log, env)
             attempts = [first]
-            while len(attempts) < job.repeat and first.status == AttemptStatus.OK and first.executed:
-                attempts.append(attempt(self._procs, workspace, log, self.task, env, force=first.executed))
+            while len(attempts) < job.repeat and first.status == AttemptStatus.OK:
+                attempts.append(self._try(job, workspace, log, env, force=first.executed))
             return tuple(attempts)
         finally:
             self.workspaces.release(workspace)

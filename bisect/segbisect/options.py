@@ -20,6 +20,8 @@ class Options:
     metrics: str | None = None
     jobs: int = 1
     repeat: int = 1
+    retries: int = 1
+    timeout: float | None = None
     keep_workspaces: bool = False
     mlflow: bool = True
     fresh: bool = False

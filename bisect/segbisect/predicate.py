@@ -15,6 +15,8 @@ from typing import Any
 
 from segbisect.errors import UsageError
 
+# Deep enough for any real check (a comparison is 3 levels, each and/or/not adds one).
+MAX_DEPTH = 50
 _COMPARE = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
@@ -38,10 +40,17 @@ class Predicate:
 
     def __init__(self, text: str) -> None:
         self.text = text
+        if not text.strip():
+            raise PredicateError("--fail-if is empty: give an expression, or leave the option out")
+        too_deep = PredicateError(f"--fail-if: nested deeper than {MAX_DEPTH} levels")
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as exc:
             raise PredicateError(f"--fail-if '{text}': not a valid expression ({exc.msg})") from None
+        except (RecursionError, MemoryError):
+            raise too_deep from None
+        if _depth(tree.body) > MAX_DEPTH:
+            raise too_deep
         self._tree = tree.body
         self.keys: list[str] = []
         self._aliases: dict[str, str] = {}
@@ -122,6 +131,16 @@ class Predicate:
         if isinstance(value, float) and math.isnan(value):
             raise UnjudgeableError(f"metric '{name}' is NaN")
         return value
+
+
+def _depth(root: ast.AST) -> int:
+    """How deeply the expression nests, walked without recursion (evaluation recurses, so it must be bounded)."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _matches(key: str, available: list[str]) -> list[str]:

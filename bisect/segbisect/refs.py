@@ -31,6 +31,7 @@ class Reference:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     detail: str = ""
     warnings: tuple[str, ...] = ()
+    overlay_keys: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"{self.text} ({self.kind}: {self.detail or self.commit[:10]})"
@@ -96,7 +97,8 @@ def _params_file_ref(repo: Path, text: str, _uri: str | None) -> Reference | Non
     if head is None:
         raise UsageError("the repository has no HEAD commit to overlay a params file on")
     merged = deep_merge(_commit_params(repo, head), overlay)
-    return Reference(text, "params-file", head, {PARAMS_FILE: merged}, detail=f"{path.name} over HEAD {head[:10]}")
+    detail = f"{path.name} over HEAD {head[:10]}"
+    return Reference(text, "params-file", head, {PARAMS_FILE: merged}, detail=detail, overlay_keys=_leaf_keys(overlay))
 
 
 def _mlflow_ref(repo: Path, text: str, tracking_uri: str | None) -> Reference | None:
@@ -155,6 +157,15 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of every value in a nested mapping (`{"a": {"b": 1}}` -> `("a.b",)`)."""
+    keys: list[str] = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys.extend(_leaf_keys(value, dotted + ".") if isinstance(value, dict) and value else [dotted])
+    return tuple(keys)
 
 
 def _set_dotted(target: dict[str, Any], parts: list[str], text: str) -> None:

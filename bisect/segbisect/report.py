@@ -46,6 +46,7 @@ class Report:
     stage_executions_total: int
     results_dir: str
     key_metrics: tuple[str, ...]
+    tracking: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +63,7 @@ class Findings:
     metrics_file: str | None
     key_metrics: list[str]
     folder: Path
+    tracking: str
 
 
 def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict | None = None) -> Report:
@@ -79,6 +81,7 @@ def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict 
         stage_executions_total=sum(len(h.executed) for h in hybrids),
         results_dir=str(findings.folder),
         key_metrics=tuple(findings.key_metrics),
+        tracking=findings.tracking,
     )
 
 

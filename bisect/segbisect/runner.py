@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -23,17 +22,32 @@ from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.dvc_run import Events
 
 OWN_WORDS = 300
+GRACE_SECONDS = 5.0
+# Exit status a stage uses for a fault of its environment (sysexits' EX_TEMPFAIL), distinct from its own `error:` 2.
+EXIT_ENVIRONMENT = 75
+
+
+class TimedOut(Exception):
+    """A process outlived its hybrid's `--timeout`; its process group was ended."""
 
 
 class Processes:
-    """Child process groups of this session, so Ctrl-C can stop them all."""
+    """Child process groups of this session, so Ctrl-C, a crash or a later session can stop them all.
 
-    def __init__(self) -> None:
+    Each group's id is also a file in `registry` while it runs: a session killed with SIGKILL cannot stop its
+    stages, so the next session reads the registry of the dead one and ends them (see `workspace.remove_stale`).
+    """
+
+    def __init__(self, registry: Path | None = None) -> None:
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self.stopping = False
+        self.registry = registry
+        if registry:
+            registry.mkdir(parents=True, exist_ok=True)
 
-    def run(self, args: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
+    def run(self, args: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float | None = None) -> int:
+        """Run `args` in a process group of its own; past `deadline` (monotonic) the group ends and TimedOut."""
         with open(log, "ab") as out, self._lock:
             if self.stopping:
                 raise KeyboardInterrupt
@@ -41,11 +55,19 @@ class Processes:
                 args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
             self._procs.add(proc)
+            marker = self.registry / str(proc.pid) if self.registry else None
+            if marker:
+                marker.write_text(str(cwd))
         try:
-            return proc.wait()
+            return proc.wait(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            _end(proc)
+            raise TimedOut from None
         finally:
             with self._lock:
                 self._procs.discard(proc)
+            if marker:
+                marker.unlink(missing_ok=True)
 
     def stop_all(self) -> None:
         with self._lock:
@@ -53,6 +75,16 @@ class Processes:
             for proc in self._procs:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the whole group, SIGKILL if it is still there after a grace period."""
+    for sig, grace in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+            return
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +96,7 @@ class Task:
     check: str | None = None
     diagnostics: str | None = None
     data_sources: tuple[str, ...] = ()
+    timeout: float | None = None
 
 
 def attempt(
@@ -74,20 +107,44 @@ def attempt(
     DVC-tracked data (`.dvc` files) is checked out from the shared cache first: a fresh worktree lacks it.
     """
     start = time.monotonic()
+    deadline = None if task.timeout is None else start + task.timeout
+    try:
+        return _attempt(procs, workspace, log, task, env, force, deadline)
+    except TimedOut:
+        return Attempt(
+            status=AttemptStatus.ERROR,
+            reason=f"hybrid past its time limit (--timeout {task.timeout:g} s): its processes were ended",
+            seconds=round(time.monotonic() - start, 2),
+        )
+
+
+def _attempt(
+    procs: Processes,
+    workspace: Path,
+    log: Path,
+    task: Task,
+    env: dict[str, str],
+    force: Sequence[str],
+    deadline: float | None,
+) -> Attempt:
+    start = time.monotonic()
     present = [d for d in task.data_sources if (workspace / d).is_file()]
-    events = _dvc(procs, workspace, env, log, ["checkout", "--quiet", *present]) if present else Events()
+    events = Events()
+    if present:
+        events = _dvc(procs, workspace, env, log, ["checkout", "--quiet", *present], deadline)
     if events.rc == 0:
-        events = _dvc(procs, workspace, env, log, ["repro", *(["--force", "--single-item", *force] if force else [])])
+        repro = ["repro", *(["--force", "--single-item", *force] if force else [])]
+        events = _dvc(procs, workspace, env, log, repro, deadline)
     if events.rc != 0:
         return Attempt(
-            status=AttemptStatus.CRASH,
+            status=_failed_status(events),
             executed=tuple(events.executed),
             restored=tuple(events.restored),
             reason=_failure(events, log),
             seconds=round(time.monotonic() - start, 2),
         )
     found, unread = metrics_files.read_all(workspace, task.metrics_files)
-    check_rc = procs.run(["bash", "-c", task.check], workspace, env, log) if task.check else None
+    check_rc = procs.run(["bash", "-c", task.check], workspace, env, log, deadline) if task.check else None
     return Attempt(
         status=AttemptStatus.OK,
         executed=tuple(events.executed),
@@ -100,15 +157,33 @@ def attempt(
     )
 
 
-def _dvc(procs: Processes, workspace: Path, env: dict[str, str], log: Path, args: list[str]) -> Events:
-    """One DVC command under the events driver; a driver that died unreported gets its exit status alone."""
-    with tempfile.TemporaryDirectory(prefix="segbisect-events-") as tmp:
-        events_file = Path(tmp) / "events.json"
-        rc = procs.run([sys.executable, "-m", "segbisect.dvc_run", str(events_file), "--", *args], workspace, env, log)
+def _dvc(
+    procs: Processes, workspace: Path, env: dict[str, str], log: Path, args: list[str], deadline: float | None
+) -> Events:
+    """One DVC command under the events driver; a driver that died unreported gets its exit status alone.
+
+    The events file sits beside the log, in the results folder: a full disk under the worktree cannot lose it.
+    """
+    events_file = log.with_name(f".{log.stem}.events.json")
+    try:
+        command = [sys.executable, "-m", "segbisect.dvc_run", str(events_file), "--", *args]
+        rc = procs.run(command, workspace, env, log, deadline)
         events = Events.read(events_file)
+    finally:
+        events_file.unlink(missing_ok=True)
     if events is None:
-        return Events(rc=rc, errors=[f"dvc {args[0]} ended without a report ({_status(rc)})"])
+        why = f"dvc {args[0]} ended without a report ({_status(rc)})"
+        return Events(rc=rc, environment="dvc died", errors=[why])
     return events
+
+
+def _failed_status(events: Events) -> AttemptStatus:
+    """ERROR when the environment failed (a signal, a stage's exit 75, a full disk), else the stage's own CRASH."""
+    status = events.command_status
+    if status is not None:
+        killed = status < 0 or status > 128
+        return AttemptStatus.ERROR if killed or status == EXIT_ENVIRONMENT else AttemptStatus.CRASH
+    return AttemptStatus.ERROR if events.environment or events.rc < 0 else AttemptStatus.CRASH
 
 
 def _status(rc: int) -> str:
@@ -117,10 +192,11 @@ def _status(rc: int) -> str:
 
 def _failure(events: Events, log: Path) -> str:
     """Why the run failed: the failing stage's own last words when its command failed, else DVC's errors."""
-    if events.command_failed and events.executed:
+    if events.command_status is not None and events.executed:
         own = _last_words(log, events) or "; ".join(events.errors)
-        return f"stage '{events.executed[-1]}' failed ({_status(events.rc)}): {own}"
-    return f"dvc failed ({_status(events.rc)}): {'; '.join(events.errors) or 'no error message'}"
+        return f"stage '{events.executed[-1]}' failed ({_status(events.command_status)}): {own}"
+    fault = f"{events.environment}: " if events.environment else ""
+    return f"dvc failed ({_status(events.rc)}): {fault}{'; '.join(events.errors) or 'no error message'}"
 
 
 def _last_words(log: Path, events: Events) -> str:

@@ -12,7 +12,14 @@ from pathlib import Path
 from rich.console import Console
 
 from segbisect import metrics, render
-from segbisect.errors import EXIT_CULPRIT, EXIT_NO_CULPRIT, EXIT_PRECONDITION, PreconditionError, UsageError
+from segbisect.errors import (
+    EXIT_CULPRIT,
+    EXIT_NO_CULPRIT,
+    EXIT_PRECONDITION,
+    PreconditionError,
+    UndecidableError,
+    UsageError,
+)
 from segbisect.evaluator import Evaluator, Plan
 from segbisect.executor import Executor
 from segbisect.gitutil import toplevel
@@ -29,8 +36,9 @@ from segbisect.runner import Task
 from segbisect.search import search
 from segbisect.settings import load as load_settings
 from segbisect.snapshot import Snapshot, load
-from segbisect.tracking import Tracker, tracking_uri
+from segbisect.tracking import BOUNDED_WAITS, Tracker, tracking_uri, unusable
 from segbisect.units import Inventory, diff, group
+from segbisect.validate import check_command, check_overlay
 from segbisect.verdict import Verdict, VerdictKind
 from segbisect.workspace import Workspaces, remove_stale, user_cache_dir
 
@@ -42,21 +50,29 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
     """Run a whole bisection; returns the exit code and the report (raises UsageError before any run)."""
     repo = _repo(opts.repo)
     opts = _with_settings(opts, repo)
+    if opts.run is not None:
+        check_command(opts.run, repo)
+    for name, value in BOUNDED_WAITS.items():
+        os.environ.setdefault(name, value)
     uri = tracking_uri(repo)
-    lookup_uri = uri if os.environ.get("MLFLOW_TRACKING_URI") or (repo / "mlflow.db").exists() else None
-    for path in remove_stale(repo):
-        console.print(f"removed a workspace left by a killed session: {path}")
+    store = _store(opts, uri, console)
+    recorded = os.environ.get("MLFLOW_TRACKING_URI") or (repo / "mlflow.db").exists()
+    lookup_uri = uri if recorded and (store.uri or uri.startswith("sqlite:")) else None
+    for line in remove_stale(repo):
+        console.print(f"cleaned up after a killed session: {line}")
     good_ref, bad_ref = resolve(repo, opts.good, lookup_uri), resolve(repo, opts.bad, lookup_uri)
     for warning in good_ref.warnings + bad_ref.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     with Workspaces(repo, user_cache_dir(repo), keep=opts.keep_workspaces) as workspaces:
         good, bad = load(good_ref, repo, workspaces.root / "good"), load(bad_ref, repo, workspaces.root / "bad")
+        check_overlay(good_ref, good)
+        check_overlay(bad_ref, bad)
         inventory = diff(good, bad)
         if not inventory.units:
             raise UsageError(
                 f"no differences: {good_ref.describe()} and {bad_ref.describe()} configure the pipeline identically"
             )
-        bisection = _Bisection.open(opts, repo, uri, good, bad, inventory, console, workspaces)
+        bisection = _Bisection.open(opts, repo, store, good, bad, inventory, console, workspaces)
         try:
             result = bisection.run()
         finally:
@@ -64,6 +80,25 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
         if opts.keep_workspaces:
             console.print(f"hybrid worktrees kept in {workspaces.root} (remove with `git worktree remove`)")
         return result
+
+
+@dataclass(frozen=True)
+class _Store:
+    """Where the bisection and its stages log (None: untracked) and why, as the report says it."""
+
+    uri: str | None
+    description: str
+
+
+def _store(opts: Options, uri: str, console: Console) -> _Store:
+    """The tracking store if it takes runs now; otherwise one warning and everything runs untracked."""
+    if not opts.mlflow:
+        return _Store(None, "off (--no-mlflow)")
+    reason = unusable(uri)
+    if reason:
+        _warn(console, f"MLflow store {uri} is unusable ({reason}): the bisection and its stages run untracked")
+        return _Store(None, f"off: {uri} unusable ({reason})")
+    return _Store(uri, f"MLflow {uri}")
 
 
 @dataclass
@@ -78,6 +113,7 @@ class _Bisection:
     judge: Judge
     journal: Journal
     tracker: Tracker
+    store: _Store
     executor: Executor
     folder: Path
     console: Console
@@ -88,7 +124,7 @@ class _Bisection:
         cls,
         opts: Options,
         repo: Path,
-        uri: str,
+        store: _Store,
         good: Snapshot,
         bad: Snapshot,
         inventory: Inventory,
@@ -100,22 +136,25 @@ class _Bisection:
         session = _session_id(good.ref, bad.ref, inventory)
         folder = (opts.results or repo / RESULTS) / session
         journal = Journal(folder, {"session": session, "good": good.ref.text, "bad": bad.ref.text}, fresh=opts.fresh)
+        if journal.torn():
+            _warn(console, f"{journal.path}: skipped {journal.torn()} line(s) cut short by a kill")
         if journal.set_aside:
             _warn(console, f"{journal.set_aside} was written by another segbisect version; its hybrids run again")
-        tracker = Tracker(uri if opts.mlflow else None, opts.experiment, lambda text: _warn(console, text))
+        tracker = Tracker(store.uri, opts.experiment, lambda text: _warn(console, text))
         _start_tracking(tracker, journal, session, *_describe(opts, good, bad, inventory, judge))
         task = Task(
-            env=_hybrid_env(uri if opts.mlflow else None, opts.experiment, session),
+            env=_hybrid_env(store.uri, opts.experiment, session),
             metrics_files=tuple(files),
             check=opts.run,
             diagnostics=opts.diagnostics,
             data_sources=tuple(sorted({*good.data_sources, *bad.data_sources})),
+            timeout=opts.timeout,
         )
         (folder / "logs").mkdir(exist_ok=True)
         executor = LocalExecutor(
             workspaces=workspaces, good=good, bad=bad, task=task, logs=folder / "logs", jobs=opts.jobs
         )
-        return cls(opts, good, bad, inventory, files, judge, journal, tracker, executor, folder, console)
+        return cls(opts, good, bad, inventory, files, judge, journal, tracker, store, executor, folder, console)
 
     def __post_init__(self) -> None:
         groups = group(self.inventory.units)
@@ -130,6 +169,7 @@ class _Bisection:
             stages=[s.name for s in self.good.stages],
             known={} if self.opts.fresh else known_hybrids(self.folder.parent),
             repeat=self.opts.repeat,
+            retries=self.opts.retries,
         )
         already = {r["fingerprint"] for r in self.journal.records("hybrid")}
         self.evaluator = Evaluator(
@@ -148,6 +188,9 @@ class _Bisection:
             verdict = search(groups, self.evaluator, self.opts.jobs)
         except PreconditionError as exc:
             return EXIT_PRECONDITION, self._close(VerdictKind.PRECONDITION_FAILED, str(exc), None, "FAILED")
+        except UndecidableError as exc:
+            message = f"cannot decide: {exc}; finished hybrids are kept, so the same command resumes"
+            return EXIT_NO_CULPRIT, self._close(VerdictKind(exc.kind), message, None, "FAILED")
         except BaseException as exc:
             stopped = build(self._findings(), VerdictKind.STOPPED, str(exc) or "interrupted")
             self.tracker.finish(stopped, "KILLED")
@@ -182,6 +225,7 @@ class _Bisection:
             metrics_file=self.judge.metrics_file,
             key_metrics=self.judge.keys(),
             folder=self.folder,
+            tracking=self.store.description,
         )
 
     def _close(self, kind: VerdictKind, message: str, verdict: Verdict | None, status: str = "FINISHED") -> Report:
@@ -265,7 +309,9 @@ def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid, judg
 
 
 def _hybrid_env(uri: str | None, experiment: str, session: str) -> dict[str, str]:
-    """The stages' environment: this interpreter's tools first on PATH, one tracking store, session tags."""
+    """The stages' environment: this interpreter's tools first on PATH, one tracking store (or
+    SEGBISECT_TRACKING=off), session tags.
+    """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["SEGBISECT_SESSION"] = session
@@ -273,8 +319,10 @@ def _hybrid_env(uri: str | None, experiment: str, session: str) -> dict[str, str
     if uri:
         env["MLFLOW_TRACKING_URI"] = uri
         env["MLFLOW_EXPERIMENT_NAME"] = experiment
+        env.pop("SEGBISECT_TRACKING", None)
     else:
         env.pop("MLFLOW_TRACKING_URI", None)
+        env["SEGBISECT_TRACKING"] = "off"
     return env
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -19,6 +22,49 @@ if TYPE_CHECKING:
     from segbisect.report import Report
 
 DEFAULT_EXPERIMENT = "segbisect"
+PROBE_SECONDS = 3.0
+# MLflow's own settings for its HTTP client, bounded so a dead server costs seconds rather than minutes of retries.
+BOUNDED_WAITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+
+
+def unusable(uri: str) -> str | None:
+    """Why the store cannot take runs now (None when it can), found out in seconds before anything runs."""
+    path = _sqlite_file(uri)
+    if path is not None:
+        return _sqlite_unwritable(path)
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS):
+                return None
+        except urllib.error.HTTPError as exc:
+            return f"the server answers HTTP {exc.code}"
+        except (OSError, urllib.error.URLError) as exc:
+            return f"unreachable ({getattr(exc, 'reason', exc)})"
+    return None
+
+
+def _sqlite_unwritable(path: Path) -> str | None:
+    """Whether a write transaction can start (a read-only file, folder or mount fails here), changing nothing."""
+    if not path.exists():
+        folder = path.parent
+        if not folder.is_dir():
+            return f"{folder} does not exist"
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            return f"{folder} is not writable ({exc.strerror})"
+        return None
+    try:
+        with closing(sqlite3.connect(path, timeout=PROBE_SECONDS, isolation_level=None)) as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(f"PRAGMA user_version = {int(version)}")
+            finally:
+                db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        return f"{path}: {exc}"
+    return None
 
 
 def tracking_uri(repo: Path) -> str:

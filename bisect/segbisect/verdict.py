@@ -52,7 +52,10 @@ class VerdictKind(StrEnum):
     # A change found (exit 0): one stage suffices, or several units across stages only together.
     CULPRIT = "culprit"
     INTERACTION = "interaction"
-    # No change named: untestable hybrids in the way (exit 1), GOOD/BAD not as claimed (exit 3), interrupted.
+    # No change named: untestable hybrids in the way, the environment failed, repeats disagreed (exit 1);
+    # GOOD/BAD not as claimed (exit 3); interrupted.
     AMBIGUOUS = "ambiguous"
+    CANNOT_DECIDE = "cannot-decide"
+    FLAKY = "flaky"
     PRECONDITION_FAILED = "precondition-failed"
     STOPPED = "stopped"

@@ -12,9 +12,11 @@ tiny data, a copy of every upstream output on real data, plus `git worktree add`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -22,6 +24,8 @@ from pathlib import Path
 from segbisect.gitutil import git
 
 OWNER_FILE = "segbisect-owner.json"
+# The session's running process groups, one file each, named by group id (see runner.Processes).
+PROCESSES = "processes"
 
 
 class Workspaces:
@@ -126,9 +130,15 @@ def user_cache_dir(repo: Path) -> Path:
 
 
 def remove_stale(repo: Path) -> list[str]:
-    """Remove worktrees and snapshots left by killed segbisect sessions (owner process gone); returns worktrees."""
-    listing = git(repo, "worktree", "list", "--porcelain", check=False).stdout.decode()
+    """Clean up after killed segbisect sessions (owner process gone): end their stage processes, remove their
+    worktrees and temporary folders. Returns what was removed, one line each.
+    """
     removed = []
+    for root in Path(tempfile.gettempdir()).glob("segbisect-ws-*"):
+        info = json.loads((root / OWNER_FILE).read_text()) if (root / OWNER_FILE).is_file() else {}
+        if info.get("repo") == str(repo) and not info.get("keep") and not _alive(info.get("pid", -1)):
+            removed += [f"stage process group {pgid} of a killed session" for pgid in _end_groups(root)]
+    listing = git(repo, "worktree", "list", "--porcelain", check=False).stdout.decode()
     for line in listing.splitlines():
         if not line.startswith("worktree "):
             continue
@@ -138,13 +148,47 @@ def remove_stale(repo: Path) -> list[str]:
         if info and not info.get("keep") and not _alive(info.get("pid", -1)):
             git(repo, "worktree", "remove", "--force", str(path), check=False)
             shutil.rmtree(path.parent, ignore_errors=True)
-            removed.append(str(path))
+            removed.append(f"workspace {path} of a killed session")
     for root in Path(tempfile.gettempdir()).glob("segbisect-ws-*"):
         info = json.loads((root / OWNER_FILE).read_text()) if (root / OWNER_FILE).is_file() else {}
         if info.get("repo") == str(repo) and not info.get("keep") and not _alive(info.get("pid", -1)):
             shutil.rmtree(root, ignore_errors=True)
     git(repo, "worktree", "prune", check=False)
     return removed
+
+
+def _end_groups(root: Path) -> list[int]:
+    """Kill the process groups a dead session registered under `root` that still run inside its folder.
+
+    The working-directory check guards against a recycled process id.
+    """
+    ended = []
+    for marker in sorted((root / PROCESSES).glob("*")):
+        pgid = int(marker.name)
+        if any(_cwd(pid).is_relative_to(root) for pid in _members(pgid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+                ended.append(pgid)
+        marker.unlink(missing_ok=True)
+    return ended
+
+
+def _members(pgid: int) -> list[int]:
+    """The live processes of group `pgid` (its leader may be gone while its children run on)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                members.append(int(stat.parent.name))
+    return members
+
+
+def _cwd(pid: int) -> Path:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return Path("/nonexistent")
 
 
 def _alive(pid: int) -> bool:
