@@ -1,19 +1,22 @@
 """Name the likely cause of all-zero predictions from the evaluation's evidence (pure python/numpy).
 
-Each rule reads only numbers that evaluation already has, so a verdict can be checked by hand from
-diagnostics.json. Rules that point at different stages never get resolved by precedence: when the
-evidence is contradictory or missing, the category is "unknown" rather than a confident wrong answer.
+Each rule reads only numbers that evaluation already has, and every evidence sentence is formatted from the
+structured `fields` that diagnostics.json also holds, so a verdict can be checked by hand (or by a test) from it.
+Rules that point at different stages never get resolved by precedence: when the evidence is contradictory or
+missing, the category is "unknown" rather than a confident wrong answer.
 
 Order of reasoning, given the all-zero symptom:
   1. The raw outputs' own argmax has foreground -> postprocessing (threshold_too_high, output_scaling,
      postprocessing_drops_foreground); earlier stages demonstrably produced foreground.
   2. Otherwise the consistency rules: labels (no_foreground_labels when ignore pixels stand where classes should,
-     else unknown; labels_out_of_range), preprocessing
+     else unknown; labels_out_of_range; training_labels_no_foreground / validation_labels_no_foreground when the
+     test masks hold foreground but the labels given to training hold none), preprocessing
      (mask_interpolation, normalization_mismatch), training (from_logits_mismatch), unknown
      (class_count_mismatch). Findings in more than one category -> unknown/ambiguous.
   3. Nothing inconsistent -> training/collapse_to_majority, unless evidence is missing
      (unknown/insufficient_evidence) or validation shows the model had learned foreground
-     (unknown/collapse_only_at_evaluation).
+     (unknown/collapse_only_at_evaluation: only from validation labels with foreground and a foreground IoU above
+     zero, since a mean IoU averages only the classes present and is perfect on a background-only split).
 Without the symptom the category is none; consistency findings are still listed as candidates.
 """
 
@@ -68,6 +71,9 @@ class Evidence:
     eval_normalization: dict[str, Any] | None = None
     train_input_stats: dict[str, list[float]] | None = None
     eval_input_stats: dict[str, list[float]] | None = None
+    train_foreground_share: float | None = None
+    val_foreground_share: float | None = None
+    val_iou_per_class: list[float | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +83,19 @@ class Finding:
     evidence: list[str]
 
 
+Fields = dict[str, Any]
+
+
 def diagnose(ev: Evidence) -> dict[str, Any]:
-    """The diagnostics record: symptom, category, cause, evidence strings, candidate findings, raw numbers."""
-    notes = observations(ev)
+    """The diagnostics record: symptom, category, cause, evidence strings, candidate findings, fields, raw numbers."""
+    f = fields(ev)
+    notes = observations(ev, f)
     if not is_all_zero(ev.foreground_fraction, ev.true_foreground_fraction):
-        warnings = _consistency_findings(ev)
-        return _record(ev, False, Finding("none", "none", [e for f in warnings for e in f.evidence]), notes, warnings)
-    findings = _findings(ev)
-    return _record(ev, True, _verdict(ev, findings), notes, findings)
+        warnings = _consistency_findings(ev, f)
+        none = Finding("none", "none", [e for w in warnings for e in w.evidence])
+        return _record(ev, f, False, none, notes, warnings)
+    findings = _findings(ev, f)
+    return _record(ev, f, True, _verdict(ev, f, findings), notes, findings)
 
 
 def all_zero_threshold(true_foreground_fraction: float) -> float:
@@ -97,150 +108,245 @@ def is_all_zero(foreground_fraction: float, true_foreground_fraction: float) -> 
     return foreground_fraction <= all_zero_threshold(true_foreground_fraction)
 
 
-def _consistency_findings(ev: Evidence) -> list[Finding]:
+def fields(ev: Evidence) -> Fields:
+    """The structured numbers every evidence sentence is formatted from (diagnostics.json's `fields`).
+
+    Shares are of the valid pixels (neither ignore nor out of range); `val_foreground_iou` is the best validation
+    IoU of any foreground class, None where unknown.
+    """
+    total = sum(ev.label_counts.values())
+    ignored = ev.label_counts.get(ev.ignore_index, 0) if ev.ignore_index is not None else 0
+    out_of_range = {v: c for v, c in sorted(ev.label_counts.items()) if v >= ev.num_classes and v != ev.ignore_index}
+    foreground_ious = [v for v in (ev.val_iou_per_class or [])[1:] if v is not None]
+    shift, ratio = _stats_comparison(ev.train_input_stats, ev.eval_input_stats)
+    return {
+        "num_classes": ev.num_classes,
+        "model_classes": ev.model_classes,
+        "ignore_index": ev.ignore_index,
+        "predicted_foreground_share": ev.foreground_fraction,
+        "reference_foreground_share": ev.reference_foreground_fraction,
+        "test_foreground_share": ev.true_foreground_fraction,
+        "all_zero_threshold": all_zero_threshold(ev.true_foreground_fraction),
+        "label_values": sorted(ev.label_counts),
+        "ignored_share": ignored / total if total else 0.0,
+        "out_of_range_labels": {str(v): c for v, c in out_of_range.items()},
+        "output_range": [ev.output_min, ev.output_max],
+        "output_mean": ev.output_mean,
+        "output_kind": output_kind(ev),
+        "saturated_share": ev.saturated_fraction,
+        "saturated_level": SATURATED,
+        "postprocess": ev.postprocess,
+        "threshold": ev.threshold,
+        "max_foreground_probability": ev.max_foreground_probability,
+        "from_logits": ev.from_logits,
+        "train_foreground_share": ev.train_foreground_share,
+        "val_foreground_share": ev.val_foreground_share,
+        "val_iou_per_class": ev.val_iou_per_class,
+        "val_foreground_iou": max(foreground_ious) if foreground_ious else None,
+        "best_val_mean_iou": ev.best_val_mean_iou,
+        "background_only_iou": 1.0 / ev.num_classes,
+        "class_weights": ev.class_weights,
+        "train_normalization": ev.train_normalization,
+        "eval_normalization": ev.eval_normalization,
+        "train_input_mean": (ev.train_input_stats or {}).get("mean"),
+        "train_input_std": (ev.train_input_stats or {}).get("std"),
+        "eval_input_mean": (ev.eval_input_stats or {}).get("mean"),
+        "eval_input_std": (ev.eval_input_stats or {}).get("std"),
+        "input_mean_shift_stds": shift,
+        "input_std_ratio": ratio,
+    }
+
+
+def _consistency_findings(ev: Evidence, f: Fields) -> list[Finding]:
     """Rules that do not need the symptom; reported as warnings on a healthy-looking prediction."""
     rules = (class_count_rule, labels_rule, normalization_rule, from_logits_rule)
-    return [f for f in (rule(ev) for rule in rules) if f is not None]
+    return [finding for finding in (rule(ev, f) for rule in rules) if finding is not None]
 
 
-def _findings(ev: Evidence) -> list[Finding]:
+def _findings(ev: Evidence, f: Fields) -> list[Finding]:
     """Post-processing is decisive: if the raw outputs' argmax has foreground, earlier stages produced it."""
-    post = postprocessing_rule(ev)
+    post = postprocessing_rule(ev, f)
     if post is not None:
-        logits = from_logits_rule(ev)
+        logits = from_logits_rule(ev, f)
         return [post] + ([logits] if logits is not None else [])
-    return _consistency_findings(ev)
+    return _consistency_findings(ev, f)
 
 
-def _verdict(ev: Evidence, findings: list[Finding]) -> Finding:
-    categories = {f.category for f in findings}
+def _verdict(ev: Evidence, f: Fields, findings: list[Finding]) -> Finding:
+    categories = {finding.category for finding in findings}
     if len(categories) > 1:
-        names = ", ".join(f"{f.category}/{f.cause}" for f in findings)
+        names = ", ".join(f"{finding.category}/{finding.cause}" for finding in findings)
         return Finding("unknown", "ambiguous", [f"several stages are implicated, evidence cannot choose: {names}"])
     if findings:
-        return Finding(findings[0].category, findings[0].cause, [e for f in findings for e in f.evidence])
-    return collapse_rule(ev)
+        return Finding(findings[0].category, findings[0].cause, [e for x in findings for e in x.evidence])
+    return collapse_rule(ev, f)
 
 
-def postprocessing_rule(ev: Evidence) -> Finding | None:
+def postprocessing_rule(ev: Evidence, f: Fields) -> Finding | None:
     """The argmax over the class axis of the raw outputs has foreground, the post-processed prediction none."""
     if is_all_zero(ev.reference_foreground_fraction, ev.true_foreground_fraction):
         return None
     lines = [
-        f"argmax over the class axis (-1) of the raw outputs predicts {_pct(ev.reference_foreground_fraction)} "
-        f"foreground, the post-processed prediction {_pct(ev.foreground_fraction)}"
+        f"argmax over the class axis (the last) of the raw outputs predicts "
+        f"{_pct(f['reference_foreground_share'])} foreground, the post-processed prediction "
+        f"{_pct(f['predicted_foreground_share'])}"
     ]
+    low, high = f["output_range"]
     if ev.postprocess == "threshold" and ev.outputs_bounded and not ev.outputs_are_probabilities:
         lines.append(
-            f"raw outputs lie in [{ev.output_min:.3g}, {ev.output_max:.3g}] but do not sum to 1 over classes: "
+            f"raw outputs lie in [{_num(low)}, {_num(high)}] but do not sum to one over classes: "
             "rescaled outputs, so the threshold compares the wrong scale"
         )
         return Finding("postprocessing", "output_scaling", lines)
     if (
         ev.postprocess == "threshold"
-        and ev.max_foreground_probability is not None
-        and ev.threshold is not None
-        and ev.max_foreground_probability < ev.threshold
+        and f["max_foreground_probability"] is not None
+        and f["threshold"] is not None
+        and f["max_foreground_probability"] < f["threshold"]
     ):
         lines.append(
-            f"threshold {ev.threshold:.6g} exceeds the largest foreground probability "
-            f"{ev.max_foreground_probability:.3g} of any pixel"
+            f"threshold {_num(f['threshold'])} exceeds the largest foreground probability "
+            f"{_num(f['max_foreground_probability'])} of any pixel"
         )
         return Finding("postprocessing", "threshold_too_high", lines)
     return Finding("postprocessing", "postprocessing_drops_foreground", lines)
 
 
-def class_count_rule(ev: Evidence) -> Finding | None:
+def class_count_rule(ev: Evidence, f: Fields) -> Finding | None:
     """A model with a different number of output classes than the data: which side is wrong is unknowable."""
-    if ev.model_classes == ev.num_classes:
+    if f["model_classes"] == f["num_classes"]:
         return None
     return Finding(
         "unknown",
         "class_count_mismatch",
-        [f"the model outputs {ev.model_classes} classes, the processed data declares {ev.num_classes}"],
+        [f"the model outputs {f['model_classes']} classes, the processed data declares {f['num_classes']}"],
     )
 
 
-def labels_rule(ev: Evidence) -> Finding | None:
-    """Test masks without foreground, or with class ids the model cannot output."""
-    out_of_range = {v: c for v, c in ev.label_counts.items() if v >= ev.num_classes and v != ev.ignore_index}
+def labels_rule(ev: Evidence, f: Fields) -> Finding | None:
+    """Test masks without foreground or with class ids the model cannot output; training labels without foreground."""
+    out_of_range = f["out_of_range_labels"]
     if len(out_of_range) >= MIN_INTERPOLATED_VALUES:
+        values = [int(v) for v in out_of_range]
         return Finding(
             "preprocessing",
             "mask_interpolation",
             [
-                f"{len(out_of_range)} distinct mask values between the class ids and the ignore index "
-                f"({min(out_of_range)}..{max(out_of_range)}): masks were interpolated, not resized with nearest"
+                f"{len(values)} distinct mask values between the class ids and the ignore index "
+                f"(from {min(values)} to {max(values)}): masks were interpolated, not resized with nearest"
             ],
         )
     if out_of_range:
-        values = ", ".join(f"{v} ({c} px)" for v, c in sorted(out_of_range.items()))
+        listed = ", ".join(f"{v} ({c} px)" for v, c in out_of_range.items())
         return Finding(
             "labels",
             "labels_out_of_range",
-            [f"mask values {values} are >= num_classes {ev.num_classes} and not the ignore index {ev.ignore_index}"],
+            [
+                f"mask values {listed} are >= num_classes {f['num_classes']} "
+                f"and not the ignore index {f['ignore_index']}"
+            ],
         )
-    if ev.true_foreground_fraction <= 0.0:
-        return _no_foreground_labels(ev)
-    return None
+    if f["test_foreground_share"] <= 0.0:
+        return _no_foreground_labels(f)
+    return _no_foreground_training_labels(f)
 
 
-def _no_foreground_labels(ev: Evidence) -> Finding:
+def _no_foreground_labels(f: Fields) -> Finding:
     """Masks without foreground: ignore pixels where it should be point at the label map; none leaves it open.
 
     Without ignore pixels the foreground may have been lost when labelling or when resizing the masks (or the
     test split has none), and the test masks alone cannot tell which.
     """
-    total = sum(ev.label_counts.values())
-    ignored = ev.label_counts.get(ev.ignore_index, 0) if ev.ignore_index is not None else 0
     lines = ["the test masks contain no foreground class id at all"]
-    if not ignored:
+    split_shares = _split_shares(f)
+    if split_shares:
+        shares = [f[key] for key in ("train_foreground_share", "val_foreground_share") if f[key] is not None]
+        lines.append(split_shares + (": no split holds any foreground" if not any(shares) else ""))
+    if not f["ignored_share"]:
         lines.append(
             "no pixel holds the ignore index either: the foreground was lost in labelling or in mask "
             "preprocessing (or the test split has none), which the masks alone cannot tell apart"
         )
         return Finding("unknown", "no_foreground_labels", lines)
     lines.append(
-        f"{_pct(ignored / total)} of mask pixels hold the ignore index {ev.ignore_index}: "
+        f"{_pct(f['ignored_share'])} of mask pixels hold the ignore index {f['ignore_index']}: "
         "the label map sends real classes to ignore "
-        "(e.g. foreground stored as 255 mapped to ignore, or ids shifted by one)"
+        "(e.g. foreground stored as the ignore value and mapped to ignore, or ids shifted by one)"
     )
     return Finding("labels", "no_foreground_labels", lines)
 
 
-def normalization_rule(ev: Evidence) -> Finding | None:
-    """Evaluation inputs normalized unlike the training inputs (config or measured statistics differ)."""
-    lines = []
-    if (
-        ev.train_normalization is not None
-        and ev.eval_normalization is not None
-        and not _same_normalization(ev.train_normalization, ev.eval_normalization)
-    ):
-        lines.append(
-            f"training normalization {ev.train_normalization} differs from evaluation's {ev.eval_normalization}"
-        )
-    if ev.train_input_stats is not None and ev.eval_input_stats is not None:
-        lines.extend(_stats_mismatch(ev.train_input_stats, ev.eval_input_stats))
-    return Finding("preprocessing", "normalization_mismatch", lines) if lines else None
+def _no_foreground_training_labels(f: Fields) -> Finding | None:
+    """The test masks hold foreground, but the training or validation labels hold none.
 
-
-def from_logits_rule(ev: Evidence) -> Finding | None:
-    """Outputs are already probabilities although training treated them as logits (softmax twice)."""
-    if not (ev.outputs_are_probabilities and ev.from_logits):
+    A model trained without foreground cannot predict any; a validation split without foreground scores a mean
+    IoU of 1.0 on background alone (only the classes present are averaged), which proves nothing.
+    """
+    train, val = f["train_foreground_share"], f["val_foreground_share"]
+    if train is not None and train <= 0.0:
+        cause, what = "training_labels_no_foreground", "training labels hold no foreground"
+    elif val is not None and val <= 0.0:
+        cause, what = "validation_labels_no_foreground", "validation labels hold no foreground"
+    else:
         return None
     return Finding(
-        "training",
-        "from_logits_mismatch",
+        "labels",
+        cause,
         [
-            f"raw outputs are probabilities (in [{ev.output_min:.3g}, {ev.output_max:.3g}], summing to 1 over classes) "
-            "but training used from_logits=true",
-            f"{_pct(ev.saturated_fraction)} of pixels have a class probability >= {SATURATED}",
+            f"{what}: {_split_shares(f)}, while {_pct(f['test_foreground_share'])} of the valid test pixels are "
+            "foreground; the labels given to training lost their foreground (label map or split)"
         ],
     )
 
 
-def collapse_rule(ev: Evidence) -> Finding:
-    """All-background from the raw outputs with healthy labels and inputs: the model learned only the majority."""
+def _split_shares(f: Fields) -> str:
+    parts = [
+        f"{name} labels {_pct(f[key])} foreground"
+        for name, key in (("training", "train_foreground_share"), ("validation", "val_foreground_share"))
+        if f[key] is not None
+    ]
+    return ", ".join(parts)
+
+
+def normalization_rule(ev: Evidence, f: Fields) -> Finding | None:
+    """Evaluation inputs normalized unlike the training inputs (config or measured statistics differ)."""
+    lines = []
+    train, evaluation = f["train_normalization"], f["eval_normalization"]
+    if train is not None and evaluation is not None and not _same_normalization(train, evaluation):
+        lines.append(f"training normalization {_norm(train)} differs from evaluation's {_norm(evaluation)}")
+    shift, ratio = f["input_mean_shift_stds"], f["input_std_ratio"]
+    if shift is not None and ratio is not None and _stats_differ(shift, ratio):
+        lines.append(
+            f"evaluation inputs have per-channel mean {_vec(f['eval_input_mean'])} "
+            f"and std {_vec(f['eval_input_std'])}, "
+            f"training inputs mean {_vec(f['train_input_mean'])} and std {_vec(f['train_input_std'])} "
+            f"(largest shift {_num(shift)} training stds, std ratio from {_num(ratio[0])} to {_num(ratio[1])})"
+        )
+    return Finding("preprocessing", "normalization_mismatch", lines) if lines else None
+
+
+def from_logits_rule(ev: Evidence, f: Fields) -> Finding | None:
+    """Outputs are already probabilities although training treated them as logits (softmax twice)."""
+    if not (ev.outputs_are_probabilities and f["from_logits"]):
+        return None
+    low, high = f["output_range"]
+    return Finding(
+        "training",
+        "from_logits_mismatch",
+        [
+            f"raw outputs are probabilities (in [{_num(low)}, {_num(high)}], summing to one over classes) "
+            "but training used from_logits=true",
+            f"{_pct(f['saturated_share'])} of pixels have a class probability >= {_num(f['saturated_level'])}",
+        ],
+    )
+
+
+def collapse_rule(ev: Evidence, f: Fields) -> Finding:
+    """All-background from the raw outputs with healthy labels and inputs: the model learned only the majority.
+
+    It claims the model found foreground in training only from the validation split's own foreground: labels
+    with foreground and a foreground IoU above zero; a high val mIoU alone may be background scoring 1.0.
+    """
     missing = [
         name
         for name, value in (
@@ -249,42 +355,61 @@ def collapse_rule(ev: Evidence) -> Finding:
         )
         if value is None
     ]
-    if ev.outputs_are_probabilities and ev.from_logits is None:
+    if ev.outputs_are_probabilities and f["from_logits"] is None:
         missing.append("whether training treated outputs as logits")
     if missing:
         return Finding(
             "unknown", "insufficient_evidence", [f"cannot rule out other causes without: {', '.join(missing)}"]
         )
-    background_only = 1.0 / ev.num_classes
-    if ev.best_val_mean_iou is not None and ev.best_val_mean_iou > background_only + LEARNED_MARGIN:
-        return Finding(
-            "unknown",
-            "collapse_only_at_evaluation",
-            [
-                f"best validation mIoU {ev.best_val_mean_iou:.3f} is well above the background-only level "
-                f"{background_only:.3f}: the model found foreground in training, yet predicts none here"
-            ],
-        )
+    best, background_only = f["best_val_mean_iou"], f["background_only_iou"]
+    val_share, val_iou = f["val_foreground_share"], f["val_foreground_iou"]
+    if best is not None and best > background_only + LEARNED_MARGIN:
+        if val_share is None or val_iou is None:
+            return Finding(
+                "unknown",
+                "insufficient_evidence",
+                [
+                    f"best validation mIoU {_num(best)} is above the background-only level {_num(background_only)}, "
+                    "but without the validation labels' foreground share and per-class IoU it cannot show that the "
+                    "model learned a foreground class (a split without foreground scores a perfect mIoU on background)"
+                ],
+            )
+        if val_share > 0.0 and val_iou > 0.0:
+            return Finding(
+                "unknown",
+                "collapse_only_at_evaluation",
+                [
+                    f"best validation mIoU {_num(best)} is well above the background-only level "
+                    f"{_num(background_only)}, with {_pct(val_share)} foreground in the validation labels and a "
+                    f"foreground IoU of {_num(val_iou)}: the model found foreground in training, yet predicts none here"
+                ],
+            )
     lines = [
-        f"argmax of the raw outputs is background everywhere although {_pct(ev.true_foreground_fraction)} of "
+        f"argmax of the raw outputs is background everywhere although {_pct(f['test_foreground_share'])} of "
         "valid pixels are foreground, with labels and input normalization consistent with training"
     ]
-    if ev.best_val_mean_iou is not None:
-        lines.append(f"best validation mIoU {ev.best_val_mean_iou:.3f} (background-only level {background_only:.3f})")
-    if ev.class_weights is None:
+    if best is not None:
+        lines.append(f"best validation mIoU {_num(best)} (background-only level {_num(background_only)})")
+    if val_share is not None and val_iou is not None:
+        lines.append(f"validation labels {_pct(val_share)} foreground, foreground IoU {_num(val_iou)}")
+    if f["class_weights"] is None:
         lines.append("training used no class weights")
     return Finding("training", "collapse_to_majority", lines)
 
 
-def observations(ev: Evidence) -> list[str]:
+def observations(ev: Evidence, f: Fields) -> list[str]:
     """Facts worth reading whatever the verdict."""
+    low, high = f["output_range"]
+    post = f"post-processing: {f['postprocess']}"
+    if f["postprocess"] == "threshold" and f["threshold"] is not None:
+        post += f" at {_num(f['threshold'])}"
     return [
-        f"predicted foreground {_pct(ev.foreground_fraction)} of valid pixels, "
-        f"true foreground {_pct(ev.true_foreground_fraction)} "
-        f"(all-zero symptom at or below {_pct(all_zero_threshold(ev.true_foreground_fraction))})",
-        f"raw outputs in [{ev.output_min:.4g}, {ev.output_max:.4g}], mean {ev.output_mean:.4g}: {output_kind(ev)}",
-        f"post-processing: {ev.postprocess}" + (f" at {ev.threshold:.6g}" if ev.postprocess == "threshold" else ""),
-        f"mask values present: {sorted(ev.label_counts)} (num_classes {ev.num_classes}, ignore {ev.ignore_index})",
+        f"predicted foreground {_pct(f['predicted_foreground_share'])} of valid pixels, "
+        f"true foreground {_pct(f['test_foreground_share'])} "
+        f"(all-zero symptom at or below {_pct(f['all_zero_threshold'])})",
+        f"raw outputs in [{_num(low)}, {_num(high)}], mean {_num(f['output_mean'])}: {f['output_kind']}",
+        post,
+        f"mask values present: {_ints(f['label_values'])} (num_classes {f['num_classes']}, ignore {f['ignore_index']})",
     ]
 
 
@@ -292,7 +417,7 @@ def output_kind(ev: Evidence) -> str:
     if ev.outputs_are_probabilities:
         return "probabilities"
     if ev.outputs_bounded:
-        return "bounded in [0, 1] but not summing to 1 (rescaled)"
+        return "bounded in the unit interval but not summing to one (rescaled)"
     return "logits"
 
 
@@ -302,36 +427,57 @@ def _same_normalization(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(np.allclose(a.get(k, []), b.get(k, []), rtol=1e-4, atol=1e-6) for k in ("mean", "std"))
 
 
-def _stats_mismatch(train: dict[str, list[float]], evaluation: dict[str, list[float]]) -> list[str]:
+def _stats_comparison(
+    train: dict[str, list[float]] | None, evaluation: dict[str, list[float]] | None
+) -> tuple[float | None, list[float] | None]:
+    """Largest per-channel mean shift in training stds, and the range of eval/train std ratios."""
+    if train is None or evaluation is None:
+        return None, None
     t_mean, t_std = np.asarray(train["mean"], float), np.asarray(train["std"], float)
     e_mean, e_std = np.asarray(evaluation["mean"], float), np.asarray(evaluation["std"], float)
     scale = np.maximum(t_std, 1e-6)
-    shift = np.abs(e_mean - t_mean) / scale
     ratio = np.maximum(e_std, 1e-6) / scale
-    if shift.max() <= MAX_MEAN_SHIFT_STDS and ratio.min() >= (1 / MAX_STD_RATIO) and ratio.max() <= MAX_STD_RATIO:
-        return []
-    return [
-        f"evaluation inputs have per-channel mean {_vec(e_mean)} and std {_vec(e_std)}, training inputs mean "
-        f"{_vec(t_mean)} and std {_vec(t_std)} (largest shift {shift.max():.2f} training stds, std ratio "
-        f"{ratio.min():.2f}..{ratio.max():.2f})"
-    ]
+    return float((np.abs(e_mean - t_mean) / scale).max()), [float(ratio.min()), float(ratio.max())]
 
 
-def _record(ev: Evidence, symptom: bool, verdict: Finding, notes: list[str], findings: list[Finding]) -> dict[str, Any]:
+def _stats_differ(shift: float, ratio: list[float]) -> bool:
+    return not (shift <= MAX_MEAN_SHIFT_STDS and ratio[0] >= (1 / MAX_STD_RATIO) and ratio[1] <= MAX_STD_RATIO)
+
+
+def _record(
+    ev: Evidence, f: Fields, symptom: bool, verdict: Finding, notes: list[str], findings: list[Finding]
+) -> dict[str, Any]:
     return {
         "symptom": symptom,
-        "all_zero_threshold": all_zero_threshold(ev.true_foreground_fraction),
+        "all_zero_threshold": f["all_zero_threshold"],
         "category": verdict.category,
         "cause": verdict.cause,
         "evidence": verdict.evidence + notes,
-        "candidates": [{"category": f.category, "cause": f.cause} for f in findings],
+        "candidates": [{"category": x.category, "cause": x.cause} for x in findings],
+        "fields": f,
         "numbers": dataclasses.asdict(ev),
     }
 
 
 def _pct(share: float) -> str:
+    """A share as the evidence writes it (also used by tests to match sentences against fields)."""
     return f"{100.0 * share:.3g}%"
 
 
-def _vec(values: np.ndarray) -> str:
-    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+def _num(value: float) -> str:
+    """A number as the evidence writes it."""
+    return f"{value:.3g}"
+
+
+def _vec(values: list[float] | None) -> str:
+    return "[" + ", ".join(_num(v) for v in values or []) + "]"
+
+
+def _ints(values: list[int]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+def _norm(spec: dict[str, Any]) -> str:
+    """A normalization config from its fields: the method, and mean/std per channel where it has them."""
+    extra = [f"{key} {_vec(spec[key])}" for key in ("mean", "std") if isinstance(spec.get(key), list)]
+    return str(spec.get("method")) + (f" ({', '.join(extra)})" if extra else "")

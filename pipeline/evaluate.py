@@ -310,6 +310,9 @@ def training_evidence(meta: TrainMeta) -> dict[str, Any]:
         "class_weights": meta.class_weights,
         "train_normalization": meta.normalization,
         "train_input_stats": meta.input_stats,
+        "train_foreground_share": meta.train_foreground_share,
+        "val_foreground_share": meta.val_foreground_share,
+        "val_iou_per_class": meta.val_iou_per_class,
     }
 
 

@@ -36,6 +36,8 @@ from pipeline.params import PARAMS_FILE, as_flat_dict, config_hash
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "wise-deeplabv3plus"
+# dvc.yaml keys whose entries DVC writes to .gitignore (unless cache: false, which it then simply does not add).
+OUT_KINDS = ("outs", "metrics", "plots")
 # Tags a caller such as segbisect passes in through the environment, so its hybrids' stage runs can be found.
 ENV_TAGS = {"SEGBISECT_SESSION": "segbisect.session", "SEGBISECT_HYBRID": "segbisect.hybrid"}
 # `SEGBISECT_TRACKING=off`: run the stage without MLflow (segbisect sets it for its hybrids when it does not track).
@@ -74,15 +76,53 @@ def tracking_enabled() -> bool:
 
 
 def git_commit() -> str:
-    """HEAD's commit, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
+    """HEAD's commit, with '-dirty' when tracked files differ from it; 'unknown' outside git.
+
+    The entries DVC itself adds to tracked `.gitignore` files for its outputs (`dvc repro` in a fresh clone
+    writes them) are not changes to the code: exactly those lines are ignored, nothing else.
+    """
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        sha = _git("rev-parse", "HEAD").strip()
+        changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
+        dirty = [path for path in changed if not _only_dvc_ignores(path)]
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _only_dvc_ignores(path: str) -> bool:
+    """Whether `path` is a `.gitignore` whose only change is lines DVC adds for outputs beside it."""
+    if Path(path).name != ".gitignore":
+        return False
+    diff = _git("diff", "--unified=0", "HEAD", "--", path).splitlines()
+    body = [line for line in diff if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    folder = Path(path).parent
+    outputs = _dvc_outputs()
+    return all(line.startswith("+/") and (folder / line[2:]).as_posix() in outputs for line in body)
+
+
+def _dvc_outputs() -> set[str]:
+    """Paths DVC writes `.gitignore` entries for: the outputs declared in dvc.yaml and in `.dvc` files."""
+    import yaml
+
+    found: set[str] = set()
+    sources = [Path("dvc.yaml"), *Path(".").rglob("*.dvc")]
+    for source in sources:
+        try:
+            document = yaml.safe_load(source.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        declared = [stage.get(kind, []) for stage in document.get("stages", {}).values() for kind in OUT_KINDS]
+        declared.append(document.get("outs", []))
+        for entries in declared:
+            for entry in entries:
+                name = (entry.get("path") or next(iter(entry))) if isinstance(entry, dict) else str(entry)
+                found.add((source.parent / name).as_posix())
+    return found
 
 
 @contextmanager

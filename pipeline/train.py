@@ -20,7 +20,7 @@ from pipeline.params import load_section
 from pipeline.processed import load_spec, load_split
 from pipeline.tracking import log_artifact, log_keras_model, log_metrics, set_tag, stage_run
 from pipeline.train_meta import FILE as META_FILE
-from pipeline.train_meta import TrainMeta
+from pipeline.train_meta import TrainMeta, confusion_matrix, foreground_share, iou_per_class
 
 PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
@@ -188,6 +188,20 @@ def fit(model: Any, train_ds: Any, val_ds: Any, params: TrainParams) -> dict[str
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
+def validation_iou(model: Any, val_ds: Any, num_classes: int, ignore_index: int | None) -> list[float | None]:
+    """Per-class IoU of the model's argmax on the validation split, from one confusion matrix (numpy).
+
+    Run after fit, on the restored best weights: the per-class view of the best epoch's val mIoU. Keras' mean IoU
+    averages only the classes present, so a validation split without foreground scores 1.0 on background alone;
+    the foreground class's own IoU says whether the model found foreground.
+    """
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for x, y in val_ds:
+        pred = np.asarray(model.predict_on_batch(x)).argmax(axis=-1)
+        cm += confusion_matrix(np.asarray(y), pred, num_classes, ignore_index)
+    return iou_per_class(cm)
+
+
 def check_finite(history: dict[str, list[float]], learning_rate: float) -> None:
     """A NaN/inf loss means training diverged: stop the stage rather than save a broken model."""
     for epoch, loss in enumerate(history.get("loss", []), start=1):
@@ -261,9 +275,17 @@ def _floats(logs: dict[str, Any] | None) -> dict[str, float]:
 
 
 def train_meta(
-    spec: dict[str, Any], params: TrainParams, metrics: dict[str, Any], stats: dict[str, Any], digest: str
+    spec: dict[str, Any],
+    params: TrainParams,
+    metrics: dict[str, Any],
+    stats: dict[str, Any],
+    digest: str,
+    labels: dict[str, Any] | None = None,
 ) -> TrainMeta:
-    """What evaluate needs to use the model and to diagnose a train/eval mismatch."""
+    """What evaluate needs to use the model and to diagnose a train/eval mismatch.
+
+    labels: `train_foreground_share`, `val_foreground_share` and `val_iou_per_class` (see `label_evidence`).
+    """
     return TrainMeta(
         from_logits=True,
         num_classes=spec["num_classes"],
@@ -274,7 +296,19 @@ def train_meta(
         epochs_run=metrics["epochs_run"],
         best_val_mean_iou=metrics["best_val_mean_iou"],
         model_sha256=digest,
+        **(labels or {}),
     )
+
+
+def label_evidence(
+    y_train: np.ndarray, y_val: np.ndarray, val_iou: list[float | None], num_classes: int, ignore_index: int | None
+) -> dict[str, Any]:
+    """The foreground share of the training and validation labels, and the best epoch's per-class val IoU."""
+    return {
+        "train_foreground_share": foreground_share(y_train, num_classes, ignore_index),
+        "val_foreground_share": foreground_share(y_val, num_classes, ignore_index),
+        "val_iou_per_class": val_iou,
+    }
 
 
 def log_results(model: Any, metrics: dict[str, Any], digest: str) -> None:
@@ -329,7 +363,9 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
         model.save(out / MODEL_FILE)
         metrics = summarize(history, seconds, len(x_train), params.epochs)
         digest = sha256(out / MODEL_FILE)
-        train_meta(spec, params, metrics, input_stats(x_train, norm), digest).write(out / META_FILE)
+        val_iou = validation_iou(model, val_ds, num_classes, ignore_index)
+        labels = label_evidence(y_train, y_val, val_iou, num_classes, ignore_index)
+        train_meta(spec, params, metrics, input_stats(x_train, norm), digest, labels).write(out / META_FILE)
         write_json(METRICS_FILE, metrics)
         write_history(HISTORY_FILE, history)
         log_results(model, metrics, digest)

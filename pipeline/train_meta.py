@@ -1,7 +1,9 @@
 """`models/train_meta.json`: what the train stage tells evaluate about its model, one type for writer and reader.
 
 evaluate reads it leniently: a field that is missing or malformed becomes None (unknown), so a broken record
-weakens the diagnosis instead of crashing the stage; only a file that is not a JSON object is an error.
+weakens the diagnosis instead of crashing the stage (and a file written before a field existed stays readable);
+only a file that is not a JSON object is an error. The label measurements train records (`foreground_share`,
+`confusion_matrix`, `iou_per_class`) live here too, numpy only, beside the fields they fill.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json
@@ -30,6 +34,9 @@ class TrainMeta:
     epochs_run: int | None
     best_val_mean_iou: float | None
     model_sha256: str | None
+    train_foreground_share: float | None = None
+    val_foreground_share: float | None = None
+    val_iou_per_class: list[float | None] | None = None
 
     def write(self, path: Path) -> None:
         write_json(path, dataclasses.asdict(self))
@@ -40,6 +47,40 @@ class TrainMeta:
         if not isinstance(data, dict):
             raise PipelineError(f"{path}: expected a JSON object")
         return cls(**{f.name: _valid(f.name, data.get(f.name)) for f in dataclasses.fields(cls)})
+
+
+BACKGROUND = 0
+
+
+def valid_pixels(masks: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
+    """Pixels holding a class id: neither the ignore index nor out of range."""
+    valid = np.asarray(masks) < num_classes
+    if ignore_index is not None:
+        valid &= np.asarray(masks) != ignore_index
+    return valid
+
+
+def foreground_share(masks: np.ndarray, num_classes: int, ignore_index: int | None) -> float | None:
+    """Share of the valid pixels whose class is not background (None with no valid pixel)."""
+    valid = valid_pixels(masks, num_classes, ignore_index)
+    total = int(valid.sum())
+    return float((valid & (np.asarray(masks) != BACKGROUND)).sum() / total) if total else None
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
+    """(num_classes, num_classes) counts over the valid pixels; rows true classes, columns predicted classes."""
+    keep = valid_pixels(true, num_classes, ignore_index).ravel()
+    t = np.asarray(true).ravel()[keep].astype(np.int64)
+    p = np.asarray(pred).ravel()[keep].astype(np.int64)
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_per_class(cm: np.ndarray) -> list[float | None]:
+    """TP / (TP + FP + FN) per class; None where the class is absent from truth and prediction (0/0)."""
+    cm = np.asarray(cm, np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    return [float(t / u) if u > 0 else None for t, u in zip(tp, union)]
 
 
 def _is_int(value: Any) -> bool:
@@ -67,10 +108,18 @@ CHECKS: dict[str, Callable[[Any], bool]] = {
     "epochs_run": _is_int,
     "best_val_mean_iou": _is_number,
     "model_sha256": lambda v: isinstance(v, str),
+    "train_foreground_share": lambda v: _is_number(v) and 0.0 <= v <= 1.0,
+    "val_foreground_share": lambda v: _is_number(v) and 0.0 <= v <= 1.0,
+    "val_iou_per_class": lambda v: (
+        isinstance(v, list) and bool(v) and all(x is None or (_is_number(x) and 0.0 <= x <= 1.0) for x in v)
+    ),
 }
+FLOATS = ("best_val_mean_iou", "train_foreground_share", "val_foreground_share")
 
 
 def _valid(name: str, value: Any) -> Any:
     if not CHECKS[name](value):
         return None
-    return float(value) if name == "best_val_mean_iou" else value
+    if name == "val_iou_per_class":
+        return [None if x is None else float(x) for x in value]
+    return float(value) if name in FLOATS else value

@@ -7,10 +7,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.train_meta import TrainMeta
+from pipeline.train_meta import TrainMeta, confusion_matrix, foreground_share, iou_per_class
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
 META = TrainMeta(
@@ -23,6 +24,9 @@ META = TrainMeta(
     epochs_run=3,
     best_val_mean_iou=0.8,
     model_sha256="0" * 64,
+    train_foreground_share=0.08,
+    val_foreground_share=0.07,
+    val_iou_per_class=[0.97, 0.71],
 )
 
 
@@ -58,6 +62,38 @@ def test_malformed_fields_become_unknown_not_a_crash(tmp_path: Path) -> None:
     read = TrainMeta.read(path)
     assert (read.from_logits, read.input_stats, read.best_val_mean_iou, read.epochs_run) == (None, None, None, None)
     assert read.class_weights == [1.0, 2.0] and read.num_classes == 2
+
+
+def test_a_file_from_before_the_label_fields_is_read_with_them_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "train_meta.json"
+    old = dataclasses.asdict(META)
+    for key in ("train_foreground_share", "val_foreground_share", "val_iou_per_class"):
+        del old[key]
+    path.write_text(json.dumps(old))
+    read = TrainMeta.read(path)
+    assert (read.train_foreground_share, read.val_foreground_share, read.val_iou_per_class) == (None, None, None)
+    assert read.best_val_mean_iou == 0.8
+
+
+def test_malformed_label_fields_become_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "train_meta.json"
+    bad = {"train_foreground_share": 1.5, "val_foreground_share": "0.1", "val_iou_per_class": [0.9, "x"]}
+    path.write_text(json.dumps({**dataclasses.asdict(META), **bad}))
+    read = TrainMeta.read(path)
+    assert (read.train_foreground_share, read.val_foreground_share, read.val_iou_per_class) == (None, None, None)
+    path.write_text(json.dumps({**dataclasses.asdict(META), "val_iou_per_class": [1, None]}))
+    assert TrainMeta.read(path).val_iou_per_class == [1.0, None]
+
+
+def test_label_measurements_leave_out_ignore_and_absent_classes() -> None:
+    """Shares are of the valid pixels; a class absent from truth and prediction has no IoU (None), not 1 or 0."""
+    masks = np.array([[0, 0, 1, 255], [0, 0, 0, 255]], np.uint8)
+    assert foreground_share(masks, 2, 255) == pytest.approx(1 / 6)
+    assert foreground_share(np.full((2, 2), 255, np.uint8), 2, 255) is None
+    pred = np.array([[0, 0, 1, 1], [0, 1, 0, 1]])
+    cm = confusion_matrix(masks, pred, 3, 255)
+    assert cm.tolist() == [[4, 1, 0], [0, 1, 0], [0, 0, 0]]
+    assert iou_per_class(cm) == [pytest.approx(4 / 5), pytest.approx(1 / 2), None]
 
 
 def test_a_file_that_is_not_an_object_is_an_error_naming_it(tmp_path: Path) -> None:

@@ -4,10 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from typing import Any
 
 import pytest
 
 from pipeline.diagnostics import SYMPTOM_FLOOR, Evidence, all_zero_threshold, diagnose
+
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?")
+
+
+def renderings(value: Any) -> set[str]:
+    """Every way the evidence may write a number held in `value` (nested): 3 significant digits, a percentage."""
+    if isinstance(value, dict):
+        return set().union(*(renderings(k) | renderings(v) for k, v in value.items())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(renderings(v) for v in value)) if value else set()
+    if isinstance(value, str):
+        return {value} if re.fullmatch(r"-?\d+", value) else set()
+    if isinstance(value, bool) or value is None:
+        return set()
+    shown = {f"{value:.3g}", f"{100.0 * value:.3g}%"}
+    return shown | ({str(value)} if isinstance(value, int) else set())
+
+
+def assert_evidence_from_fields(record: dict[str, Any]) -> None:
+    """Every number in every evidence sentence is one of the record's `fields`, as the evidence formats it."""
+    allowed = renderings(record["fields"])
+    for sentence in record["evidence"]:
+        numbers = NUMBER.findall(sentence)
+        assert set(numbers) <= allowed, (sentence, set(numbers) - allowed)
+
 
 UNIT_STATS = {"mean": [0.5, 0.45, 0.4], "std": [0.2, 0.2, 0.25], "min": [0.0] * 3, "max": [1.0] * 3}
 HEALTHY = Evidence(
@@ -34,7 +61,18 @@ HEALTHY = Evidence(
     eval_normalization={"method": "unit"},
     train_input_stats=UNIT_STATS,
     eval_input_stats=UNIT_STATS,
+    train_foreground_share=0.06,
+    val_foreground_share=0.07,
+    val_iou_per_class=[0.9, 0.04],
 )
+# Training and validation labels that lost their foreground (e.g. 255 mapped to ignore): validation then scores a
+# mean IoU of 1.0 on background alone, which is no sign that the model found foreground.
+NO_TRAINING_FOREGROUND = {
+    "best_val_mean_iou": 1.0,
+    "train_foreground_share": 0.0,
+    "val_foreground_share": 0.0,
+    "val_iou_per_class": [1.0, None],
+}
 ALL_ZERO = {"foreground_fraction": 0.0, "reference_foreground_fraction": 0.0}
 PROBABILITIES = {
     "outputs_are_probabilities": True,
@@ -69,6 +107,35 @@ def test_record_is_json_and_keeps_the_numbers():
     assert record["symptom"] is True
     assert record["numbers"]["true_foreground_fraction"] == 0.06
     assert record["numbers"]["label_counts"] == {"0": 940, "1": 60}
+    fields = record["fields"]
+    assert (fields["test_foreground_share"], fields["predicted_foreground_share"]) == (0.06, 0.0)
+    assert (fields["train_foreground_share"], fields["val_foreground_share"]) == (0.06, 0.07)
+    assert (fields["val_iou_per_class"], fields["val_foreground_iou"]) == ([0.9, 0.04], 0.04)
+    assert fields["output_range"] == [-6.0, 5.0]
+
+
+VARIANTS = {
+    "healthy": {},
+    "collapse": ALL_ZERO,
+    "no_labels": {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 940, 255: 60}},
+    "no_labels_no_ignore": {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 1000}},
+    "out_of_range": {**ALL_ZERO, "label_counts": {0: 900, 1: 50, 2: 50}},
+    "interpolated": {**ALL_ZERO, "label_counts": {0: 900, 1: 40, 2: 3, 17: 2, 128: 4, 255: 51}},
+    "stats": {**ALL_ZERO, "train_input_stats": {"mean": [0.0] * 3, "std": [1.0] * 3}},
+    "config": {**ALL_ZERO, "train_normalization": {"method": "standardize", "mean": [0.5] * 3, "std": [0.2] * 3}},
+    "probabilities": {**ALL_ZERO, **PROBABILITIES},
+    "postprocessing": {"foreground_fraction": 0.0},
+    "threshold": {"foreground_fraction": 0.0, "postprocess": "threshold", "threshold": 0.9},
+    "scaling": {"foreground_fraction": 0.0, "postprocess": "threshold", "outputs_bounded": True, "output_min": 0.5},
+    "classes": {**ALL_ZERO, "model_classes": 3},
+    "missing": {**ALL_ZERO, "train_input_stats": None},
+}
+
+
+@pytest.mark.parametrize("changes", VARIANTS.values(), ids=list(VARIANTS))
+def test_every_evidence_sentence_is_formatted_from_the_fields(changes):
+    record = json.loads(json.dumps(diagnose(dataclasses.replace(HEALTHY, **changes))))
+    assert_evidence_from_fields(record)
 
 
 def test_a_few_stray_foreground_pixels_still_count_as_all_zero():
@@ -96,7 +163,56 @@ def test_collapse_to_majority_with_healthy_labels_and_inputs():
 
 
 def test_collapse_when_validation_had_learned_foreground_is_unknown():
-    assert verdict(**ALL_ZERO, best_val_mean_iou=0.8) == ("unknown", "collapse_only_at_evaluation")
+    """Validation labels with foreground and a foreground IoU above zero: the model did find foreground."""
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, best_val_mean_iou=0.8, val_iou_per_class=[0.95, 0.65]))
+    assert (record["category"], record["cause"]) == ("unknown", "collapse_only_at_evaluation")
+    assert any("found foreground in training" in line and "7%" in line for line in record["evidence"])
+    assert (record["fields"]["val_foreground_share"], record["fields"]["val_foreground_iou"]) == (0.07, 0.65)
+    assert_evidence_from_fields(record)
+
+
+def test_training_labels_without_foreground_are_labels_never_found_foreground():
+    """A perfect val mIoU from a background-only validation split must not count as having found foreground."""
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **NO_TRAINING_FOREGROUND))
+    assert (record["category"], record["cause"]) == ("labels", "training_labels_no_foreground")
+    assert any("training labels hold no foreground" in line for line in record["evidence"])
+    assert not any("found foreground" in line for line in record["evidence"])
+    assert_evidence_from_fields(record)
+
+
+def test_validation_labels_without_foreground_are_labels():
+    changes = {**NO_TRAINING_FOREGROUND, "train_foreground_share": 0.06}
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **changes))
+    assert (record["category"], record["cause"]) == ("labels", "validation_labels_no_foreground")
+    assert not any("found foreground" in line for line in record["evidence"])
+
+
+def test_validation_without_foreground_iou_is_not_found_foreground():
+    """Foreground in the validation labels but an IoU of 0 there: the collapse started in training."""
+    changes = {"num_classes": 3, "model_classes": 3, "best_val_mean_iou": 0.5, "val_iou_per_class": [0.95, 0.0, None]}
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **changes))
+    assert (record["category"], record["cause"]) == ("training", "collapse_to_majority")
+    assert not any("found foreground" in line for line in record["evidence"])
+    assert_evidence_from_fields(record)
+
+
+def test_high_val_mean_iou_without_per_class_evidence_is_unknown():
+    """A train_meta.json written before the validation fields existed: a high mIoU alone proves nothing."""
+    unknown = {"best_val_mean_iou": 1.0, "val_foreground_share": None, "val_iou_per_class": None}
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **unknown))
+    assert (record["category"], record["cause"]) == ("unknown", "insufficient_evidence")
+    assert not any("found foreground" in line for line in record["evidence"])
+    assert_evidence_from_fields(record)
+
+
+def test_ignore_255_labels_everywhere_name_the_labels_with_every_split():
+    """The test masks hold only background and ignore, and so did training's: labels, with the split shares."""
+    no_labels = {"true_foreground_fraction": 0.0, "label_counts": {0: 940, 255: 60}}
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **no_labels, **NO_TRAINING_FOREGROUND))
+    assert (record["category"], record["cause"]) == ("labels", "no_foreground_labels")
+    assert any("training labels 0% foreground, validation labels 0% foreground" in e for e in record["evidence"])
+    assert not any("found foreground" in line for line in record["evidence"])
+    assert_evidence_from_fields(record)
 
 
 def test_missing_training_stats_is_unknown_not_collapse():

@@ -16,7 +16,8 @@ from conftest import two_class_spec
 from pipeline import evaluate, normalization
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
-from pipeline.processed import save_split
+from pipeline.processed import load_split, save_split
+from test_diagnostics import assert_evidence_from_fields
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 8
@@ -87,23 +88,51 @@ def workspace(tmp_path, monkeypatch):
     for split, (n, seed) in {"train": (6, 0), "val": (2, 1), "test": (5, 2)}.items():
         save_split(folder, split, *make_split(n, seed))
     write_json(folder / "spec.json", spec)
-    write_meta(input_stats=input_stats(make_split(6, 0)[0], spec["normalization"]), normalization=spec["normalization"])
+    write_meta()
     write_params()
     return tmp_path
 
 
 def write_meta(**fields) -> None:
+    """train_meta.json as train writes it for the workspace's data: normalization, input stats, label shares."""
+    spec = two_class_spec(SIZE, IGNORE)
     meta = {
         "from_logits": True,
         "num_classes": 2,
         "ignore_index": IGNORE,
+        "normalization": spec["normalization"],
+        "input_stats": input_stats(make_split(6, 0)[0], spec["normalization"]),
         "class_weights": None,
         "epochs_run": 1,
         "best_val_mean_iou": 0.45,
         "model_sha256": "0" * 64,
+        "train_foreground_share": foreground_share(make_split(6, 0)[1]),
+        "val_foreground_share": foreground_share(make_split(2, 1)[1]),
+        "val_iou_per_class": [0.9, 0.0],
         **fields,
     }
     write_json("models/train_meta.json", meta)
+
+
+def foreground_share(masks: np.ndarray) -> float:
+    valid = masks != IGNORE
+    return float((valid & (masks != 0)).sum() / valid.sum())
+
+
+def predict(images: np.ndarray) -> np.ndarray:
+    """The saved model's raw outputs on unit-normalized images, outside the stage."""
+    import keras
+
+    model = keras.models.load_model("models/model.keras", compile=False)
+    x = np.asarray(normalization.apply(images, two_class_spec(SIZE, IGNORE)["normalization"]))
+    return np.asarray(model.predict(x, verbose=0))
+
+
+def iou_per_class(masks: np.ndarray, pred: np.ndarray) -> list[float]:
+    valid = masks != IGNORE
+    return [
+        float((valid & (masks == c) & (pred == c)).sum() / (valid & ((masks == c) | (pred == c))).sum()) for c in (0, 1)
+    ]
 
 
 def run() -> tuple[dict, dict]:
@@ -159,6 +188,62 @@ def test_collapsed_model_is_diagnosed_as_training(workspace):
     assert (scores["foreground_fraction"], scores["all_zero_symptom"]) == (0.0, 1)
     assert scores["per_class_iou"]["foreground"] == 0.0
     assert (record["category"], record["cause"]) == ("training", "collapse_to_majority")
+
+
+def test_diagnostics_fields_recomputed_from_the_data(workspace):
+    """The collapsed model's diagnostics: every field recomputed from the processed data and the model's outputs,
+    and every evidence sentence's numbers are those fields."""
+    save_model(red_weight=0.0)
+    _, val_masks, _ = load_split(Path("data/processed"), "val")
+    val_iou = iou_per_class(val_masks, predict(load_split(Path("data/processed"), "val")[0]).argmax(axis=-1))
+    write_meta(val_iou_per_class=val_iou, best_val_mean_iou=float(np.mean(val_iou)))
+    _, record = run()
+    fields = record["fields"]
+    images, masks, _ = load_split(Path("data/processed"), "test")
+    outputs = predict(images)
+    valid = masks != IGNORE
+    assert fields["test_foreground_share"] == pytest.approx(foreground_share(masks))
+    assert fields["predicted_foreground_share"] == pytest.approx(
+        (valid & (outputs.argmax(-1) != 0)).sum() / valid.sum()
+    )
+    assert fields["output_range"] == pytest.approx([outputs.min(), outputs.max()])
+    assert fields["output_mean"] == pytest.approx(outputs.mean(), rel=1e-5)
+    assert fields["label_values"] == np.unique(masks).tolist()
+    assert fields["ignored_share"] == pytest.approx((masks == IGNORE).mean())
+    for split, key in (("train", "train_foreground_share"), ("val", "val_foreground_share")):
+        assert fields[key] == pytest.approx(foreground_share(load_split(Path("data/processed"), split)[1]))
+    assert fields["val_iou_per_class"] == pytest.approx(val_iou) and val_iou[1] == 0.0
+    assert fields["val_foreground_iou"] == 0.0
+    assert (record["category"], record["cause"]) == ("training", "collapse_to_majority")
+    assert any(
+        f"validation labels {100 * fields['val_foreground_share']:.3g}% foreground" in e for e in record["evidence"]
+    )
+    assert_evidence_from_fields(record)
+
+
+def test_training_labels_without_foreground_are_diagnosed_not_found_foreground(workspace):
+    """Training and validation labels without foreground score val mIoU 1.0 on background: labels, never a claim
+    that the model found foreground."""
+    save_model(red_weight=0.0)
+    write_meta(
+        best_val_mean_iou=1.0, train_foreground_share=0.0, val_foreground_share=0.0, val_iou_per_class=[1.0, None]
+    )
+    _, record = run()
+    assert (record["symptom"], record["category"], record["cause"]) == (True, "labels", "training_labels_no_foreground")
+    assert not any("found foreground" in line for line in record["evidence"])
+    assert_evidence_from_fields(record)
+
+
+def test_train_meta_without_the_label_fields_still_diagnoses(workspace):
+    """A train_meta.json from before the label fields: read as unknown, the collapse diagnosis still stands."""
+    save_model(red_weight=0.0)
+    meta = json.loads(Path("models/train_meta.json").read_text())
+    for key in ("train_foreground_share", "val_foreground_share", "val_iou_per_class"):
+        del meta[key]
+    write_json("models/train_meta.json", meta)
+    _, record = run()
+    assert (record["category"], record["cause"]) == ("training", "collapse_to_majority")
+    assert record["fields"]["val_foreground_share"] is None
 
 
 def test_training_inputs_normalized_differently_is_preprocessing(workspace):

@@ -111,7 +111,7 @@ def bisection(store: Store, threshold_bisection: ThresholdBisection) -> Bisectio
     for run in runs:
         if "mlflow.parentRunId" in run.data.tags:
             children.setdefault(run.data.tags["mlflow.parentRunId"], []).append(run)
-    parents = [r for r in runs if r.info.run_id in children and "segbisect.session" in r.data.tags]
+    parents = [r for r in runs if r.info.run_id in children and r.data.tags.get("segbisect.role") == "session"]
     assert len(parents) == 1, f"expected one bisection parent run with child runs, found {len(parents)}:\n{output}"
     parent = parents[0]
     return Bisection(parent, sorted(children[parent.info.run_id], key=lambda r: r.info.start_time), output)
@@ -264,10 +264,20 @@ def test_bisection_parent_and_hybrid_runs_in_the_ui(
         for child in children:
             row_cell(page, child.info.run_id, RUN_NAME_COL).wait_for(timeout=UI_TIMEOUT_MS)
         assert shown_run_ids(page) >= {parent.info.run_id, *(c.info.run_id for c in children)}
-        # The session filter also finds the stage runs the hybrids logged, where they share the experiment.
+        # The session filter also finds the stage runs the hybrids logged, nested under the hybrid that ran them.
         matching = client(store.uri).search_runs(
             [experiment_id], f"tags.`segbisect.session` = '{session}'", max_results=1000
         )
+        stage_runs = [r for r in matching if r.data.tags.get("segbisect.role") is None]
+        hybrids = {c.info.run_id for c in children}
+        assert stage_runs and all(r.data.tags.get("mlflow.parentRunId") in hybrids for r in stage_runs)
+        for hybrid in sorted({r.data.tags["mlflow.parentRunId"] for r in stage_runs}):
+            if not shown_run_ids(page) >= {
+                r.info.run_id for r in stage_runs if r.data.tags["mlflow.parentRunId"] == hybrid
+            }:
+                expand_parent(page, hybrid)
+        for stage_run in stage_runs:
+            row_cell(page, stage_run.info.run_id, RUN_NAME_COL).wait_for(timeout=UI_TIMEOUT_MS)
         assert shown_run_ids(page) >= {r.info.run_id for r in matching}
         assert_row(page, parent)
         for child in children:

@@ -36,4 +36,10 @@ def test_threshold_bug_is_found_in_evaluate_reusing_the_cache(threshold_bisectio
     assert {r.data.tags["segbisect.session"] for r in stage_runs} == {Path(report["results_dir"]).name}
     linked = {c.data.tags.get("stage_runs") for c in children} - {None}
     assert linked == {r.info.run_id for r in stage_runs}
+    parent_of = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in client.search_runs([experiment])}
+    for child in children:
+        for stage_run in filter(None, child.data.tags.get("stage_runs", "").split(",")):
+            assert parent_of[stage_run] == child.info.run_id, "a hybrid's stage runs nest under it"
+    sessions = {r.info.run_id for r in runs if r.data.tags.get("segbisect.role") == "session"}
+    assert {parent_of[c.info.run_id] for c in children} == sessions
     assert (Path(report["results_dir"]) / "report.md").read_text().count("| h0") == 4

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from conftest import tree_state
 from segbisect import machine
@@ -331,3 +334,43 @@ def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs_and_their_lo
         roots = [first, other]
     assert not any(path.exists() for path in roots)
     assert sh(toy, "git", "worktree", "list").count("\n") == 1
+
+
+def test_the_results_folder_never_shows_in_git_status(toy: Path) -> None:
+    (toy / ".gitignore").write_text("__pycache__/\n")
+    sh(toy, "git", "commit", "-qam", "results folder not ignored by the project")
+    sh(toy, "git", "tag", "-f", "good")
+    bad_commit(toy, THRESHOLD_BUG)
+    code, report, _ = bisect(toy, "good", "bad")
+    assert code == 0 and Path(report["results_dir"]).parent == toy / "segbisect-results"
+    assert sh(toy, "git", "status", "--porcelain") == ""
+
+
+def test_the_reversed_question_names_the_fix_in_its_own_words(toy: Path) -> None:
+    """BAD is the broken configuration here and GOOD the fixed one: which change fixed it?"""
+    bad_commit(toy, {"train": {"lr": 2.0}})
+    code, report, human = bisect(toy, "bad", "good", "--find-fix")
+    assert code == 0 and report["verdict"] == "fix"
+    assert report["message"] == "stage 'train' holds the fix, sufficient and necessary; minimal change: 1 unit(s)"
+    assert unit_names(report) == ["train.lr"] and report["terms"] == {"old": "BROKEN", "new": "FIXED"}
+    outcomes = {h["label"]: h["outcome"] for h in report["hybrids"]}
+    assert outcomes["BROKEN"] == "broken" and outcomes["FIXED"] == "fixed"
+    assert report["culprit"]["diagnostics"] == {"cause": "collapsed model"}, "the broken side's evidence"
+    assert "culprit" not in report["message"] and "FIXED" in human
+
+    code, report, _ = bisect(toy, "good", "bad", "--find-fix")
+    assert code == 3 and report["message"].startswith("BROKEN does not fail (fixed: ")
+
+
+def test_a_terminal_shows_live_progress_and_a_pipe_only_plain_lines(toy: Path, tmp_path: Path) -> None:
+    from segbisect.options import Options
+    from segbisect.session import bisect as run_bisection
+
+    bad_commit(toy, {"train": {"lr": 2.0}})
+    screen = io.StringIO()
+    options = Options(good="good", bad="bad", repo=toy, mlflow=False, results=tmp_path / "results")
+    code, report = run_bisection(options, Console(file=screen, force_terminal=True, width=200))
+    assert code == 0 and report.culprit is not None and report.culprit.stage == "train"
+    assert re.search(r"hybrids done \d+ of about \d+ · .* · 0m\d\ds", screen.getvalue())
+    code, _, human = bisect(toy, "good", "bad", "--fresh")
+    assert code == 0 and "hybrids done" not in human

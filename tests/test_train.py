@@ -19,7 +19,7 @@ from conftest import two_class_spec
 from pipeline import train
 from pipeline.errors import PipelineError
 from pipeline.params import load_section
-from pipeline.processed import save_split
+from pipeline.processed import load_split, save_split
 
 SIZE = 32
 IGNORE = 255
@@ -48,6 +48,9 @@ META_KEYS = {
     "epochs_run",
     "best_val_mean_iou",
     "model_sha256",
+    "train_foreground_share",
+    "val_foreground_share",
+    "val_iou_per_class",
 }
 
 
@@ -161,6 +164,7 @@ def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) 
 
     model = keras.models.load_model(workdir / "models/model.keras")
     assert tuple(model.output.shape) == (None, SIZE, SIZE, 2)
+    assert_label_fields(meta, model, workdir / "data" / "processed")
 
     with open(workdir / "reports/train_history.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -177,6 +181,21 @@ def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) 
     assert len(MlflowClient(tracking_uri).get_metric_history(run_id, "val_mean_iou")) == meta["epochs_run"]
     assert "train_history.csv" in {a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id)}
     assert not list(workdir.glob(".models.*")), "temp dir left behind"
+
+
+def assert_label_fields(meta: dict[str, Any], model: Any, processed: Path) -> None:
+    """The label fields recomputed here: foreground shares of the splits, per-class IoU of the saved model on val."""
+    for split in ("train", "val"):
+        masks = load_split(processed, split)[1]
+        valid = masks != IGNORE
+        assert meta[f"{split}_foreground_share"] == pytest.approx((valid & (masks == 1)).sum() / valid.sum())
+    images, masks, _ = load_split(processed, "val")
+    val_ds = train.make_dataset(images, masks, {"method": "unit"}, TINY_PARAMS["batch_size"])
+    pred = np.concatenate([np.asarray(model.predict_on_batch(x)).argmax(axis=-1) for x, _ in val_ds])
+    valid = masks != IGNORE
+    ious = [((valid & (masks == c) & (pred == c)).sum(), (valid & ((masks == c) | (pred == c))).sum()) for c in (0, 1)]
+    expected = [float(tp / union) if union else None for tp, union in ious]
+    assert meta["val_iou_per_class"] == pytest.approx(expected)
 
 
 def test_class_weights_must_match_num_classes(workdir: Path) -> None:

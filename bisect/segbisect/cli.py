@@ -19,7 +19,8 @@ from segbisect.tracking import DEFAULT_EXPERIMENT
 
 EPILOG = """\b
 Exit codes:
-  0    culprit found (a stage, or a minimal interaction of units)
+  0    culprit found (a stage, or a minimal interaction of units); with
+       --find-fix, the fix found
   1    no culprit: untestable hybrids leave the answer ambiguous; or cannot
        decide: the environment failed a hybrid (after --retries), or its
        --repeat runs disagreed (verdict flaky)
@@ -149,6 +150,13 @@ def main(
     resume: bool = typer.Option(
         True, "--resume/--fresh", help="Reuse finished hybrids from earlier (interrupted) runs, or start over."
     ),
+    find_fix: bool = typer.Option(
+        False,
+        "--find-fix",
+        help="Ask the reversed question, which change fixed it: GOOD is then a configuration that fails the check "
+        "and BAD one that passes. Verdict, report and MLflow call them BROKEN and FIXED, name the fix (verdict "
+        "fix), and show the broken side's diagnostics.",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the verdict as one JSON object on stdout; human output goes to stderr."
     ),
@@ -164,7 +172,7 @@ def main(
     signal.signal(signal.SIGTERM, _interrupt)
     opts = Options(good=good, bad=bad, repo=repo, fail_if=fail_if, run=run, metrics=metrics, experiment=experiment)
     opts = replace(opts, jobs=jobs, repeat=repeat, retries=retries, timeout=timeout, results=results)
-    opts = replace(opts, keep_workspaces=keep_workspaces, mlflow=mlflow, fresh=not resume)
+    opts = replace(opts, keep_workspaces=keep_workspaces, mlflow=mlflow, fresh=not resume, find_fix=find_fix)
     try:
         code, result = bisect(opts, console)
     except SegbisectError as exc:

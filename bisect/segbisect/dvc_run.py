@@ -9,6 +9,7 @@ installed DVC.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -62,14 +63,16 @@ class Events:
 
 
 class _Listener(logging.Handler):
-    def __init__(self, events: Events) -> None:
+    def __init__(self, events: Events, running: Path) -> None:
         super().__init__(logging.DEBUG)
-        self.events = events
+        self.events, self.running = events, running
 
     def emit(self, record: logging.LogRecord) -> None:
         name = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
         if record.msg == RAN:
             self.events.executed.append(name)
+            with contextlib.suppress(OSError):
+                self.running.write_text(name)
             self.events.output_from, self.events.output_to = _offset(), None
         elif record.msg in RESTORED:
             self.events.restored.append(name)
@@ -78,6 +81,11 @@ class _Listener(logging.Handler):
                 self.events.output_to = _offset()
             self.events.errors.extend(_messages(record))
             _classify(record, self.events)
+
+
+def running_file(events_file: Path) -> Path:
+    """Where the driver keeps the name of the stage it is running, for a live progress display."""
+    return events_file.with_name(events_file.name + ".running")
 
 
 def _offset() -> int:
@@ -125,7 +133,7 @@ def main(argv: list[str]) -> int:
     from dvc.cli import main as dvc_main
 
     events = Events()
-    logging.getLogger("dvc").handlers.insert(0, _Listener(events))
+    logging.getLogger("dvc").handlers.insert(0, _Listener(events, running_file(Path(events_file))))
     events.rc = dvc_main(args)
     Path(events_file).write_text(json.dumps(asdict(events)))
     return events.rc

@@ -7,6 +7,7 @@ from typing import Any
 
 from segbisect.attempt import Attempt
 from segbisect.outcome import Outcome
+from segbisect.terms import CULPRIT, Terms
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,14 +56,14 @@ class Hybrid:
             "check": self.check,
         }
 
-    def row(self, metrics_file: str | None) -> dict[str, Any]:
-        """The report's (and MLflow's) view of this hybrid."""
+    def row(self, metrics_file: str | None, terms: Terms = CULPRIT) -> dict[str, Any]:
+        """The report's (and MLflow's) view of this hybrid, its outcome in the bisection's terms."""
         return {
             "id": self.id,
             "label": self.label,
             "from_bad": list(self.from_bad),
             "sides": self.sides,
-            "outcome": str(self.outcome),
+            "outcome": terms.outcome(self.outcome),
             "note": self.note,
             "metrics": self.metrics(metrics_file),
             "executed": self.executed,

@@ -20,6 +20,7 @@ class Judge:
     predicate: Predicate | None
     check: str | None
     metrics_file: str | None = None
+    invert: bool = False
 
     @property
     def ready(self) -> bool:
@@ -33,6 +34,13 @@ class Judge:
         return self.predicate.metric_keys if self.predicate else []
 
     def one(self, attempt: Attempt) -> tuple[Outcome, str]:
+        """The attempt's outcome; with `invert` (asking for the fix) passing counts as the change being found."""
+        outcome, note = self._judged(attempt)
+        if self.invert and outcome in (Outcome.GOOD, Outcome.BAD):
+            outcome = Outcome.BAD if outcome == Outcome.GOOD else Outcome.GOOD
+        return outcome, note
+
+    def _judged(self, attempt: Attempt) -> tuple[Outcome, str]:
         if attempt.status == AttemptStatus.ERROR:
             return Outcome.ERROR, attempt.reason
         if attempt.status == AttemptStatus.CRASH:

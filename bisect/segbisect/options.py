@@ -28,3 +28,4 @@ class Options:
     results: Path | None = None
     experiment: str = DEFAULT_EXPERIMENT
     diagnostics: str | None = None
+    find_fix: bool = False

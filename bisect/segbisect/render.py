@@ -13,7 +13,7 @@ from rich.table import Table
 from segbisect.report import Culprit, Report
 
 KEY_METRICS = 2
-COLOURS = {"good": "green", "bad": "red", "skip": "yellow"}
+COLOURS = {"good": "green", "bad": "red", "fixed": "green", "broken": "red"}
 
 
 def write(folder: Path, report: Report) -> None:
@@ -23,7 +23,7 @@ def write(folder: Path, report: Report) -> None:
 
 def markdown(report: Report) -> str:
     lines = [
-        f"# segbisect: {report.good['text']} (GOOD) vs {report.bad['text']} (BAD)",
+        f"# segbisect: {report.good['text']} ({report.terms['old']}) vs {report.bad['text']} ({report.terms['new']})",
         "",
         f"**Verdict: {report.verdict}** — {report.message}",
         "",
@@ -34,7 +34,7 @@ def markdown(report: Report) -> str:
         "",
         f"Hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}",
         "",
-        "| hybrid | what | units from BAD | outcome | key metrics | executed | restored | s |",
+        f"| hybrid | what | units from {report.terms['new']} | outcome | key metrics | executed | restored | s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for h in report.hybrids:
@@ -72,7 +72,7 @@ def show(console: Console, report: Report) -> None:
         table.add_row(
             h["id"] + ("*" if h["reused"] else ""),
             h["label"],
-            f"[{COLOURS.get(h['outcome'], 'white')}]{h['outcome']}[/]",
+            f"[{COLOURS.get(h['outcome'], 'yellow')}]{h['outcome']}[/]",
             _metrics(h["metrics"], report.key_metrics),
             ", ".join(h["executed"]) or "-",
             str(len(h["restored"])),

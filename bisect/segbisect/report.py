@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segbisect.hybrid import Hybrid
 from segbisect.outcome import Outcome
 from segbisect.refs import Reference
+from segbisect.terms import CULPRIT, Terms
 from segbisect.units import Inventory
 from segbisect.verdict import Verdict, VerdictKind
 
@@ -47,6 +48,7 @@ class Report:
     results_dir: str
     key_metrics: tuple[str, ...]
     tracking: str = ""
+    terms: dict[str, str] = field(default_factory=lambda: {"old": "GOOD", "new": "BAD"})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +66,7 @@ class Findings:
     key_metrics: list[str]
     folder: Path
     tracking: str
+    terms: Terms = CULPRIT
 
 
 def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict | None = None) -> Report:
@@ -76,21 +79,19 @@ def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict 
         good=_reference(findings.good),
         bad=_reference(findings.bad),
         units=tuple(u.as_dict() for u in findings.inventory.units),
-        hybrids=tuple(h.row(findings.metrics_file) for h in hybrids),
+        hybrids=tuple(h.row(findings.metrics_file, findings.terms) for h in hybrids),
         stage_executions=sum(len(h.executed) for h in hybrids if not h.reused),
         stage_executions_total=sum(len(h.executed) for h in hybrids),
         results_dir=str(findings.folder),
         key_metrics=tuple(findings.key_metrics),
         tracking=findings.tracking,
+        terms={"old": findings.terms.old, "new": findings.terms.new},
     )
 
 
 def _culprit(findings: Findings, verdict: Verdict) -> Culprit:
     by_id = {u.id: u for u in findings.inventory.units}
-    failing = next(
-        (h for h in findings.hybrids if set(h.from_bad) == set(verdict.units) and h.outcome == Outcome.BAD), None
-    )
-    failing = failing or next((h for h in findings.hybrids if h.label == "BAD"), None)
+    failing = _symptom_side(findings, verdict)
     return Culprit(
         stage=verdict.stage,
         stages=verdict.stages,
@@ -101,6 +102,17 @@ def _culprit(findings: Findings, verdict: Verdict) -> Culprit:
         also_sufficient=verdict.also_sufficient,
         diagnostics=failing.attempts[-1].diagnostics if failing and failing.attempts else None,
     )
+
+
+def _symptom_side(findings: Findings, verdict: Verdict) -> Hybrid | None:
+    """The hybrid whose diagnostics show the symptom: the failing one with just the culprit's units, else BAD;
+    asking for the fix, the broken configuration itself.
+    """
+    terms = findings.terms
+    if terms.find_fix:
+        return next((h for h in findings.hybrids if h.label == terms.old), None)
+    exact = (h for h in findings.hybrids if set(h.from_bad) == set(verdict.units) and h.outcome == Outcome.BAD)
+    return next(exact, None) or next((h for h in findings.hybrids if h.label == terms.new), None)
 
 
 def _reference(ref: Reference) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from segbisect import metrics as metrics_files
 from segbisect.attempt import Attempt, AttemptStatus
-from segbisect.dvc_run import Events
+from segbisect.dvc_run import Events, running_file
 
 OWN_WORDS = 300
 GRACE_SECONDS = 5.0
@@ -164,17 +164,30 @@ def _dvc(
 
     The events file sits beside the log, in the results folder: a full disk under the worktree cannot lose it.
     """
-    events_file = log.with_name(f".{log.stem}.events.json")
+    events_file = _events_file(log)
     try:
         command = [sys.executable, "-m", "segbisect.dvc_run", str(events_file), "--", *args]
         rc = procs.run(command, workspace, env, log, deadline)
         events = Events.read(events_file)
     finally:
         events_file.unlink(missing_ok=True)
+        running_file(events_file).unlink(missing_ok=True)
     if events is None:
         why = f"dvc {args[0]} ended without a report ({_status(rc)})"
         return Events(rc=rc, environment="dvc died", errors=[why])
     return events
+
+
+def _events_file(log: Path) -> Path:
+    return log.with_name(f".{log.stem}.events.json")
+
+
+def running_stage(log: Path) -> str | None:
+    """The stage the hybrid logging to `log` is running now (None between stages or when none runs)."""
+    try:
+        return running_file(_events_file(log)).read_text() or None
+    except OSError:
+        return None
 
 
 def _failed_status(events: Events) -> AttemptStatus:

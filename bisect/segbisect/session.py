@@ -30,12 +30,14 @@ from segbisect.local_executor import LocalExecutor
 from segbisect.options import Options
 from segbisect.outcome import Outcome
 from segbisect.predicate import Predicate
+from segbisect.progress import Progress, planned
 from segbisect.refs import Reference, resolve
 from segbisect.report import Findings, Report, build
 from segbisect.runner import Task
 from segbisect.search import search
 from segbisect.settings import load as load_settings
 from segbisect.snapshot import Snapshot, load
+from segbisect.terms import CULPRIT, FIX, Terms
 from segbisect.tracking import BOUNDED_WAITS, Tracker, tracking_uri, unusable
 from segbisect.units import Inventory, diff, group
 from segbisect.validate import check_command, check_overlay
@@ -118,6 +120,8 @@ class _Bisection:
     folder: Path
     console: Console
     evaluator: Evaluator = field(init=False)
+    terms: Terms = field(init=False)
+    progress: Progress = field(init=False)
 
     @classmethod
     def open(
@@ -134,7 +138,7 @@ class _Bisection:
         files = [opts.metrics] if opts.metrics else good.metrics_files
         judge = _judge(opts, repo, files)
         session = _session_id(good.ref, bad.ref, inventory)
-        folder = (opts.results or repo / RESULTS) / session
+        folder = _ignored(opts.results or repo / RESULTS) / session
         journal = Journal(folder, {"session": session, "good": good.ref.text, "bad": bad.ref.text}, fresh=opts.fresh)
         if journal.torn():
             _warn(console, f"{journal.path}: skipped {journal.torn()} line(s) cut short by a kill")
@@ -157,6 +161,7 @@ class _Bisection:
         return cls(opts, good, bad, inventory, files, judge, journal, tracker, store, executor, folder, console)
 
     def __post_init__(self) -> None:
+        self.terms = FIX if self.opts.find_fix else CULPRIT
         groups = group(self.inventory.units)
         self.console.print(
             f"GOOD {self.good.ref.describe()}\nBAD  {self.bad.ref.describe()}\n{len(self.inventory.units)} "
@@ -172,20 +177,25 @@ class _Bisection:
             retries=self.opts.retries,
         )
         already = {r["fingerprint"] for r in self.journal.records("hybrid")}
-        self.evaluator = Evaluator(
-            plan,
-            self.executor,
-            self.journal,
-            self.judge,
-            lambda h: _started(self.console, h),
-            lambda h: _done(self.console, self.tracker, already, h, self.judge),
-        )
+        self.progress = Progress(self.console, self.folder / "logs", planned(groups, self.opts.jobs))
+
+        def started(h: Hybrid) -> None:
+            self.progress.started(h)
+            _started(self.console, h)
+
+        def done(h: Hybrid) -> None:
+            self.progress.done(h)
+            _done(self.console, self.tracker, already, h, self.judge, self.terms)
+
+        self.evaluator = Evaluator(plan, self.executor, self.journal, self.judge, started, done)
 
     def run(self) -> tuple[int, Report]:
         groups = self.evaluator.plan.groups
         try:
-            self._preconditions()
-            verdict = search(groups, self.evaluator, self.opts.jobs)
+            with self.progress:
+                self._preconditions()
+                verdict = search(groups, self.evaluator, self.opts.jobs)
+            verdict = verdict.as_fix() if self.terms.find_fix else verdict
         except PreconditionError as exc:
             return EXIT_PRECONDITION, self._close(VerdictKind.PRECONDITION_FAILED, str(exc), None, "FAILED")
         except UndecidableError as exc:
@@ -201,20 +211,24 @@ class _Bisection:
     def _preconditions(self) -> None:
         """As git bisect: GOOD must pass and BAD must fail (GOOD's metrics settle the judge's file and keys)."""
         everything = frozenset(u.id for u in self.inventory.units)
+        terms = self.terms
         if self.opts.jobs >= 2 and self.judge.ready:
-            self.evaluator([(GOOD_CONFIG, "GOOD"), (everything, "BAD")])
+            self.evaluator([(GOOD_CONFIG, terms.old), (everything, terms.new)])
         else:
-            self.evaluator([(GOOD_CONFIG, "GOOD")])
+            self.evaluator([(GOOD_CONFIG, terms.old)])
         good_run = self.evaluator.get(GOOD_CONFIG)
         if not self.judge.ready and good_run.attempts and good_run.attempts[-1].metrics:
             _settle(self.judge, self.files, good_run)
             good_run = self.evaluator.rejudge(GOOD_CONFIG)
+        passes, fails = ("fail", "pass") if terms.find_fix else ("pass", "fail")
         if good_run.outcome != Outcome.GOOD:
-            raise PreconditionError(f"GOOD does not pass ({good_run.outcome}: {good_run.note}); nothing to bisect")
-        self.evaluator([(everything, "BAD")])
+            got = f"{terms.outcome(good_run.outcome)}: {good_run.note}"
+            raise PreconditionError(f"{terms.old} does not {passes} ({got}); nothing to bisect")
+        self.evaluator([(everything, terms.new)])
         bad_run = self.evaluator.get(everything)
         if bad_run.outcome != Outcome.BAD:
-            raise PreconditionError(f"BAD does not fail ({bad_run.outcome}: {bad_run.note}); nothing to bisect")
+            got = f"{terms.outcome(bad_run.outcome)}: {bad_run.note}"
+            raise PreconditionError(f"{terms.new} does not {fails} ({got}); nothing to bisect")
 
     def _findings(self) -> Findings:
         return Findings(
@@ -226,6 +240,7 @@ class _Bisection:
             key_metrics=self.judge.keys(),
             folder=self.folder,
             tracking=self.store.description,
+            terms=self.terms,
         )
 
     def _close(self, kind: VerdictKind, message: str, verdict: Verdict | None, status: str = "FINISHED") -> Report:
@@ -235,13 +250,22 @@ class _Bisection:
         return report
 
 
+def _ignored(results: Path) -> Path:
+    """The results folder ignores itself, as pytest's cache does, so it never shows in the user's `git status`."""
+    results.mkdir(parents=True, exist_ok=True)
+    marker = results / ".gitignore"
+    if not marker.exists():
+        marker.write_text("# Created by segbisect: journals, logs and reports of bisections.\n*\n")
+    return results
+
+
 def _judge(opts: Options, repo: Path, files: list[str]) -> Judge:
     """The check; for a predicate also the metrics file it reads and its keys, settled now when the user's
     workspace holds the metrics files (from their last `dvc repro`), else by GOOD's first run.
     """
     predicate = None if opts.run else Predicate(opts.fail_if or "")
     found, _ = metrics.read_all(repo, files)
-    judge = Judge(predicate, opts.run, metrics.choose(files, predicate, found))
+    judge = Judge(predicate, opts.run, metrics.choose(files, predicate, found), invert=opts.find_fix)
     if predicate and judge.metrics_file in found:
         predicate.resolve_keys(list(found[judge.metrics_file]))
     return judge
@@ -296,16 +320,17 @@ def _started(console: Console, h: Hybrid) -> None:
     console.print(f"[cyan]{h.id}[/] {h.label} ... running")
 
 
-def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid, judge: Judge) -> None:
-    colour = {Outcome.GOOD: "green", Outcome.BAD: "red"}.get(h.outcome, "yellow")
+def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid, judge: Judge, terms: Terms) -> None:
+    healthy, broken = (Outcome.BAD, Outcome.GOOD) if terms.find_fix else (Outcome.GOOD, Outcome.BAD)
+    colour = {healthy: "green", broken: "red"}.get(h.outcome, "yellow")
     how = (
         "reused earlier result"
         if h.reused
         else (f"ran {', '.join(h.executed) or 'nothing'}; restored {len(h.restored)}")
     )
-    console.print(f"[cyan]{h.id}[/] {h.label}: [{colour}]{h.outcome}[/] ({h.note}; {how}; {h.seconds}s)")
+    console.print(f"[cyan]{h.id}[/] {h.label}: [{colour}]{terms.outcome(h.outcome)}[/] ({h.note}; {how}; {h.seconds}s)")
     if h.fingerprint not in already:
-        tracker.hybrid(h.row(judge.metrics_file))
+        tracker.hybrid(h.row(judge.metrics_file, terms))
 
 
 def _hybrid_env(uri: str | None, experiment: str, session: str) -> dict[str, str]:

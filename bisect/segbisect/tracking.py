@@ -1,4 +1,6 @@
-"""MLflow record of a bisection: one parent run per session, one nested child run per hybrid.
+"""MLflow record of a bisection: one parent run per session, one nested child run per hybrid, and under each
+hybrid the stage runs its `dvc repro` logged (so the UI's expandable rows show a bisection whole; the runs of a
+plain `dvc repro` stay top-level).
 
 Everything goes through MlflowClient from the segbisect process. A store and experiment that do not exist yet
 are created before any hybrid starts, so hybrids' stages never race this process (or each other) to create them.
@@ -206,6 +208,8 @@ class Tracker:
         stage_runs = self._stage_runs(record["id"])
         if stage_runs:
             self.client.set_tag(run.info.run_id, "stage_runs", ",".join(stage_runs))
+        for stage_run in stage_runs:
+            self.client.set_tag(stage_run, "mlflow.parentRunId", run.info.run_id)
         metrics = {
             k: v for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }

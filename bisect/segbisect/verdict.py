@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -19,23 +19,35 @@ class Verdict:
     minimal: bool = False
     also_sufficient: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
+    asks_for_fix: bool = False
 
     @property
     def names_a_change(self) -> bool:
-        return self.kind in (VerdictKind.CULPRIT, VerdictKind.INTERACTION)
+        return self.kind in (VerdictKind.CULPRIT, VerdictKind.FIX, VerdictKind.INTERACTION)
 
     def message(self) -> str:
         """The verdict in one sentence, as the report and the console print it."""
         if self.kind == VerdictKind.AMBIGUOUS:
-            return f"untestable hybrids leave the culprit among: {', '.join(self.candidates)}"
-        if self.kind == VerdictKind.CULPRIT:
+            what = "fix" if self.asks_for_fix else "culprit"
+            return f"untestable hybrids leave the {what} among: {', '.join(self.candidates)}"
+        if self.kind in (VerdictKind.CULPRIT, VerdictKind.FIX):
             extra = f"; also sufficient on their own: {', '.join(self.also_sufficient)}" if self.also_sufficient else ""
-            return f"stage '{self.stage}' is {self._role()}; minimal change: {len(self.units)} unit(s){extra}"
+            holds = "holds the fix, " if self.kind == VerdictKind.FIX else "is "
+            return f"stage '{self.stage}' {holds}{self._role()}; minimal change: {len(self.units)} unit(s){extra}"
         needed = {True: "necessary", False: "not necessary", None: "necessity untestable"}[self.necessary]
         return (
-            f"no single stage suffices: the failure needs {len(self.units)} unit(s) together across "
+            f"no single stage suffices: the {self.question} needs {len(self.units)} unit(s) together across "
             f"{', '.join(self.stages)} ({needed})"
         )
+
+    @property
+    def question(self) -> str:
+        return "fix" if self.asks_for_fix else "failure"
+
+    def as_fix(self) -> Verdict:
+        """The same conclusion, worded for the reversed question (which change fixed it)."""
+        kind = VerdictKind.FIX if self.kind == VerdictKind.CULPRIT else self.kind
+        return replace(self, kind=kind, asks_for_fix=True)
 
     def _role(self) -> str:
         roles: dict[tuple[bool | None, bool | None], str] = {
@@ -51,6 +63,7 @@ class VerdictKind(StrEnum):
 
     # A change found (exit 0): one stage suffices, or several units across stages only together.
     CULPRIT = "culprit"
+    FIX = "fix"
     INTERACTION = "interaction"
     # No change named: untestable hybrids in the way, the environment failed, repeats disagreed (exit 1);
     # GOOD/BAD not as claimed (exit 3); interrupted.

@@ -1,0 +1,33 @@
+"""The words of a bisection, as `git bisect` has its terms: which change broke it, or which change fixed it.
+
+The search always looks for the units of the second configuration that turn the first one's outcome around.
+Asking for the fix, the first configuration is the broken one and the second the fixed one: outcomes, labels,
+the verdict and the report speak of BROKEN and FIXED, and the evidence shown is the broken side's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from segbisect.outcome import Outcome
+
+
+@dataclass(frozen=True, kw_only=True)
+class Terms:
+    """`old` names the first configuration and what it does, `new` the second; `find_fix` asks for the fix."""
+
+    old: str = "GOOD"
+    new: str = "BAD"
+    find_fix: bool = False
+
+    def outcome(self, outcome: Outcome) -> str:
+        """How an outcome reads to the user: like the first configuration, or like the second."""
+        if outcome == Outcome.GOOD:
+            return self.old.lower() if self.find_fix else str(outcome)
+        if outcome == Outcome.BAD:
+            return self.new.lower() if self.find_fix else str(outcome)
+        return str(outcome)
+
+
+CULPRIT = Terms()
+FIX = Terms(old="BROKEN", new="FIXED", find_fix=True)
