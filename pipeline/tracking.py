@@ -84,7 +84,8 @@ def git_commit() -> str:
     try:
         sha = _git("rev-parse", "HEAD").strip()
         changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
-        dirty = [path for path in changed if not _only_dvc_ignores(path)]
+        outputs = _dvc_outputs() if any(Path(path).name == ".gitignore" for path in changed) else set()
+        dirty = [path for path in changed if not _only_dvc_ignores(path, outputs)]
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -94,23 +95,24 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
 
 
-def _only_dvc_ignores(path: str) -> bool:
-    """Whether `path` is a `.gitignore` whose only change is lines DVC adds for outputs beside it."""
+def _only_dvc_ignores(path: str, outputs: set[str]) -> bool:
+    """Whether `path` is a `.gitignore` whose only change is lines DVC adds for `outputs` beside it."""
     if Path(path).name != ".gitignore":
         return False
     diff = _git("diff", "--unified=0", "HEAD", "--", path).splitlines()
     body = [line for line in diff if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     folder = Path(path).parent
-    outputs = _dvc_outputs()
     return all(line.startswith("+/") and (folder / line[2:]).as_posix() in outputs for line in body)
 
 
 def _dvc_outputs() -> set[str]:
-    """Paths DVC writes `.gitignore` entries for: the outputs declared in dvc.yaml and in `.dvc` files."""
+    """Paths DVC writes `.gitignore` entries for: the outputs declared in the tracked dvc.yaml and `.dvc` files
+    (asked of git, so neither the data nor DVC's cache is walked).
+    """
     import yaml
 
     found: set[str] = set()
-    sources = [Path("dvc.yaml"), *Path(".").rglob("*.dvc")]
+    sources = [Path(name) for name in _git("ls-files", "--", "dvc.yaml", "*/dvc.yaml", "*.dvc").splitlines()]
     for source in sources:
         try:
             document = yaml.safe_load(source.read_text()) or {}

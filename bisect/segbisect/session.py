@@ -140,8 +140,9 @@ class _Bisection:
         session = _session_id(good.ref, bad.ref, inventory)
         folder = _ignored(opts.results or repo / RESULTS) / session
         journal = Journal(folder, {"session": session, "good": good.ref.text, "bad": bad.ref.text}, fresh=opts.fresh)
-        if journal.torn():
-            _warn(console, f"{journal.path}: skipped {journal.torn()} line(s) cut short by a kill")
+        torn = journal.torn()
+        if torn:
+            _warn(console, f"{journal.path}: skipped {torn} line(s) cut short by a kill")
         if journal.set_aside:
             _warn(console, f"{journal.set_aside} was written by another segbisect version; its hybrids run again")
         tracker = Tracker(store.uri, opts.experiment, lambda text: _warn(console, text))
