@@ -10,6 +10,7 @@ import pytest
 
 from segbisect import metrics
 from segbisect.attempt import Attempt, AttemptStatus
+from segbisect.dvc_run import Events
 from segbisect.errors import UsageError
 from segbisect.hybrid import Hybrid
 from segbisect.journal import SCHEMA, Journal, known_hybrids
@@ -17,6 +18,7 @@ from segbisect.judge import Judge
 from segbisect.outcome import Outcome
 from segbisect.predicate import Predicate
 from segbisect.refs import Reference
+from segbisect.runner import describe_exit, failed_status
 from segbisect.snapshot import ABSENT, Snapshot, StageSnap
 from segbisect.units import UnitKind, diff
 from segbisect.verdict import Verdict, VerdictKind
@@ -146,3 +148,20 @@ def test_verdict_messages() -> None:
     )
     ambiguous = Verdict(kind=VerdictKind.AMBIGUOUS, candidates=("prep", "train"))
     assert not ambiguous.names_a_change and ambiguous.message().endswith("among: prep, train")
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "said"),
+    [
+        (-9, AttemptStatus.ERROR, "killed by signal 9"),
+        (137, AttemptStatus.ERROR, "killed by signal 9 (exit 137)"),
+        (75, AttemptStatus.ERROR, "exit 75"),
+        (2, AttemptStatus.CRASH, "exit 2"),
+        (255, AttemptStatus.CRASH, "exit 255"),
+    ],
+)
+def test_a_signal_is_the_environment_however_the_shell_reports_it(
+    status: int, expected: AttemptStatus, said: str
+) -> None:
+    events = Events(rc=1, command_status=status)
+    assert failed_status(events) == expected and describe_exit(status) == said

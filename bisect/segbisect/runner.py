@@ -25,6 +25,8 @@ OWN_WORDS = 300
 GRACE_SECONDS = 5.0
 # Exit status a stage uses for a fault of its environment (sysexits' EX_TEMPFAIL), distinct from its own `error:` 2.
 EXIT_ENVIRONMENT = 75
+SHELL_SIGNAL_BASE = 128
+_SIGNALS = frozenset(int(number) for number in signal.valid_signals())
 
 
 class TimedOut(Exception):
@@ -137,7 +139,7 @@ def _attempt(
         events = _dvc(procs, workspace, env, log, repro, deadline)
     if events.rc != 0:
         return Attempt(
-            status=_failed_status(events),
+            status=failed_status(events),
             executed=tuple(events.executed),
             restored=tuple(events.restored),
             reason=_failure(events, log),
@@ -173,7 +175,7 @@ def _dvc(
         events_file.unlink(missing_ok=True)
         running_file(events_file).unlink(missing_ok=True)
     if events is None:
-        why = f"dvc {args[0]} ended without a report ({_status(rc)})"
+        why = f"dvc {args[0]} ended without a report ({describe_exit(rc)})"
         return Events(rc=rc, environment="dvc died", errors=[why])
     return events
 
@@ -190,26 +192,31 @@ def running_stage(log: Path) -> str | None:
         return None
 
 
-def _failed_status(events: Events) -> AttemptStatus:
+def failed_status(events: Events) -> AttemptStatus:
     """ERROR when the environment failed (a signal, a stage's exit 75, a full disk), else the stage's own CRASH."""
     status = events.command_status
     if status is not None:
-        killed = status < 0 or status > 128
+        killed = status < 0 or status - SHELL_SIGNAL_BASE in _SIGNALS
         return AttemptStatus.ERROR if killed or status == EXIT_ENVIRONMENT else AttemptStatus.CRASH
     return AttemptStatus.ERROR if events.environment or events.rc < 0 else AttemptStatus.CRASH
 
 
-def _status(rc: int) -> str:
-    return f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
+def describe_exit(rc: int) -> str:
+    """A negative status is a signal; a shell reports a signalled child as 128 + the signal's number."""
+    if rc < 0:
+        return f"killed by signal {-rc}"
+    if rc - SHELL_SIGNAL_BASE in _SIGNALS:
+        return f"killed by signal {rc - SHELL_SIGNAL_BASE} (exit {rc})"
+    return f"exit {rc}"
 
 
 def _failure(events: Events, log: Path) -> str:
     """Why the run failed: the failing stage's own last words when its command failed, else DVC's errors."""
     if events.command_status is not None and events.executed:
         own = _last_words(log, events) or "; ".join(events.errors)
-        return f"stage '{events.executed[-1]}' failed ({_status(events.command_status)}): {own}"
+        return f"stage '{events.executed[-1]}' failed ({describe_exit(events.command_status)}): {own}"
     fault = f"{events.environment}: " if events.environment else ""
-    return f"dvc failed ({_status(events.rc)}): {fault}{'; '.join(events.errors) or 'no error message'}"
+    return f"dvc failed ({describe_exit(events.rc)}): {fault}{'; '.join(events.errors) or 'no error message'}"
 
 
 def _last_words(log: Path, events: Events) -> str:
