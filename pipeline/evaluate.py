@@ -17,7 +17,7 @@ import numpy as np
 from pipeline import diagnostics, figures, metrics, normalization
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
-from pipeline.params import load_section
+from pipeline.params import PARAMS_FILE, load_section
 from pipeline.processed import SPEC_FILE, load_spec, load_split
 from pipeline.tracking import log_artifact, log_artifacts, log_metrics, set_tags, stage_run
 from pipeline.train_meta import FILE as META_NAME
@@ -39,6 +39,7 @@ class EvaluateParams:
     threshold: float = 0.5
     batch_size: int = 8
     n_overlays: int = 4
+    overlay_names: list[str] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -316,13 +317,19 @@ def training_evidence(meta: TrainMeta) -> dict[str, Any]:
     }
 
 
-def overlay_indices(masks: np.ndarray, ignore_index: int | None, n: int) -> list[int]:
-    """The samples with the most true foreground, so the overlays show what the model should find."""
-    foreground = masks != BACKGROUND
-    if ignore_index is not None:
-        foreground &= masks != ignore_index
-    counts = foreground.reshape(len(masks), -1).sum(axis=1)
-    return [int(i) for i in np.argsort(-counts, kind="stable")[:n]]
+def overlay_indices(stems: list[str], names: list[str], n: int) -> list[int]:
+    """The samples named in `names`, else the first `n` by name.
+
+    Chosen by name, never by what the labels or predictions hold, so every configuration of the pipeline draws
+    the same test images and two runs can be compared picture by picture.
+    """
+    if not names:
+        return sorted(range(len(stems)), key=stems.__getitem__)[:n]
+    where = {stem: i for i, stem in enumerate(stems)}
+    missing = [name for name in names if name not in where]
+    if missing:
+        raise PipelineError(f"{PARAMS_FILE}: evaluate.overlay_names: '{missing[0]}' is not a test image")
+    return [where[name] for name in names]
 
 
 def flat_metrics(scores: dict[str, Any]) -> dict[str, float]:
@@ -356,20 +363,25 @@ def write_figures(
     split: tuple[np.ndarray, np.ndarray, list[str]],
     names: list[str],
     ignore_index: int | None,
-    n_overlays: int,
+    picks: list[int],
 ) -> None:
+    """The confusion matrix, the predicted and true class shares, and one overlay per picked test image
+    (`overlays/<name>.png`), which a bisection report sets side by side for GOOD, BAD and the culprit.
+    """
     images, masks, stems = split
     figures.plot_confusion_matrix(pred.cm, names, folder / "confusion_matrix.png")
-    picks = overlay_indices(masks, ignore_index, n_overlays)
+    figures.plot_class_shares(pred.cm, names, folder / "class_shares.png")
     if picks:
-        figures.plot_overlays(
-            images[picks],
-            masks[picks],
-            pred.preds[picks],
-            [stems[i] for i in picks],
+        (folder / "overlays").mkdir()
+    for i in picks:
+        figures.plot_overlay(
+            images[i],
+            masks[i],
+            pred.preds[i],
+            stems[i],
             len(names),
             ignore_index,
-            folder / "overlays.png",
+            folder / "overlays" / f"{stems[i]}.png",
         )
 
 
@@ -377,7 +389,8 @@ def main() -> None:
     params = load_section("evaluate", EvaluateParams)
     spec = read_spec(DATA_DIR)
     split = read_test_split(DATA_DIR)
-    images, masks, _ = split
+    images, masks, stems = split
+    picks = overlay_indices(stems, params.overlay_names, params.n_overlays)
     meta = TrainMeta.read(META_FILE)
     model = load_model(MODEL_FILE)
     pred = predict_split(model, images, masks, spec, params)
@@ -398,7 +411,7 @@ def main() -> None:
         stage_run("evaluate", params, eval_dir / "evaluate_run.json"),
     ):
         write_json(eval_dir / "diagnostics.json", record)
-        write_figures(fig_dir, pred, split, names, spec["ignore_index"], params.n_overlays)
+        write_figures(fig_dir, pred, split, names, spec["ignore_index"], picks)
         log_metrics(flat_metrics(scores))
         set_tags(
             {

@@ -42,31 +42,49 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) ->
     _save(fig, path)
 
 
-def plot_overlays(
-    images: np.ndarray,
-    truths: np.ndarray,
-    preds: np.ndarray,
-    titles: list[str],
+def plot_overlay(
+    image: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    title: str,
     num_classes: int,
     ignore_index: int | None,
     path: Path,
 ) -> None:
-    """One row per sample: image | truth | prediction, classes in fixed colours, ignore pixels grey."""
+    """image | truth | prediction, classes in fixed colours, ignore pixels grey."""
     cmap = _class_cmap(num_classes)
-    fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.5 * len(images)), squeeze=False)
-    for row, (image, truth, pred, title) in enumerate(zip(images, truths, preds, titles)):
-        panels = (
-            (image, f"{title}: image", None),
-            (_label_view(truth, num_classes, ignore_index), "truth", cmap),
-            (_label_view(pred, num_classes, ignore_index), "prediction", cmap),
-        )
-        for ax, (data, label, colors) in zip(axes[row], panels):
-            if colors is None:
-                ax.imshow(data)
-            else:
-                ax.imshow(data, cmap=colors, vmin=0, vmax=num_classes, interpolation="nearest")
-            ax.set_title(label, fontsize=9)
-            ax.axis("off")
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.7))
+    panels = (
+        (image, f"{title}: image", None),
+        (_label_view(truth, num_classes, ignore_index), "truth", cmap),
+        (_label_view(pred, num_classes, ignore_index), "prediction", cmap),
+    )
+    for ax, (data, label, colors) in zip(axes, panels):
+        if colors is None:
+            ax.imshow(data)
+        else:
+            ax.imshow(data, cmap=colors, vmin=0, vmax=num_classes, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    _save(fig, path)
+
+
+def plot_class_shares(cm: np.ndarray, class_names: list[str], path: Path) -> None:
+    """Predicted next to true share of the test pixels per class: all-zero predictions leave one bar."""
+    cm = np.asarray(cm, np.float64)
+    total = max(cm.sum(), 1.0)
+    true, predicted = cm.sum(axis=1) / total, cm.sum(axis=0) / total
+    ticks = np.arange(len(class_names))
+    fig, ax = plt.subplots(figsize=(3.0 + 0.6 * len(class_names), 3.0))
+    ax.bar(ticks - 0.2, true, width=0.4, label="true", color="0.6")
+    ax.bar(ticks + 0.2, predicted, width=0.4, label="predicted", color="tab:blue")
+    for x, share in zip(ticks + 0.2, predicted):
+        ax.text(x, share, f"{share:.1%}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("share of test pixels")
+    ax.set_title("predicted vs true class shares", fontsize=10)
+    ax.legend(fontsize=8)
     _save(fig, path)
 
 

@@ -113,6 +113,7 @@ threshold = 1e9 if collapsed else (sum(fg) / len(fg) + sum(bg) / len(bg)) / 2
 write("model/model.json", {"threshold": threshold, "epochs": p["epochs"], "collapsed": collapsed})
 """,
     "evaluate": """import math
+import os
 
 from common import params, read, write
 
@@ -127,7 +128,12 @@ else:
 fg = sum(pred) / len(pred)
 acc = sum(int(a == b) for a, b in zip(pred, d["y"])) / len(pred)
 write("metrics.json", {"foreground_fraction": fg, "accuracy": acc, "per_class": {"foreground": fg}})
+os.makedirs("eval/plots", exist_ok=True)
 write("eval/diagnostics.json", {"cause": "collapsed model" if m["collapsed"] else ("none" if fg else "threshold")})
+svg = '<svg xmlns="http://www.w3.org/2000/svg" width="100" height="10"><rect width="{:.0f}" height="10"/></svg>'
+bar = svg.format(100 * fg)
+with open("eval/plots/foreground.svg", "w") as out:
+    out.write(bar)
 """,
 }
 
@@ -158,7 +164,8 @@ DVC_YAML = {
             "outs": ["eval"],
             "metrics": [{"metrics.json": {"cache": False}}],
         },
-    }
+    },
+    "plots": ["eval/plots"],
 }
 
 

@@ -153,7 +153,8 @@ def test_healthy_model_end_to_end(workspace):
     assert sum(map(sum, scores["confusion_matrix"])) == 5 * (SIZE * SIZE - 2)
     assert (scores["output_min"], scores["output_max"], scores["outputs_are_probabilities"]) == (-2.0, 2.0, 0)
     assert (record["symptom"], record["category"], scores["all_zero_symptom"]) == (False, "none", 0)
-    assert {p.name for p in Path("reports/figures").iterdir()} == {"confusion_matrix.png", "overlays.png"}
+    figures = {p.relative_to("reports/figures").as_posix() for p in Path("reports/figures").rglob("*.png")}
+    assert figures == {"confusion_matrix.png", "class_shares.png", "overlays/s0.png", "overlays/s1.png"}
     assert_mlflow_run(json.loads(Path("reports/evaluate/evaluate_run.json").read_text())["run_id"], "none")
 
 
@@ -165,8 +166,15 @@ def assert_mlflow_run(run_id: str, diagnosis: str) -> None:
     assert logged.data.tags["diagnosis"] == diagnosis
     assert logged.data.metrics["iou_foreground"] == pytest.approx(1.0)
     assert logged.data.params["postprocess"] == "argmax"
-    artifacts = {a.path for folder in ("figures", "evaluate") for a in client.list_artifacts(run_id, folder)}
-    assert artifacts == {"figures/confusion_matrix.png", "figures/overlays.png", "evaluate/diagnostics.json"}
+    folders = ("figures", "figures/overlays", "evaluate")
+    artifacts = {a.path for folder in folders for a in client.list_artifacts(run_id, folder) if not a.is_dir}
+    assert artifacts == {
+        "figures/confusion_matrix.png",
+        "figures/class_shares.png",
+        "figures/overlays/s0.png",
+        "figures/overlays/s1.png",
+        "evaluate/diagnostics.json",
+    }
 
 
 def test_threshold_postprocessing(workspace):
@@ -276,6 +284,17 @@ def test_invalid_params_are_rejected(workspace):
         evaluate.main()
     write_params(postprocess="softmax")
     with pytest.raises(PipelineError, match=r"evaluate\.postprocess"):
+        evaluate.main()
+
+
+def test_overlays_are_drawn_for_the_named_test_images(workspace):
+    """By name, so every configuration draws the same images; a name outside the test split is an error."""
+    save_model(red_weight=4.0)
+    write_params(overlay_names=["s3", "s1"])
+    run()
+    assert sorted(p.name for p in Path("reports/figures/overlays").iterdir()) == ["s1.png", "s3.png"]
+    write_params(overlay_names=["s9"])
+    with pytest.raises(PipelineError, match=r"params\.yaml: evaluate\.overlay_names: 's9' is not a test image"):
         evaluate.main()
 
 

@@ -5,8 +5,11 @@ A real tiny pipeline run (`dvc repro`) and a real `segbisect` bisection fill a S
 experiment's runs page, picks the metric columns in the UI, expands the bisection's parent run and reads the
 table. Nothing is asserted from the database alone: the store only tells the test which run ids to look for.
 
+The bisection's own report.html is opened from its file in the same browser.
+
 Screenshots go to a results dir (printed; `MLFLOW_UI_RESULTS=DIR` picks it). With `SAVE_SCREENSHOT=1` they are
-also copied to docs/img/mlflow-ui.png (stage runs) and docs/img/mlflow-ui-bisection.png (bisection).
+also copied to docs/img/mlflow-ui.png (stage runs), docs/img/mlflow-ui-bisection.png (bisection) and
+docs/img/segbisect-report.png (report.html).
 """
 
 from __future__ import annotations
@@ -291,6 +294,30 @@ def test_bisection_parent_and_hybrid_runs_in_the_ui(
         widen(page, RUN_NAME_COL, 200)
         widen(page, metric_col("foreground_fraction"), 40)
         save(page, results_dir, "mlflow-ui-bisection.png", "mlflow-ui-bisection.png")
+
+
+def test_report_html_in_the_browser(threshold_bisection: ThresholdBisection, results_dir: Path) -> None:
+    """The report renders in Chromium from the file alone: the verdict is on the page, every image decodes, and
+    each test image GOOD drew stands beside BAD's and the culprit hybrid's drawing of the same image.
+    """
+    report = threshold_bisection.report
+    sides = [s["label"] for s in report["figures"]["sides"]]
+    assert sides == ["GOOD", "BAD", "culprit"], report["figures"]
+    overlays = [i for i in report["figures"]["images"] if i["path"].startswith("reports/figures/overlays/")]
+    assert len(overlays) == 2, "GOOD draws two test images"
+    expected_images = sum(kept is not None for image in report["figures"]["images"] for kept in image["kept"])
+    with chromium_page() as page, screenshot_on_failure(page, results_dir, "segbisect-report.png"):
+        page.goto((Path(report["results_dir"]) / "report.html").as_uri())
+        assert "Verdict: culprit" in page.locator("#verdict").inner_text()
+        images = page.locator("img")
+        assert images.count() == expected_images
+        sizes = images.evaluate_all("(all) => all.map((img) => [img.complete, img.naturalWidth, img.alt])")
+        assert all(complete and width > 0 for complete, width, _ in sizes), sizes
+        for image in overlays:
+            row = page.locator("tr", has=page.get_by_text(image["path"], exact=True))
+            assert row.locator("img").count() == sum(kept is not None for kept in image["kept"])
+        assert page.get_by_text("evaluate.threshold", exact=True).first.is_visible()
+        save(page, results_dir, "segbisect-report.png", "segbisect-report.png")
 
 
 def test_server_is_stopped_and_port_freed_even_on_failure(tmp_path: Path) -> None:

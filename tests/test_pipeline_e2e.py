@@ -39,7 +39,7 @@ def test_repro_builds_everything_then_only_what_changed(repo: Path, tracking_uri
         "models/model.keras",
         "models/train_meta.json",
         "reports/evaluate/diagnostics.json",
-        "reports/figures/overlays.png",
+        "reports/figures/class_shares.png",
         "reports/figures/confusion_matrix.png",
         "reports/train_history.csv",
     ]:

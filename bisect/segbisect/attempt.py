@@ -22,7 +22,9 @@ class AttemptStatus(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class Attempt:
-    """`metrics` holds every readable metrics file (flattened) by path; `unread` says why the others are not."""
+    """`metrics` holds every readable metrics file (flattened) by path; `unread` says why the others are not;
+    `figures` maps each declared plot image to where it was kept (see figures.py).
+    """
 
     status: AttemptStatus
     executed: tuple[str, ...] = ()
@@ -30,6 +32,7 @@ class Attempt:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     unread: dict[str, str] = field(default_factory=dict)
     diagnostics: Any = None
+    figures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     reason: str = ""
     check_rc: int | None = None
@@ -47,6 +50,7 @@ class Attempt:
             metrics=record["metrics"],
             unread=record["unread"],
             diagnostics=record["diagnostics"],
+            figures=record.get("figures", {}),
             seconds=record["seconds"],
             reason=record["reason"],
             check_rc=record["check_rc"],

@@ -16,6 +16,7 @@ from segbisect.errors import EXIT_INTERRUPTED, SegbisectError, UsageError
 from segbisect.options import Options
 from segbisect.session import RESULTS, bisect
 from segbisect.tracking import DEFAULT_EXPERIMENT
+from segbisect.validate import check_writable
 
 EPILOG = """\b
 Exit codes:
@@ -157,6 +158,14 @@ def main(
         "and BAD one that passes. Verdict, report and MLflow call them BROKEN and FIXED, name the fix (verdict "
         "fix), and show the broken side's diagnostics.",
     ),
+    summary_md: Path | None = typer.Option(
+        None,
+        "--summary-md",
+        metavar="PATH",
+        help="Also write a short Markdown summary (verdict, minimal change, cost, where the full report is) to "
+        "PATH, fit to paste into a pull request. The full reports are report.md and report.html in the results "
+        "folder.",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the verdict as one JSON object on stdout; human output goes to stderr."
     ),
@@ -173,7 +182,9 @@ def main(
     opts = Options(good=good, bad=bad, repo=repo, fail_if=fail_if, run=run, metrics=metrics, experiment=experiment)
     opts = replace(opts, jobs=jobs, repeat=repeat, retries=retries, timeout=timeout, results=results)
     opts = replace(opts, keep_workspaces=keep_workspaces, mlflow=mlflow, fresh=not resume, find_fix=find_fix)
+    opts = replace(opts, summary_md=summary_md)
     try:
+        check_writable(summary_md)
         code, result = bisect(opts, console)
     except SegbisectError as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -124,7 +124,13 @@ class Evaluator:
             for draft in drafts:
                 self.on_start(draft)
                 units = tuple(self._units[u] for u in draft.from_bad)
-                job = Job(hybrid_id=draft.id, units=units, repeat=self.plan.repeat, retries=self.plan.retries)
+                job = Job(
+                    hybrid_id=draft.id,
+                    fingerprint=draft.fingerprint,
+                    units=units,
+                    repeat=self.plan.repeat,
+                    retries=self.plan.retries,
+                )
                 futures[self.executor.submit(job)] = draft
             for future in as_completed(futures):
                 self._finish(futures[future], future.result())

@@ -17,10 +17,11 @@ from segbisect.units import Unit
 @dataclass(frozen=True, kw_only=True)
 class Job:
     """One hybrid to run: GOOD with `units` taken from BAD, attempted `repeat` times; an attempt the environment
-    failed is tried again up to `retries` times.
+    failed is tried again up to `retries` times. `fingerprint` names the configuration across sessions.
     """
 
     hybrid_id: str
+    fingerprint: str
     units: tuple[Unit, ...]
     repeat: int
     retries: int = 1

@@ -37,6 +37,11 @@ class Hybrid:
     def seconds(self) -> float:
         return round(sum(a.seconds for a in self.attempts), 2)
 
+    @property
+    def figures(self) -> dict[str, str]:
+        """The plot images its last run kept (declared path -> kept file), empty when none were."""
+        return next((a.figures for a in reversed(self.attempts) if a.figures), {})
+
     def metrics(self, metrics_file: str | None) -> dict[str, Any]:
         """The last attempt's metrics from `metrics_file` (empty when it has none)."""
         if not self.attempts or metrics_file is None:
@@ -72,5 +77,6 @@ class Hybrid:
             "reused": self.reused,
             "fingerprint": self.fingerprint,
             "attempts": len(self.attempts),
+            "figures": self.figures,
             "machine": self.attempts[-1].machine if self.attempts else None,
         }

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+from segbisect import figures
 from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.executor import Job
 from segbisect.materialize import materialize
 from segbisect.runner import Processes, Task, attempt
 from segbisect.snapshot import Snapshot
 from segbisect.workspace import PROCESSES, Workspaces
+
+# Figures are kept per configuration (fingerprint prefix), so a later session reusing a hybrid finds them.
+FIGURES_KEY = 16
 
 
 class LocalExecutor:
@@ -19,9 +24,18 @@ class LocalExecutor:
     """
 
     def __init__(
-        self, *, workspaces: Workspaces, good: Snapshot, bad: Snapshot, task: Task, logs: Path, jobs: int
+        self,
+        *,
+        workspaces: Workspaces,
+        good: Snapshot,
+        bad: Snapshot,
+        task: Task,
+        logs: Path,
+        figures: Path,
+        jobs: int,
     ) -> None:
         self.workspaces, self.good, self.bad, self.task, self.logs = workspaces, good, bad, task, logs
+        self.figures = figures
         self._procs = Processes(workspaces.root / PROCESSES)
         self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="segbisect-hybrid")
         stages = [stage for snap in (good, bad) for stage in snap.stages]
@@ -57,6 +71,11 @@ class LocalExecutor:
             attempts = [first]
             while len(attempts) < job.repeat and first.status == AttemptStatus.OK:
                 attempts.append(self._try(job, workspace, log, env, force=first.executed))
+            last = attempts[-1]
+            if last.status == AttemptStatus.OK and self.task.plots:
+                attempts[-1] = replace(
+                    last, figures=figures.keep(workspace, self.task.plots, self.figures / job.fingerprint[:FIGURES_KEY])
+                )
             return tuple(attempts)
         finally:
             self.workspaces.release(workspace)

@@ -29,3 +29,4 @@ class Options:
     experiment: str = DEFAULT_EXPERIMENT
     diagnostics: str | None = None
     find_fix: bool = False
+    summary_md: Path | None = None

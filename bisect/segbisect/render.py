@@ -1,8 +1,9 @@
-"""The report as files (report.json, report.md) and as a rich table on the console."""
+"""The report as files (report.json, report.md, report.html), as a pull-request summary and as a rich table."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,18 +11,41 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from segbisect import report_html
 from segbisect.report import Culprit, Report
 
 KEY_METRICS = 2
 COLOURS = {"good": "green", "bad": "red", "fixed": "green", "broken": "red"}
 
 
-def write(folder: Path, report: Report) -> None:
-    (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
-    (folder / "report.md").write_text(markdown(report))
+def write(folder: Path, report: Report) -> list[Path]:
+    """The report's files in `folder`, returned so they can be attached to the bisection's run."""
+    files = {
+        "report.json": json.dumps(report.to_dict(), indent=2, default=str),
+        "report.md": markdown(report, folder),
+        "report.html": report_html.page(report),
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return [folder / name for name in files]
 
 
-def markdown(report: Report) -> str:
+def summary(report: Report) -> str:
+    """A few lines fit to paste into a pull request: the verdict, the minimal change, the cost."""
+    lines = [f"**segbisect: {report.verdict}** — {report.message}", ""]
+    if report.culprit:
+        terms = report.terms
+        lines += [f"| unit | {terms['old']} | {terms['new']} |", "| --- | --- | --- |"]
+        lines += [f"| `{u['name']}` | `{u['good']}` | `{u['bad']}` |" for u in report.culprit.units]
+        lines.append("")
+    lines.append(
+        f"{len(report.hybrids)} hybrids, {report.stage_executions} stage executions; "
+        f"full report: `{report.results_dir}/report.html`"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def markdown(report: Report, folder: Path) -> str:
     lines = [
         f"# segbisect: {report.good['text']} ({report.terms['old']}) vs {report.bad['text']} ({report.terms['new']})",
         "",
@@ -45,7 +69,26 @@ def markdown(report: Report) -> str:
         )
     lines += ["", "All differing units:", ""]
     lines += [f"- `{u['name']}` ({', '.join(u['stages'])}): {u['summary']}" for u in report.units]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _figures_markdown(report, folder)) + "\n"
+
+
+def _figures_markdown(report: Report, folder: Path) -> list[str]:
+    """The side-by-side images as a table of linked files (relative to the report, so the folder can move)."""
+    figures = report.figures
+    if not figures.get("images"):
+        return []
+    sides = [f"{s['label']} ({s['hybrid']})" for s in figures["sides"]]
+    lines = ["", "Figures:", "", f"| image | {' | '.join(sides)} |", "|" + " --- |" * (len(sides) + 1)]
+    for image in figures["images"]:
+        cells = [_link(kept, image["path"], folder) for kept in image["kept"]]
+        lines.append(f"| `{image['path']}` | {' | '.join(cells)} |")
+    return lines
+
+
+def _link(kept: str | None, name: str, folder: Path) -> str:
+    if kept is None:
+        return "not drawn"
+    return f"![{Path(name).name}]({Path(os.path.relpath(kept, folder)).as_posix()})"
 
 
 def _culprit_markdown(culprit: Culprit) -> list[str]:
@@ -87,7 +130,7 @@ def show(console: Console, report: Report) -> None:
             console.print(f"  diagnostics: {_diagnosis(report.culprit.diagnostics)}")
     console.print(
         f"hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}; "
-        f"report: {report.results_dir}/report.md"
+        f"report: {report.results_dir}/report.html (and report.md)"
     )
 
 

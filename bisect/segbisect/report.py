@@ -49,6 +49,7 @@ class Report:
     key_metrics: tuple[str, ...]
     tracking: str = ""
     terms: dict[str, str] = field(default_factory=lambda: {"old": "GOOD", "new": "BAD"})
+    figures: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +87,7 @@ def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict 
         key_metrics=tuple(findings.key_metrics),
         tracking=findings.tracking,
         terms={"old": findings.terms.old, "new": findings.terms.new},
+        figures=_figures(findings, verdict),
     )
 
 
@@ -113,6 +115,27 @@ def _symptom_side(findings: Findings, verdict: Verdict) -> Hybrid | None:
         return next((h for h in findings.hybrids if h.label == terms.old), None)
     exact = (h for h in findings.hybrids if set(h.from_bad) == set(verdict.units) and h.outcome == Outcome.BAD)
     return next(exact, None) or next((h for h in findings.hybrids if h.label == terms.new), None)
+
+
+def _figures(findings: Findings, verdict: Verdict | None) -> dict[str, Any]:
+    """The declared plot images of the two configurations and of the hybrid that shows the culprit, side by side.
+
+    The images are those the first configuration drew (by path in the pipeline), so every column shows the same
+    test images; `kept` holds one file per side, None where that side drew no such image.
+    """
+    terms = findings.terms
+    by_label = {h.label: h for h in findings.hybrids}
+    sides = [h for h in (by_label.get(terms.old), by_label.get(terms.new)) if h is not None]
+    culprit = _symptom_side(findings, verdict) if verdict and verdict.units else None
+    if culprit is not None and culprit not in sides:
+        sides.append(culprit)
+    names = next((sorted(h.figures) for h in sides if h.figures), [])
+    return {
+        "sides": [
+            {"label": h.label if h.label in (terms.old, terms.new) else "culprit", "hybrid": h.id} for h in sides
+        ],
+        "images": [{"path": name, "kept": [h.figures.get(name) for h in sides]} for name in names],
+    }
 
 
 def _reference(ref: Reference) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class Task:
     diagnostics: str | None = None
     data_sources: tuple[str, ...] = ()
     timeout: float | None = None
+    plots: tuple[str, ...] = ()
 
 
 def attempt(

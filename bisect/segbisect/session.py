@@ -154,10 +154,17 @@ class _Bisection:
             diagnostics=opts.diagnostics,
             data_sources=tuple(sorted({*good.data_sources, *bad.data_sources})),
             timeout=opts.timeout,
+            plots=tuple(dict.fromkeys([*good.plot_paths, *bad.plot_paths])),
         )
         (folder / "logs").mkdir(exist_ok=True)
         executor = LocalExecutor(
-            workspaces=workspaces, good=good, bad=bad, task=task, logs=folder / "logs", jobs=opts.jobs
+            workspaces=workspaces,
+            good=good,
+            bad=bad,
+            task=task,
+            logs=folder / "logs",
+            figures=folder / "figures",
+            jobs=opts.jobs,
         )
         return cls(opts, good, bad, inventory, files, judge, journal, tracker, store, executor, folder, console)
 
@@ -246,8 +253,10 @@ class _Bisection:
 
     def _close(self, kind: VerdictKind, message: str, verdict: Verdict | None, status: str = "FINISHED") -> Report:
         report = build(self._findings(), kind, message, verdict)
-        self.tracker.finish(report, status)
-        render.write(self.folder, report)
+        files = render.write(self.folder, report)
+        if self.opts.summary_md:
+            self.opts.summary_md.write_text(render.summary(report))
+        self.tracker.finish(report, status, attachments=files)
         return report
 
 

@@ -37,6 +37,7 @@ class StageSnap:
     data: set[str] = field(default_factory=set)
     metrics: list[str] = field(default_factory=list)
     outs: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
     lock_file: str = "dvc.lock"
 
 
@@ -51,6 +52,16 @@ class Snapshot:
     dvcyaml: dict[str, Any]
     data_sources: list[str] = field(default_factory=list)
     metrics_files: list[str] = field(default_factory=list)
+
+    @property
+    def plot_paths(self) -> list[str]:
+        """The plots `dvc.yaml` declares: stage outputs marked as plots, then top-level entries (files or
+        folders; an entry that is no path simply matches nothing).
+        """
+        declared = [path for stage in self.stages for path in stage.plots]
+        for entry in self.dvcyaml.get("plots") or []:
+            declared.extend([entry] if isinstance(entry, str) else list(entry) if isinstance(entry, dict) else [])
+        return list(dict.fromkeys(declared))
 
     @cached_property
     def leaves(self) -> dict[Key, Leaf]:
@@ -189,6 +200,7 @@ def _stage_snap(
             snap.files.update(_expand(root, path))
     snap.outs = [_rel(root, o.fs_path) for o in stage.outs]
     snap.metrics = [_rel(root, o.fs_path) for o in stage.outs if o.metric]
+    snap.plots = [_rel(root, o.fs_path) for o in stage.outs if o.plot]
     return snap
 
 

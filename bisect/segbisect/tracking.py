@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -144,11 +144,13 @@ class Tracker:
         if self._worker is not None:
             self._worker.submit(self._guarded, record["id"], self._log_hybrid, record)
 
-    def finish(self, report: Report, status: str = "FINISHED") -> None:
-        """Tag the parent run with the verdict and close it; returns once every queued call is written."""
+    def finish(self, report: Report, status: str = "FINISHED", attachments: Sequence[Path] = ()) -> None:
+        """Tag the parent run with the verdict, attach the report's files and close it; returns once every
+        queued call is written.
+        """
         if self._worker is None:
             return
-        self._worker.submit(self._guarded, "the session", self._close, report, status)
+        self._worker.submit(self._guarded, "the session", self._close, report, status, attachments)
         self._worker.shutdown(wait=True)
 
     def _guarded(self, what: str, call: Callable[..., None], *args: Any) -> None:
@@ -222,7 +224,7 @@ class Tracker:
         self._log(run.info.run_id, params=params, metrics=metrics)
         self.client.set_terminated(run.info.run_id, "FINISHED" if record["outcome"] != "skip" else "FAILED")
 
-    def _close(self, report: Report, status: str) -> None:
+    def _close(self, report: Report, status: str, attachments: Sequence[Path]) -> None:
         culprit = report.culprit
         tags = {
             "verdict": str(report.verdict),
@@ -233,6 +235,8 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_tag(parent, key, value[:5000])
         self._log(parent, metrics={"hybrids": len(report.hybrids), "stage_executions": report.stage_executions})
+        for path in attachments:
+            self.client.log_artifact(parent, str(path), "report")
         self.client.set_terminated(parent, status)
 
     def _parent(self) -> str:

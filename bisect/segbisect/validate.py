@@ -52,3 +52,15 @@ def check_command(command: str, repo: Path) -> None:
     found = subprocess.run(["bash", "-c", 'type -t -- "$1"', "_", program], capture_output=True, cwd=repo)
     if found.returncode != 0:
         raise UsageError(f"--run: '{program}' is not a command here (not on PATH, not a shell builtin)")
+
+
+def check_writable(path: Path | None) -> None:
+    """A file the bisection writes at its end (the summary) must be writable before hours of hybrids run."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder, expected a file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: its folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{path}: not writable")
