@@ -8,7 +8,7 @@ one or more per stage:
 - evaluate.postprocess: threshold together with evaluate.threshold >= 0.99 (two units in one stage)
 - preprocess.scale: 0.5 together with evaluate.margin: 0.3 (an interaction across stages)
 - train crashes when prepare.n > train.max_n (an untestable hybrid: BAD's data with GOOD's train)
-Faults of the environment (killed, hung, full disk) are injected through TOY_FAULT (see `fault` in common.py).
+Faults of the environment (killed, hung, slow, full disk) are injected through TOY_FAULT (see `fault` in common.py).
 Harmless changes: prepare.n up to 45, train.epochs, comments in stage scripts.
 """
 
@@ -61,6 +61,9 @@ def fault(stage):
         os.kill(os.getpid(), signal.SIGKILL)
     if spec[1] == "hang":
         time.sleep(600)
+    if spec[1] == "slow":
+        time.sleep(30)
+        return
     target = "/dev/full" if spec[1] == "full" else "filler.bin"
     try:
         with open(target, "wb") as out:

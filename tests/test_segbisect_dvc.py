@@ -80,6 +80,25 @@ def test_executed_unchanged_and_run_cache_restores_are_told_apart(tmp_path: Path
     assert back.executed == ("score",), "an output with cache: false cannot come from the run-cache"
 
 
+def test_stages_pulled_from_a_remote_count_as_restored(tmp_path: Path) -> None:
+    """`repro --pull` (the cluster executor's): an unchanged stage whose outputs only the remote holds is pulled,
+    not run; where the remote lacks them, the stage runs.
+    """
+    repo, log = project(tmp_path / "p", STAGES), tmp_path / "log"
+    sh(repo, sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    assert repro(repo, log).executed == ("make", "score")
+    sh(repo, sys.executable, "-m", "dvc", "push", "-q")
+    sh(repo, "rm", "-rf", ".dvc/cache", "data.txt")
+    task = Task(
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}, metrics_files=(), repro_args=("--pull",)
+    )
+    pulled = attempt(Processes(), repo, log, task, task.env)
+    assert pulled.executed == () and pulled.restored == ("make", "score")
+    sh(repo, "rm", "-rf", ".dvc/cache", "data.txt", str(tmp_path / "remote"))
+    missing = attempt(Processes(), repo, log, task, task.env)
+    assert missing.executed == ("make",) and missing.restored == ("score",)
+
+
 def test_failure_reason_names_the_stage_and_its_own_last_words(tmp_path: Path) -> None:
     repo, log = project(tmp_path / "p", STAGES), tmp_path / "log"
     set_n(repo, -1)

@@ -23,7 +23,8 @@ class AttemptStatus(StrEnum):
 @dataclass(frozen=True, kw_only=True)
 class Attempt:
     """`metrics` holds every readable metrics file (flattened) by path; `unread` says why the others are not;
-    `figures` maps each declared plot image to where it was kept (see figures.py).
+    `figures` maps each declared plot image to where it was kept (see figures.py); `placement` says where a
+    cluster executor ran it (node, seconds spent fetching, running and pushing, where restored stages came from).
     """
 
     status: AttemptStatus
@@ -37,6 +38,7 @@ class Attempt:
     reason: str = ""
     check_rc: int | None = None
     machine: dict[str, Any] = field(default_factory=machine.describe)
+    placement: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,4 +57,5 @@ class Attempt:
             reason=record["reason"],
             check_rc=record["check_rc"],
             machine=record["machine"],
+            placement=record.get("placement", {}),
         )

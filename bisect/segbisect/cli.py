@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from rich.console import Console
 
 from segbisect import render
 from segbisect.errors import EXIT_INTERRUPTED, SegbisectError, UsageError
-from segbisect.options import Options
+from segbisect.options import ClusterOptions, ExecutorKind, Options
 from segbisect.session import RESULTS, bisect
 from segbisect.tracking import DEFAULT_EXPERIMENT
 from segbisect.validate import check_writable
@@ -166,6 +168,21 @@ def main(
         "PATH, fit to paste into a pull request. The full reports are report.md and report.html in the results "
         "folder.",
     ),
+    executor: ExecutorKind = typer.Option(
+        ExecutorKind.LOCAL,
+        "--executor",
+        help="Where hybrids run: local (worktrees on this machine, --jobs at a time) or ray (one Ray task per "
+        "hybrid on a cluster, stages shared through a DVC remote's run-cache; needs the `ray` extra, a DVC remote "
+        "and an MLflow server or --no-mlflow). --jobs hybrids are in flight either way. See docs/cluster.md.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", metavar="ADDR", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray)."
+    ),
+    remote: str | None = typer.Option(
+        None, "--remote", metavar="NAME", help="DVC remote the Ray workers share (default: the default remote)."
+    ),
+    hybrid_cpus: float = typer.Option(1.0, "--hybrid-cpus", min=0, help="Ray CPUs one hybrid asks for."),
+    hybrid_gpus: float = typer.Option(0.0, "--hybrid-gpus", min=0, help="Ray GPUs one hybrid asks for."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the verdict as one JSON object on stdout; human output goes to stderr."
     ),
@@ -182,10 +199,15 @@ def main(
     opts = Options(good=good, bad=bad, repo=repo, fail_if=fail_if, run=run, metrics=metrics, experiment=experiment)
     opts = replace(opts, jobs=jobs, repeat=repeat, retries=retries, timeout=timeout, results=results)
     opts = replace(opts, keep_workspaces=keep_workspaces, mlflow=mlflow, fresh=not resume, find_fix=find_fix)
-    opts = replace(opts, summary_md=summary_md)
+    cluster = ClusterOptions(address=ray_address, remote=remote, cpus=hybrid_cpus, gpus=hybrid_gpus)
+    opts = replace(opts, summary_md=summary_md, executor=executor, cluster=cluster)
+    verdict_out = sys.stdout
     try:
         check_writable(summary_md)
-        code, result = bisect(opts, console)
+        # With --json, stdout carries the verdict alone: what libraries print there (MLflow's run links, Ray's
+        # task messages) goes to stderr with the rest of the human output.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            code, result = bisect(opts, console)
     except SegbisectError as exc:
         console.print(f"[red]error:[/] {exc}")
         if as_json:
@@ -199,7 +221,7 @@ def main(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     render.show(console, result)
     if as_json:
-        print(json.dumps(result.to_dict(), default=str))
+        print(json.dumps(result.to_dict(), default=str), file=verdict_out)
     raise typer.Exit(code)
 
 

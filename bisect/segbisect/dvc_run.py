@@ -21,6 +21,9 @@ from pathlib import Path
 
 RAN = "Running stage '%s':"
 RESTORED = ("Stage '%s' is cached - skipping run, checking out outputs", "Stage '%s' didn't change, skipping")
+# `repro --pull`: an unchanged stage whose outputs are missing here is pulled from the remote, unless it cannot be
+# (then it runs). The argument is the Stage itself.
+PULLED, NOT_PULLED = "Pulling data for %s", "Unable to pull data for %s"
 # How DVC's StageCmdFailedError states the command's exit status (it keeps no attribute for it).
 EXITED = re.compile(r", exited with (-?\d+)$")
 # Failures of the machine rather than of the project: full or read-only disks, exhausted memory, dead networks.
@@ -76,6 +79,12 @@ class _Listener(logging.Handler):
             self.events.output_from, self.events.output_to = _offset(), None
         elif record.msg in RESTORED:
             self.events.restored.append(name)
+        elif record.msg in (PULLED, NOT_PULLED):
+            stage = getattr(record.args[0], "addressing", name) if isinstance(record.args, tuple) else name
+            if record.msg == PULLED:
+                self.events.restored.append(stage)
+            elif stage in self.events.restored:
+                self.events.restored.remove(stage)
         elif record.levelno >= logging.ERROR:
             if self.events.output_to is None:
                 self.events.output_to = _offset()

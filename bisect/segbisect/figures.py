@@ -13,6 +13,13 @@ from pathlib import Path
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"})
 # A pipeline may declare a folder of thousands of images as a plot; a report shows a few.
 MAX_KEPT = 24
+# Images are kept per configuration (a fingerprint prefix), so a later session reusing a hybrid finds them.
+KEY_LENGTH = 16
+
+
+def folder(root: Path, fingerprint: str) -> Path:
+    """Where the images of the configuration with this fingerprint are kept under the results' `root`."""
+    return root / fingerprint[:KEY_LENGTH]
 
 
 def keep(workspace: Path, declared: Sequence[str], dest: Path) -> dict[str, str]:

@@ -78,5 +78,6 @@ class Hybrid:
             "fingerprint": self.fingerprint,
             "attempts": len(self.attempts),
             "figures": self.figures,
+            "placement": self.attempts[-1].placement if self.attempts else {},
             "machine": self.attempts[-1].machine if self.attempts else None,
         }

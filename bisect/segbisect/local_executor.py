@@ -6,16 +6,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from segbisect import figures
+from segbisect import figures, runner
 from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.executor import Job
 from segbisect.materialize import materialize
-from segbisect.runner import Processes, Task, attempt
+from segbisect.runner import Processes, Task
 from segbisect.snapshot import Snapshot
 from segbisect.workspace import PROCESSES, Workspaces
-
-# Figures are kept per configuration (fingerprint prefix), so a later session reusing a hybrid finds them.
-FIGURES_KEY = 16
 
 
 class LocalExecutor:
@@ -31,11 +28,11 @@ class LocalExecutor:
         bad: Snapshot,
         task: Task,
         logs: Path,
-        figures: Path,
+        figures_root: Path,
         jobs: int,
     ) -> None:
         self.workspaces, self.good, self.bad, self.task, self.logs = workspaces, good, bad, task, logs
-        self.figures = figures
+        self.figures_root = figures_root
         self._procs = Processes(workspaces.root / PROCESSES)
         self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="segbisect-hybrid")
         stages = [stage for snap in (good, bad) for stage in snap.stages]
@@ -52,30 +49,17 @@ class LocalExecutor:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def _try(self, job: Job, workspace: Path, log: Path, env: dict[str, str], force: tuple[str, ...] = ()) -> Attempt:
-        """One attempt, tried again while the environment fails it (at most `job.retries` more times)."""
-        result = attempt(self._procs, workspace, log, self.task, env, force)
-        for _ in range(job.retries):
-            if result.status != AttemptStatus.ERROR:
-                break
-            result = attempt(self._procs, workspace, log, self.task, env, force)
-        return result
-
     def _run(self, job: Job) -> tuple[Attempt, ...]:
         workspace = self.workspaces.acquire(job.hybrid_id, self.good.ref.commit, self._outs, self._locks)
         try:
             materialize(workspace, self.good, self.bad, list(job.units))
             env = {**self.task.env, "SEGBISECT_HYBRID": job.hybrid_id}
             log = self.logs / f"{job.hybrid_id}.log"
-            first = self._try(job, workspace, log, env)
-            attempts = [first]
-            while len(attempts) < job.repeat and first.status == AttemptStatus.OK:
-                attempts.append(self._try(job, workspace, log, env, force=first.executed))
+            attempts = runner.attempts(self._procs, workspace, log, self.task, env, job.repeat, job.retries)
             last = attempts[-1]
             if last.status == AttemptStatus.OK and self.task.plots:
-                attempts[-1] = replace(
-                    last, figures=figures.keep(workspace, self.task.plots, self.figures / job.fingerprint[:FIGURES_KEY])
-                )
+                kept = figures.keep(workspace, self.task.plots, figures.folder(self.figures_root, job.fingerprint))
+                attempts[-1] = replace(last, figures=kept)
             return tuple(attempts)
         finally:
             self.workspaces.release(workspace)

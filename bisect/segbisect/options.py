@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from segbisect.tracking import DEFAULT_EXPERIMENT
+
+
+class ExecutorKind(StrEnum):
+    """Where hybrids run: worktrees on this machine, or Ray tasks on a cluster sharing a DVC remote."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterOptions:
+    """For `--executor ray`: `address` (None: Ray's own rule, RAY_ADDRESS else a local instance), `remote` (None:
+    the repository's default DVC remote) and the Ray resources one hybrid asks for.
+    """
+
+    address: str | None = None
+    remote: str | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,3 +50,5 @@ class Options:
     diagnostics: str | None = None
     find_fix: bool = False
     summary_md: Path | None = None
+    executor: ExecutorKind = ExecutorKind.LOCAL
+    cluster: ClusterOptions = ClusterOptions()

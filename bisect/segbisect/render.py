@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segbisect import report_html
+from segbisect.ray_worker import node_name
 from segbisect.report import Culprit, Report
 
 KEY_METRICS = 2
@@ -46,6 +47,7 @@ def summary(report: Report) -> str:
 
 
 def markdown(report: Report, folder: Path) -> str:
+    clustered = any(h["placement"] for h in report.hybrids)
     lines = [
         f"# segbisect: {report.good['text']} ({report.terms['old']}) vs {report.bad['text']} ({report.terms['new']})",
         "",
@@ -58,14 +60,15 @@ def markdown(report: Report, folder: Path) -> str:
         "",
         f"Hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}",
         "",
-        f"| hybrid | what | units from {report.terms['new']} | outcome | key metrics | executed | restored | s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| hybrid | what | units from {report.terms['new']} | outcome | key metrics | executed | restored | s |"
+        + (" node | restored from |" if clustered else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if clustered else ""),
     ]
     for h in report.hybrids:
         lines.append(
             f"| {h['id']}{' (reused)' if h['reused'] else ''} | {h['label']} | {len(h['from_bad'])} | "
             f"{h['outcome']} | {_metrics(h['metrics'], report.key_metrics)} | {', '.join(h['executed']) or '-'} | "
-            f"{', '.join(h['restored']) or '-'} | {h['seconds']} |"
+            f"{', '.join(h['restored']) or '-'} | {h['seconds']} |" + (_placement(h) if clustered else "")
         )
     lines += ["", "All differing units:", ""]
     lines += [f"- `{u['name']}` ({', '.join(u['stages'])}): {u['summary']}" for u in report.units]
@@ -89,6 +92,15 @@ def _link(kept: str | None, name: str, folder: Path) -> str:
     if kept is None:
         return "not drawn"
     return f"![{Path(name).name}]({Path(os.path.relpath(kept, folder)).as_posix()})"
+
+
+def _placement(hybrid: dict[str, Any]) -> str:
+    """Where a cluster executor ran the hybrid, and which hybrid and node computed each stage it restored."""
+    where = hybrid["placement"]
+    origin = ", ".join(f"{stage}: {source}" for stage, source in where.get("restored_from", {}).items())
+    seconds = where.get("seconds", {})
+    phases = "/".join(f"{seconds[p]:g}" for p in ("fetch", "run", "push") if p in seconds)
+    return f" {node_name(where.get('node', '-'))} (fetch/run/push s: {phases or '-'}) | {origin or '-'} |"
 
 
 def _culprit_markdown(culprit: Culprit) -> list[str]:

@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from segbisect.ray_worker import node_name
 from segbisect.report import Report
 
 OUTCOME_COLOURS = {"good": "#1a7f37", "fixed": "#1a7f37", "bad": "#cf222e", "broken": "#cf222e"}
@@ -100,11 +101,12 @@ def _image(kept: str | None, name: str) -> str:
 
 def _timeline(report: Report) -> list[str]:
     names = {u["id"]: u["name"] for u in report.units}
+    clustered = any(h["placement"] for h in report.hybrids)
     longest = max((h["seconds"] for h in report.hybrids), default=0) or 1
     lines = [
         "<h2>The search</h2>",
         f"<table><tr><th>hybrid</th><th>what</th><th>units from {report.terms['new']}</th><th>outcome</th>"
-        "<th>stages run</th><th>restored</th><th>seconds</th></tr>",
+        "<th>stages run</th><th>restored</th><th>seconds</th>" + ("<th>node</th>" if clustered else "") + "</tr>",
     ]
     for h in report.hybrids:
         colour = OUTCOME_COLOURS.get(h["outcome"], "#9a6700")
@@ -119,6 +121,10 @@ def _timeline(report: Report) -> list[str]:
             escape(", ".join(h["restored"])) or "-",
             f"<span class='bar' style='width:{width}px'></span> {h['seconds']}",
         ]
+        if clustered:
+            origin = "; ".join(f"{s} from {o}" for s, o in h["placement"].get("restored_from", {}).items())
+            node = node_name(h["placement"].get("node", "-"))
+            cells.append(f"<span title='{escape(origin)}'>{escape(node)}</span>")
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     lines.append("</table>")
     return lines

@@ -23,6 +23,7 @@ from segbisect.dvc_run import Events, running_file
 
 OWN_WORDS = 300
 GRACE_SECONDS = 5.0
+WAIT_SLICE = 0.5
 # Exit status a stage uses for a fault of its environment (sysexits' EX_TEMPFAIL), distinct from its own `error:` 2.
 EXIT_ENVIRONMENT = 75
 SHELL_SIGNAL_BASE = 128
@@ -61,10 +62,10 @@ class Processes:
             if marker:
                 marker.write_text(str(cwd))
         try:
-            return proc.wait(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:
-            _end(proc)
-            raise TimedOut from None
+            return _wait(proc, deadline)
+        except BaseException:
+            _end(proc)  # interrupted while waiting (Ctrl-C, a cancelled cluster task): its group goes too
+            raise
         finally:
             with self._lock:
                 self._procs.discard(proc)
@@ -77,6 +78,19 @@ class Processes:
             for proc in self._procs:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
+
+
+def _wait(proc: subprocess.Popen[bytes], deadline: float | None) -> int:
+    """The exit status; past `deadline` the group ends and TimedOut. Waits in short slices, so an interruption
+    (Ctrl-C, or a cluster task being cancelled) reaches this thread while a stage runs.
+    """
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            _end(proc)
+            raise TimedOut
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return proc.wait(timeout=WAIT_SLICE if left is None else min(WAIT_SLICE, left))
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:
@@ -100,6 +114,29 @@ class Task:
     data_sources: tuple[str, ...] = ()
     timeout: float | None = None
     plots: tuple[str, ...] = ()
+    repro_args: tuple[str, ...] = ()
+
+
+def attempts(
+    procs: Processes, workspace: Path, log: Path, task: Task, env: dict[str, str], repeat: int, retries: int
+) -> list[Attempt]:
+    """A hybrid's attempts: `repeat` of them, each forcing the stages the first one executed (the check runs every
+    time), and each tried again while the environment fails it (at most `retries` more times).
+    """
+
+    def tried(force: tuple[str, ...] = ()) -> Attempt:
+        result = attempt(procs, workspace, log, task, env, force)
+        for _ in range(retries):
+            if result.status != AttemptStatus.ERROR:
+                break
+            result = attempt(procs, workspace, log, task, env, force)
+        return result
+
+    first = tried()
+    done = [first]
+    while len(done) < repeat and first.status == AttemptStatus.OK:
+        done.append(tried(first.executed))
+    return done
 
 
 def attempt(
@@ -136,7 +173,7 @@ def _attempt(
     if present:
         events = _dvc(procs, workspace, env, log, ["checkout", "--quiet", *present], deadline)
     if events.rc == 0:
-        repro = ["repro", *(["--force", "--single-item", *force] if force else [])]
+        repro = ["repro", *task.repro_args, *(["--force", "--single-item", *force] if force else [])]
         events = _dvc(procs, workspace, env, log, repro, deadline)
     if events.rc != 0:
         return Attempt(

@@ -27,10 +27,11 @@ from segbisect.hybrid import Hybrid
 from segbisect.journal import Journal, known_hybrids
 from segbisect.judge import Judge
 from segbisect.local_executor import LocalExecutor
-from segbisect.options import Options
+from segbisect.options import ExecutorKind, Options
 from segbisect.outcome import Outcome
 from segbisect.predicate import Predicate
 from segbisect.progress import Progress, planned
+from segbisect.ray_executor import RayExecutor, preflight
 from segbisect.refs import Reference, resolve
 from segbisect.report import Findings, Report, build
 from segbisect.runner import Task
@@ -38,7 +39,7 @@ from segbisect.search import search
 from segbisect.settings import load as load_settings
 from segbisect.snapshot import Snapshot, load
 from segbisect.terms import CULPRIT, FIX, Terms
-from segbisect.tracking import BOUNDED_WAITS, Tracker, tracking_uri, unusable
+from segbisect.tracking import BOUNDED_WAITS, QUIET, Tracker, tracking_uri, unusable
 from segbisect.units import Inventory, diff, group
 from segbisect.validate import check_command, check_overlay
 from segbisect.verdict import Verdict, VerdictKind
@@ -56,7 +57,9 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
         check_command(opts.run, repo)
     for name, value in BOUNDED_WAITS.items():
         os.environ.setdefault(name, value)
+    os.environ.update(QUIET)
     uri = tracking_uri(repo)
+    remote = preflight(repo, opts.cluster, uri if opts.mlflow else None) if opts.executor == ExecutorKind.RAY else {}
     store = _store(opts, uri, console)
     recorded = os.environ.get("MLFLOW_TRACKING_URI") or (repo / "mlflow.db").exists()
     lookup_uri = uri if recorded and (store.uri or uri.startswith("sqlite:")) else None
@@ -74,7 +77,7 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
             raise UsageError(
                 f"no differences: {good_ref.describe()} and {bad_ref.describe()} configure the pipeline identically"
             )
-        bisection = _Bisection.open(opts, repo, store, good, bad, inventory, console, workspaces)
+        bisection = _Bisection.open(opts, repo, store, good, bad, inventory, console, workspaces, remote)
         try:
             result = bisection.run()
         finally:
@@ -134,19 +137,12 @@ class _Bisection:
         inventory: Inventory,
         console: Console,
         workspaces: Workspaces,
+        remote: dict[str, str],
     ) -> _Bisection:
         files = [opts.metrics] if opts.metrics else good.metrics_files
         judge = _judge(opts, repo, files)
         session = _session_id(good.ref, bad.ref, inventory)
         folder = _ignored(opts.results or repo / RESULTS) / session
-        journal = Journal(folder, {"session": session, "good": good.ref.text, "bad": bad.ref.text}, fresh=opts.fresh)
-        torn = journal.torn()
-        if torn:
-            _warn(console, f"{journal.path}: skipped {torn} line(s) cut short by a kill")
-        if journal.set_aside:
-            _warn(console, f"{journal.set_aside} was written by another segbisect version; its hybrids run again")
-        tracker = Tracker(store.uri, opts.experiment, lambda text: _warn(console, text))
-        _start_tracking(tracker, journal, session, *_describe(opts, good, bad, inventory, judge))
         task = Task(
             env=_hybrid_env(store.uri, opts.experiment, session),
             metrics_files=tuple(files),
@@ -156,16 +152,22 @@ class _Bisection:
             timeout=opts.timeout,
             plots=tuple(dict.fromkeys([*good.plot_paths, *bad.plot_paths])),
         )
-        (folder / "logs").mkdir(exist_ok=True)
-        executor = LocalExecutor(
-            workspaces=workspaces,
-            good=good,
-            bad=bad,
-            task=task,
-            logs=folder / "logs",
-            figures=folder / "figures",
-            jobs=opts.jobs,
-        )
+        (folder / "logs").mkdir(parents=True, exist_ok=True)
+        # First, so that a cluster that cannot take a hybrid is reported before a journal or a run is opened.
+        executor = _executor(opts, workspaces, good, bad, task, folder, remote)
+        try:
+            header = {"session": session, "good": good.ref.text, "bad": bad.ref.text}
+            journal = Journal(folder, header, fresh=opts.fresh)
+            torn = journal.torn()
+            if torn:
+                _warn(console, f"{journal.path}: skipped {torn} line(s) cut short by a kill")
+            if journal.set_aside:
+                _warn(console, f"{journal.set_aside} was written by another segbisect version; its hybrids run again")
+            tracker = Tracker(store.uri, opts.experiment, lambda text: _warn(console, text))
+            _start_tracking(tracker, journal, session, *_describe(opts, good, bad, inventory, judge))
+        except BaseException:
+            executor.close()
+            raise
         return cls(opts, good, bad, inventory, files, judge, journal, tracker, store, executor, folder, console)
 
     def __post_init__(self) -> None:
@@ -258,6 +260,26 @@ class _Bisection:
             self.opts.summary_md.write_text(render.summary(report))
         self.tracker.finish(report, status, attachments=files)
         return report
+
+
+def _executor(
+    opts: Options,
+    workspaces: Workspaces,
+    good: Snapshot,
+    bad: Snapshot,
+    task: Task,
+    folder: Path,
+    remote: dict[str, str],
+) -> Executor:
+    """Where hybrids run: worktrees on this machine, or Ray tasks on a cluster sharing a DVC remote."""
+    logs, figures_root = folder / "logs", folder / "figures"
+    if opts.executor == ExecutorKind.RAY:
+        return RayExecutor(
+            good=good, bad=bad, task=task, logs=logs, figures_root=figures_root, options=opts.cluster, remote=remote
+        )
+    return LocalExecutor(
+        workspaces=workspaces, good=good, bad=bad, task=task, logs=logs, figures_root=figures_root, jobs=opts.jobs
+    )
 
 
 def _ignored(results: Path) -> Path:

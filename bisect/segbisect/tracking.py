@@ -27,6 +27,8 @@ DEFAULT_EXPERIMENT = "segbisect"
 PROBE_SECONDS = 3.0
 # MLflow's own settings for its HTTP client, bounded so a dead server costs seconds rather than minutes of retries.
 BOUNDED_WAITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+# MLflow prints a link to stdout for every run it ends on a tracking server; stdout carries `--json`'s verdict.
+QUIET = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def unusable(uri: str) -> str | None:

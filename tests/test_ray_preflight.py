@@ -1,0 +1,46 @@
+"""What `--executor ray` refuses before it starts or joins a Ray cluster: each a one-line usage error, exit 2,
+nothing run and no results folder made. (The cluster itself is tested in tests/ray_cases.py.)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from segbisect.ray_executor import INSTALL_HINT
+from segbisect_toy import bad_commit, bisect, commit, dvc
+
+
+def refused(repo: Path, *args: str, mlflow: bool = False) -> str:
+    code, report, _ = bisect(repo, "good", "bad", "--executor", "ray", *args, mlflow=mlflow)
+    assert code == 2 and report["verdict"] == "usage-error"
+    assert not (repo / "segbisect-results").exists()
+    return str(report["error"])
+
+
+@pytest.fixture
+def shared(toy: Path, tmp_path: Path) -> Path:
+    dvc(toy, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    commit(toy, "shared DVC remote")
+    bad_commit(toy, params={"train": {"lr": 2.0}})
+    return toy
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the package is absent
+    assert refused(shared) == INSTALL_HINT
+
+
+def test_a_tracking_store_on_this_machine_is_refused(shared: Path, tracking_uri: str) -> None:
+    error = refused(shared, mlflow=True)
+    assert error.startswith(f"--executor ray: the MLflow store {tracking_uri} lives on this machine")
+    assert "start `mlflow server`" in error and "--no-mlflow" in error
+
+
+def test_a_dvc_remote_is_required_and_must_exist(toy: Path) -> None:
+    bad_commit(toy, params={"train": {"lr": 2.0}})
+    assert "needs a DVC remote that every worker reaches: pass --remote NAME" in refused(toy)
+    dvc(toy, "remote", "add", "other", "/tmp/elsewhere")
+    assert refused(toy, "--remote", "shared") == f"{toy}: no DVC remote named 'shared' (configured: other)"
