@@ -17,20 +17,31 @@ BAD = GOOD + the culprit unit + one harmless unit (`evaluate.n_overlays`), so th
 to tell apart (one group with two units when the culprit is in evaluate). GOOD post-processes with a
 foreground threshold of 0.001, so its verdict does not hang on what a one-epoch model learnt.
 
+The executor is a dimension too (`--executors`): `local` (worktrees, `--jobs` each value), `ray` (one Ray node
+with 2 CPUs) and `ray2` (two Ray nodes of 1 CPU each), both on loopback (the script re-runs itself in a private
+network namespace, `unshare -n`, where only loopback exists) against a DVC remote folder into which GOOD's stages
+are pushed first (untimed). Ray nodes on one 2-core machine share its cores: the Ray figures measure the
+executor's overhead (packing, fetching, pushing), not a speed-up. Each Ray hybrid's fetch/run/push seconds are
+in the JSON details and in the profile table.
+
 Never asserts timings; writes bench/results/time_to_verdict.{md,csv,json}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
+import itertools
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +126,14 @@ def bad_params(base: Path, overlay: dict[str, Any], dest: Path) -> Path:
 
 
 def run_segbisect(
-    base: Path, work: Path, bad_file: Path, predicate: str, jobs: int, tracking_uri: str, bad_cached: bool = False
+    base: Path,
+    work: Path,
+    bad_file: Path,
+    predicate: str,
+    jobs: int,
+    tracking_uri: str,
+    bad_cached: bool = False,
+    executor: list[str] | None = None,
 ) -> dict[str, Any]:
     """segbisect in a private copy of the reproduced repo (same cache state for every measurement).
 
@@ -134,6 +152,9 @@ def run_segbisect(
         sh([sys.executable, "-m", "dvc", "checkout", "-q"], repo, env)
         if run["rc"] != 0:
             raise SystemExit(f"BAD repro failed: {run['tail']}")
+    if executor:  # the cluster's shared remote holds what the user has reproduced, as `dvc push` would leave it
+        sh([sys.executable, "-m", "dvc", "remote", "add", "--local", "-d", "shared", str(work / "remote")], repo, env)
+        sh([sys.executable, "-m", "dvc", "push", "-q", "--run-cache"], repo, env)
     args = [
         str(Path(sys.executable).parent / "segbisect"),
         "good",
@@ -148,6 +169,7 @@ def run_segbisect(
         "--json",
         "--fail-if",
         predicate,
+        *(executor or []),
     ]
     start = time.perf_counter()
     proc = sh(args, repo, env)
@@ -242,6 +264,7 @@ def oracle(
 
 
 STARTS = {"cold": "BAD not yet run", "cached": "BAD already reproduced"}
+EXECUTORS = {"local": "local", "ray": "Ray, 1 node", "ray2": "Ray, 2 nodes"}
 
 
 @dataclass
@@ -254,6 +277,7 @@ class Bench:
     good_params: dict[str, Any]
     jobs: list[int]
     naive: bool
+    executors: dict[str, list[str]] = field(default_factory=lambda: {"local": []})
     naive_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -262,6 +286,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", default="evaluate,preprocess,train,prepare")
     ap.add_argument("--jobs", default="1,2", help="segbisect --jobs values to measure")
+    ap.add_argument(
+        "--executors", default="local", help="local, ray (one node, 2 CPUs), ray2 (two nodes of 1 CPU), comma-separated"
+    )
     ap.add_argument(
         "--start",
         default="cold,cached",
@@ -280,6 +307,9 @@ def main() -> None:
         finish(saved["rows"], saved["meta"], args.out)
         return
     overrides = dict(p.split("=", 1) for p in args.predicate)
+    executors = args.executors.split(",")
+    if set(executors) - {"local"} and os.environ.get(NAMESPACE_MARK) != "1":
+        in_private_network()
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
@@ -295,20 +325,62 @@ def main() -> None:
         [int(j) for j in args.jobs.split(",")],
         not args.no_naive,
     )
+    with clusters(executors) as bench.executors:
+        rows = measure(bench, args, overrides, meta)
+    meta["naive_runs"] = list(bench.naive_cache.values())
+    meta["details"] = bench.details
+    meta["finished"], meta["load_end"] = now(), loadavg()
+    finish(rows, meta, args.out)
+
+
+NAMESPACE_MARK = "SEGBISECT_BENCH_PRIVATE_NETWORK"
+
+
+def in_private_network() -> None:
+    """Ray binds the machine's interface address: run this script again where only loopback exists."""
+    command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, *sys.argv]
+    os.execvpe("unshare", command, {**os.environ, NAMESPACE_MARK: "1"})
+
+
+@contextlib.contextmanager
+def clusters(executors: list[str]) -> Iterator[dict[str, list[str]]]:
+    """segbisect's arguments per executor, with the Ray clusters they name running meanwhile."""
+    started: list[Any] = []
+    chosen: dict[str, list[str]] = {}
+    try:
+        for name in executors:
+            if name == "local":
+                chosen[name] = []
+                continue
+            from ray.cluster_utils import Cluster  # only when asked for: Ray is an optional extra
+
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2 if name == "ray" else 0})
+            started.append(cluster)
+            if name == "ray2":
+                for _ in range(2):
+                    cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            chosen[name] = ["--executor", "ray", "--ray-address", cluster.address, "--no-mlflow"]
+        yield chosen
+    finally:
+        for cluster in started:
+            cluster.shutdown()
+
+
+def measure(
+    bench: Bench, args: argparse.Namespace, overrides: dict[str, str], meta: dict[str, Any]
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios.split(","):
         overlay, predicate, expected = SCENARIOS[scenario]
-        bad_file = bad_params(base, overlay, args.work / f"bad-{scenario}.yaml")
+        bad_file = bad_params(bench.base, overlay, args.work / f"bad-{scenario}.yaml")
         for start in args.start.split(","):
             runs, report = segbisect_rows(bench, scenario, start, bad_file, overrides.get(scenario, predicate))
             rows += runs
             if report.get("units"):
                 rows += baseline_rows(bench, scenario, start, report, expected)
         meta["loads"][scenario] = loadavg()
-    meta["naive_runs"] = list(bench.naive_cache.values())
-    meta["details"] = bench.details
-    meta["finished"], meta["load_end"] = now(), loadavg()
-    finish(rows, meta, args.out)
+    return rows
 
 
 def segbisect_rows(
@@ -316,25 +388,22 @@ def segbisect_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(a): one segbisect run per --jobs value; returns their rows and the report of the smallest --jobs."""
     rows, reports = [], {}
-    for jobs in bench.jobs:
+    for (executor, extra), jobs in itertools.product(bench.executors.items(), bench.jobs):
         load_before = loadavg()
-        print(f"[{now()}] load {load_before}: segbisect {scenario} ({STARTS[start]}) --jobs {jobs}", flush=True)
+        method = f"segbisect --jobs {jobs}" + (f" ({EXECUTORS[executor]})" if extra else "")
+        print(f"[{now()}] load {load_before}: {method}, {scenario} ({STARTS[start]})", flush=True)
+        key = f"{scenario}-{start}-{executor}-j{jobs}"
         report = run_segbisect(
-            bench.base,
-            bench.work / f"{scenario}-{start}-j{jobs}",
-            bad_file,
-            predicate,
-            jobs,
-            bench.uri,
-            start == "cached",
+            bench.base, bench.work / key, bad_file, predicate, jobs, bench.uri, start == "cached", extra
         )
-        reports[jobs] = report
+        if executor == "local":
+            reports[jobs] = report
         culprit = report.get("culprit") or {}
         rows.append(
             {
                 "culprit_stage": scenario,
                 "start": STARTS[start],
-                "method": f"segbisect --jobs {jobs}",
+                "method": method,
                 "verdict": report["verdict"],
                 "found": ",".join(u["name"] for u in culprit.get("units", [])) or "-",
                 "hybrids": sum(1 for h in report["hybrids"] if not h.get("reused")),
@@ -343,11 +412,11 @@ def segbisect_rows(
                 "load": f"{load_before} -> {loadavg()}",
             }
         )
-        bench.details[f"{scenario}-{start}-j{jobs}"] = {
+        bench.details[key] = {
             k: report.get(k)
             for k in ("verdict", "message", "hybrids", "units", "stage_executions", "_exit", "_seconds")
         }
-    return rows, reports[min(reports)]
+    return rows, reports[min(reports)] if reports else report
 
 
 def baseline_rows(
@@ -470,6 +539,7 @@ def profile_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
         stage_time = sum(stage_med.get(s, 0.0) for h in hybrids for s in h["executed"])
         good = next((h["seconds"] for h in hybrids if h["label"] == "GOOD"), "-")
         jobs = int(key.rsplit("-j", 1)[1])
+        phases = [h.get("placement", {}).get("seconds", {}) for h in hybrids]
         out.append(
             {
                 "run": key,
@@ -480,6 +550,11 @@ def profile_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
                 "per_hybrid_overhead_s": round((in_hybrids - stage_time) / max(len(hybrids), 1), 1),
                 "all_restored_hybrid_s": good,
                 "hybrids": len(hybrids),
+                "median_fetch/run/push_s": "/".join(
+                    f"{statistics.median(p.get(phase, 0.0) for p in phases):.2f}" for phase in ("fetch", "run", "push")
+                )
+                if any(phases)
+                else "-",
             }
         )
     return out
