@@ -188,6 +188,9 @@ def build_deeplabv3plus(
 ) -> keras.Model:
     """DeepLabV3+ returning float32 LOGITS of shape (N, H, W, num_classes); `alpha` only affects MobileNetV2.
 
+    Layers follow Keras' global dtype policy (mixed_float16 computes in float16) except the logits layer,
+    which stays float32 so the loss and the softmax never see float16 rounding or overflow.
+
     ASPP rates are (6, 12, 18) at output stride 16 and doubled at 8, as in the paper; the decoder fuses
     the stride-4 backbone features reduced to `low_level_filters` channels.
     """

@@ -111,6 +111,17 @@ def load_pair(stem: str, image_path: Path, mask_path: Path, label_map: dict[int,
     return Pair(stem, np.asarray(image.convert("RGB")), map_labels(raw, label_map, mask_path))
 
 
+def mask_image(mask: np.ndarray, num_classes: int) -> Image.Image:
+    """A class-id mask as a palette PNG, as annotation tools write them: the pixel values are the class ids, the
+    palette a grey ramp from background (black) to the last class (white), so a viewer shows the classes.
+    """
+    image = Image.fromarray(mask, mode="P")
+    greys = [round(255 * c / (num_classes - 1)) for c in range(num_classes)]
+    palette = [g for grey in greys for g in (grey, grey, grey)]
+    image.putpalette(palette + [0] * (768 - len(palette)))  # a full palette keeps 8-bit indices in the file
+    return image
+
+
 def split_stems(stems: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[str]]:
     """Seeded split; every split with a non-zero fraction gets at least one image when there are enough."""
     order = np.random.default_rng(seed).permutation(len(stems))
@@ -157,7 +168,7 @@ def main() -> None:
             (out / name / "masks").mkdir(parents=True)
             for stem in stems:
                 Image.fromarray(by_stem[stem].image, mode="RGB").save(out / name / "images" / f"{stem}.png")
-                Image.fromarray(by_stem[stem].mask, mode="L").save(out / name / "masks" / f"{stem}.png")
+                mask_image(by_stem[stem].mask, classes.num_classes).save(out / name / "masks" / f"{stem}.png")
             log_metric(f"{name}_images", len(stems))
             for cls, freq in summary["splits"][name]["class_pixel_frequency"].items():
                 log_metric(f"{name}_freq_{cls}", freq)

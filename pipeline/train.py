@@ -48,6 +48,7 @@ class TrainParams:
     augment_flips: bool
     early_stopping_patience: int
     seed: int
+    mixed_precision: bool = False
 
     def validate(self) -> None:
         """Reject values that would crash deep inside Keras or silently train nothing."""
@@ -143,21 +144,30 @@ def input_stats(images: np.ndarray, norm: dict[str, Any]) -> dict[str, list[floa
 def build_model(
     params: TrainParams, input_shape: tuple[int, int, int], num_classes: int, ignore_index: int | None
 ) -> Any:
-    """DeepLabV3+ compiled with a logits loss that skips ignore pixels, and val mean IoU over argmax."""
+    """DeepLabV3+ compiled with a logits loss that skips ignore pixels, and val mean IoU over argmax.
+
+    With `mixed_precision` the model is built under Keras' mixed_float16 policy (float16 compute, float32
+    weights and logits), and compile wraps the optimizer in a loss-scale optimizer.
+    """
     import keras
 
     from pipeline.model import build_deeplabv3plus
 
-    model = build_deeplabv3plus(
-        input_shape,
-        num_classes,
-        backbone=params.backbone,
-        alpha=params.alpha,
-        output_stride=params.output_stride,
-        aspp_filters=params.aspp_filters,
-        decoder_filters=params.decoder_filters,
-        bn_momentum=0.9,
-    )
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_float16" if params.mixed_precision else "float32")
+    try:
+        model = build_deeplabv3plus(
+            input_shape,
+            num_classes,
+            backbone=params.backbone,
+            alpha=params.alpha,
+            output_stride=params.output_stride,
+            aspp_filters=params.aspp_filters,
+            decoder_filters=params.decoder_filters,
+            bn_momentum=0.9,
+        )
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
     optimizer = (
         keras.optimizers.Adam(params.learning_rate)
         if params.optimizer == "adam"

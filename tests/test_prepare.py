@@ -83,7 +83,9 @@ def test_prepare_writes_class_id_masks_and_summary(prepare_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     masks = sorted((prepare_dir / "data/prepared").glob("*/masks/*.png"))
     assert len(masks) == 4
-    assert set(np.unique(np.asarray(Image.open(masks[0])))) == {0, 1}
+    mask = Image.open(masks[0])
+    assert mask.mode == "P" and set(np.unique(np.asarray(mask))) == {0, 1}
+    assert set(np.unique(np.asarray(mask.convert("L")))) == {0, 255}  # the palette: background black, class 1 white
     summary = yaml.safe_load((prepare_dir / "reports/prepare_summary.json").read_text())
     assert summary["n_images"] == 4
     assert summary["splits"]["train"]["class_pixel_frequency"]["foreground"] == pytest.approx(4 / 64)

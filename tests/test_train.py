@@ -112,6 +112,24 @@ def test_default_params_file_is_valid() -> None:
     assert params.output_stride in (8, 16)
 
 
+def test_mixed_precision_computes_in_float16_with_float32_logits_and_restores_the_policy() -> None:
+    params = train.TrainParams(**{**TINY_PARAMS, "mixed_precision": True})
+    model = train.build_model(params, (SIZE, SIZE, 3), 2, IGNORE)
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+    assert model.get_layer("classifier").compute_dtype == "float16"
+    assert model.get_layer("classifier").variable_dtype == "float32"
+    assert model.get_layer("logits").compute_dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    outputs = model.predict_on_batch(np.zeros((1, SIZE, SIZE, 3), np.float32))
+    assert outputs.dtype == np.float32 and outputs.shape == (1, SIZE, SIZE, 2)
+    assert (
+        train.build_model(train.TrainParams(**TINY_PARAMS), (SIZE, SIZE, 3), 2, IGNORE)
+        .get_layer("classifier")
+        .compute_dtype
+        == "float32"
+    )
+
+
 def test_weight_table_zeroes_ignore_pixels() -> None:
     table = train.pixel_weight_table([1.0, 4.0], 2, IGNORE)
     assert table[0] == 1.0 and table[1] == 4.0 and table[IGNORE] == 0.0
