@@ -64,7 +64,7 @@ class Processes:
         try:
             return _wait(proc, deadline)
         except BaseException:
-            _end(proc)  # interrupted while waiting (Ctrl-C, a cancelled cluster task): its group goes too
+            _end(proc)  # past its time, or interrupted (Ctrl-C, a cancelled cluster task): its group goes too
             raise
         finally:
             with self._lock:
@@ -81,13 +81,12 @@ class Processes:
 
 
 def _wait(proc: subprocess.Popen[bytes], deadline: float | None) -> int:
-    """The exit status; past `deadline` the group ends and TimedOut. Waits in short slices, so an interruption
-    (Ctrl-C, or a cluster task being cancelled) reaches this thread while a stage runs.
+    """The exit status, or TimedOut past `deadline`. Waits in short slices, so an interruption (Ctrl-C, or a
+    cluster task being cancelled) reaches this thread while a stage runs.
     """
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            _end(proc)
             raise TimedOut
         with contextlib.suppress(subprocess.TimeoutExpired):
             return proc.wait(timeout=WAIT_SLICE if left is None else min(WAIT_SLICE, left))
