@@ -45,7 +45,6 @@ class WorkerJob:
     task: Task
     repeat: int
     retries: int
-    cache_root: str = ""
 
 
 def run_hybrid(archive: bytes, job: WorkerJob) -> dict[str, Any]:
@@ -58,7 +57,7 @@ def run_hybrid(archive: bytes, job: WorkerJob) -> dict[str, Any]:
         _prepare(root, job, node)
         env = {**os.environ, **job.env, "SEGBISECT_HYBRID": job.hybrid_id}
         seconds: dict[str, float] = {}
-        failure = _timed(seconds, "fetch", _fetch, root, job.task.data_sources)
+        failure = _timed(seconds, "fetch", job.retries, _fetch, root, job.task.data_sources)
         if failure:
             done = [Attempt(status=AttemptStatus.ERROR, reason=f"fetching from the DVC remote failed: {failure}")]
         else:
@@ -68,7 +67,7 @@ def run_hybrid(archive: bytes, job: WorkerJob) -> dict[str, Any]:
             done = runner.attempts(Processes(), root, log, task, env, job.repeat, job.retries)
             seconds["run"] = round(time.monotonic() - start, 2)
             if done[-1].status == AttemptStatus.OK:
-                failure = _timed(seconds, "push", _push, root)
+                failure = _timed(seconds, "push", job.retries, _push, root)
                 if failure:
                     done[-1] = replace(done[-1], status=AttemptStatus.ERROR, reason=f"pushing failed: {failure}")
         kept = figures.keep(root, job.task.plots, scratch / "figures") if done[-1].status == AttemptStatus.OK else {}
@@ -134,7 +133,7 @@ def _prepare(root: Path, job: WorkerJob, node: dict[str, str]) -> None:
     subprocess.run(["git", "init", "-q", "-b", "hybrid"], cwd=root, check=True)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run(["git", *GIT_IDENTITY, "commit", "-q", "-m", "hybrid"], cwd=root, check=True)
-    cache = Path(job.cache_root or tempfile.gettempdir()) / "segbisect-dvc-cache" / node["id"]
+    cache = Path(tempfile.gettempdir()) / "segbisect-dvc-cache" / node["id"]
     lines = ["[core]", f"    remote = {REMOTE_NAME}", "[cache]", f"    dir = {cache}", f"['remote \"{REMOTE_NAME}\"']"]
     lines += [f"    {key} = {value}" for key, value in job.remote.items()]
     (root / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
@@ -159,16 +158,21 @@ def _push(root: Path) -> None:
         repo.push(run_cache=True)
 
 
-def _timed(seconds: dict[str, float], phase: str, call: Any, *args: Any) -> str:
-    """Run one phase; its error in one line ("" when it worked), never an exception out of the task."""
+def _timed(seconds: dict[str, float], phase: str, retries: int, call: Any, *args: Any) -> str:
+    """Run one phase, again up to `retries` times while it fails; its last error in one line ("" when it worked),
+    never an exception out of the task.
+    """
     start = time.monotonic()
-    try:
-        call(*args)
-        return ""
-    except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    finally:
-        seconds[phase] = round(time.monotonic() - start, 2)
+    failure = ""
+    for _ in range(1 + retries):
+        try:
+            call(*args)
+            failure = ""
+            break
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    seconds[phase] = round(time.monotonic() - start, 2)
+    return failure
 
 
 def _tail(log: Path) -> bytes:
