@@ -9,7 +9,7 @@ batch size, number of classes, optimizer (Adam 1e-3) and loss (sparse cross-entr
     train img/s      batch_size * steps / time, per run from per-batch times inside model.fit (compiled
                      graph, first `--warmup` steps excluded); median of `--runs` runs of `--steps` steps
     infer img/s      same with predict_on_batch
-    input wait %     our tf.data pipeline (pipeline.train.make_dataset: shuffle, flips, normalization,
+    input wait %     our tf.data pipeline (train_data.training_batches over shards: shuffle, flips, normalization,
                      weights, prefetch) feeding our model: share of the training loop spent in next(iterator)
 
 Never asserts timings; writes bench/results/model_speed.{md,csv,json}.
@@ -146,36 +146,61 @@ def one(
 
 
 def input_wait(model: Any, size: int, batch: int, num_classes: int, steps: int) -> float:
-    """Share (%) of our training loop spent waiting for the next batch of pipeline.train.make_dataset."""
+    """Share (%) of our training loop spent waiting for the next batch of the train stage's stream.
+
+    Random images and masks are written as processed shards in a temporary folder and read back by
+    `pipeline.train_data.training_batches` (shard interleave, decode, shuffle buffer, flips, normalization,
+    weights, prefetch), as the train stage reads data/processed.
+    """
+    import math
+    import tempfile
+
     import keras
     import numpy as np
 
-    from pipeline.normalization import make_spec
-    from pipeline.train import make_dataset, pixel_weight_table
+    from pipeline.normalization import PixelMoments, make_spec
+    from pipeline.processed import Spec, Split, SplitWriter, encode_png, example
+    from pipeline.train_data import Batching, pixel_weight_table, training_batches
 
     rng = np.random.default_rng(1)
     n = max(4 * batch, 32)
     images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     masks = (rng.random((n, size, size)) < 0.1).astype(np.uint8)
-    norm = make_spec("standardize", images)
+    moments = PixelMoments()
+    moments.add(images)
     weights = pixel_weight_table([1.0, 3.0], num_classes, 255)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
     )
-    ds = make_dataset(images, masks, norm, batch, weights, flips=True, shuffle_seed=0).repeat()
-    it = iter(ds)
-    for _ in range(2):  # trace/compile
-        xb, yb, wb = next(it)
-        model.train_on_batch(xb, yb, sample_weight=wb)
-    wait = total = 0.0
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        xb, yb, wb = next(it)
-        t1 = time.perf_counter()
-        model.train_on_batch(xb, yb, sample_weight=wb)
-        t2 = time.perf_counter()
-        wait, total = wait + (t1 - t0), total + (t2 - t0)
+    with tempfile.TemporaryDirectory(prefix="model-speed-") as tmp:
+        folder = Path(tmp)
+        writer = SplitWriter(folder, "train", 100 * 10**6)
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            writer.add(example(f"train{i:05d}", encode_png(image), encode_png(mask)))
+        empty = Split(images=0, shards=())
+        spec = Spec(
+            image_size=size,
+            num_classes=num_classes,
+            class_names=[f"class_{c}" for c in range(num_classes)],
+            ignore_index=255,
+            normalization=make_spec("standardize", moments),
+            splits={"train": writer.close(), "val": empty, "test": empty},
+        )
+        epochs = math.ceil((steps + 2) * batch / n)
+        ds = training_batches(spec, folder, Batching(batch, 1024, True, 0), range(epochs), weights)
+        it = iter(ds)
+        for _ in range(2):  # trace/compile
+            xb, yb, wb = next(it)
+            model.train_on_batch(xb, yb, sample_weight=wb)
+        wait = total = 0.0
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            xb, yb, wb = next(it)
+            t1 = time.perf_counter()
+            model.train_on_batch(xb, yb, sample_weight=wb)
+            t2 = time.perf_counter()
+            wait, total = wait + (t1 - t0), total + (t2 - t0)
     return round(100 * wait / total, 2)
 
 

@@ -36,6 +36,9 @@ ENVIRONMENT_ERRNOS = frozenset(
         errno.ENETUNREACH,
     }
 )
+# The project installs TensorFlow through an extra, chosen by the machine: a stage without it says which.
+TENSORFLOW_MODULES = frozenset({"tensorflow", "tf_keras"})
+INSTALL_TENSORFLOW = "pip install -e '.[cpu]', or '.[gpu]' on a machine with NVIDIA GPUs"
 _RESOURCE = {
     errno.ENOSPC: "filesystem",
     errno.EDQUOT: "filesystem",
@@ -93,6 +96,8 @@ def environment_fault(exc: BaseException) -> tuple[str, str] | None:
     """
     if isinstance(exc, EnvironmentFault):
         return exc.where, exc.problem
+    if isinstance(exc, ModuleNotFoundError) and exc.name in TENSORFLOW_MODULES:
+        return "tensorflow", f"not installed ({INSTALL_TENSORFLOW})"
     found = [(depth, e) for depth, e in _chain(exc) if _is_fault(e)]
     if not found and _is_mlflow_transport_failure(exc):
         found = [(0, exc)]

@@ -18,7 +18,8 @@ from pipeline import diagnostics, figures, metrics, normalization
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
 from pipeline.params import PARAMS_FILE, load_section
-from pipeline.processed import SPEC_FILE, load_spec, load_split
+from pipeline.processed import SPEC_FILE, Spec, batches
+from pipeline.stats import ChannelStats
 from pipeline.tracking import log_artifact, log_artifacts, log_metrics, set_tags, stage_run
 from pipeline.train_meta import FILE as META_NAME
 from pipeline.train_meta import TrainMeta
@@ -72,32 +73,6 @@ def postprocess(outputs: np.ndarray, params: EvaluateParams) -> np.ndarray:
     return np.where(foreground.max(axis=-1) >= params.threshold, best + BACKGROUND + 1, BACKGROUND)
 
 
-class ChannelStats:
-    """Streaming per-channel mean, std, min and max, in the layout of train_meta's input_stats."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total: np.ndarray | float = 0.0
-        self.squares: np.ndarray | float = 0.0
-        self.low: np.ndarray | None = None
-        self.high: np.ndarray | None = None
-
-    def update(self, x: np.ndarray) -> None:
-        flat = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-        self.count += len(flat)
-        self.total = self.total + flat.sum(axis=0)
-        self.squares = self.squares + (flat**2).sum(axis=0)
-        low, high = flat.min(axis=0), flat.max(axis=0)
-        self.low = low if self.low is None else np.minimum(self.low, low)
-        self.high = high if self.high is None else np.maximum(self.high, high)
-
-    def result(self) -> dict[str, list[float]]:
-        mean = np.asarray(self.total) / self.count
-        std = np.sqrt(np.maximum(np.asarray(self.squares) / self.count - mean**2, 0.0))
-        columns: tuple[tuple[str, Any], ...] = (("mean", mean), ("std", std), ("min", self.low), ("max", self.high))
-        return {k: [float(v) for v in arr] for k, arr in columns}
-
-
 class OutputStats:
     """Streaming range of the raw outputs and whether they behave like probabilities."""
 
@@ -143,6 +118,45 @@ class OutputStats:
         return (self.saturated_raw if self.probabilities else self.saturated_softmax) / self.pixels
 
 
+@dataclasses.dataclass(frozen=True)
+class Overlay:
+    stem: str
+    image: np.ndarray
+    mask: np.ndarray
+    pred: np.ndarray
+
+
+class OverlayPicker:
+    """Keeps, of the whole stream, only the test images the overlays draw: the named ones, else the first n by name.
+
+    Chosen by name, never by what the labels or predictions hold, so every configuration of the pipeline draws the
+    same test images and two runs can be compared picture by picture.
+    """
+
+    def __init__(self, names: list[str], n: int) -> None:
+        self.names, self.n = names, n
+        self.kept: dict[str, Overlay] = {}
+
+    def offer(self, stems: list[str], images: np.ndarray, masks: np.ndarray, preds: np.ndarray) -> None:
+        for i, stem in enumerate(stems):
+            if self._wanted(stem):
+                self.kept[stem] = Overlay(stem, images[i], masks[i], preds[i].astype(np.uint8))
+                if not self.names and len(self.kept) > self.n:
+                    del self.kept[max(self.kept)]
+
+    def _wanted(self, stem: str) -> bool:
+        if self.names:
+            return stem in self.names
+        return self.n > 0 and (len(self.kept) < self.n or stem < max(self.kept))
+
+    def picks(self) -> list[Overlay]:
+        missing = [name for name in self.names if name not in self.kept]
+        if missing:
+            raise PipelineError(f"{PARAMS_FILE}: evaluate.overlay_names: '{missing[0]}' is not a test image")
+        order = self.names or sorted(self.kept)
+        return [self.kept[stem] for stem in order]
+
+
 @dataclasses.dataclass
 class Prediction:
     """Everything one pass over the test split yields."""
@@ -150,43 +164,42 @@ class Prediction:
     model_classes: int
     cm: np.ndarray
     reference_cm: np.ndarray
-    preds: np.ndarray
+    label_counts: np.ndarray
     inputs: ChannelStats
     outputs: OutputStats
+    overlays: OverlayPicker
 
 
-def predict_split(
-    model: Any, images: np.ndarray, masks: np.ndarray, spec: dict[str, Any], params: EvaluateParams
-) -> Prediction:
-    """Predict in batches, accumulating confusion matrices and statistics instead of keeping the outputs."""
-    check_input_shape(model, images.shape)
+def predict_split(model: Any, spec: Spec, folder: Path, params: EvaluateParams) -> Prediction:
+    """Predict the streamed test split in batches, accumulating confusion matrices and statistics, keeping only the
+    overlays' images."""
+    check_input_shape(model, (None, spec.image_size, spec.image_size, 3))
     outputs_per_pixel = model_classes(model)
-    num_labels = max(spec["num_classes"], outputs_per_pixel)
+    num_labels = max(spec.num_classes, outputs_per_pixel)
     result = Prediction(
         model_classes=outputs_per_pixel,
         cm=np.zeros((num_labels, num_labels), np.int64),
         reference_cm=np.zeros((num_labels, num_labels), np.int64),
-        preds=np.zeros(masks.shape, np.uint8),
+        label_counts=np.zeros(256, np.int64),
         inputs=ChannelStats(),
         outputs=OutputStats(),
+        overlays=OverlayPicker(params.overlay_names, params.n_overlays),
     )
-    for start in range(0, len(images), params.batch_size):
-        batch = slice(start, start + params.batch_size)
-        x = np.asarray(normalization.apply(images[batch], spec["normalization"]))
+    for stems, images, masks in batches(spec, folder, "test", params.batch_size):
+        x = np.asarray(normalization.apply(images, spec.normalization))
         result.inputs.update(x)
         outputs = np.asarray(model.predict_on_batch(x), np.float32)
-        check_output_shape(outputs, masks[batch].shape)
+        check_output_shape(outputs, masks.shape)
         result.outputs.update(outputs)
         pred = postprocess(outputs, params)
-        result.preds[batch] = pred
-        result.cm += metrics.confusion_matrix(masks[batch], pred, num_labels, spec["ignore_index"])
-        result.reference_cm += metrics.confusion_matrix(
-            masks[batch], outputs.argmax(axis=-1), num_labels, spec["ignore_index"]
-        )
+        result.overlays.offer(stems, images, masks, pred)
+        result.label_counts += np.bincount(masks.ravel(), minlength=256)
+        result.cm += metrics.confusion_matrix(masks, pred, num_labels, spec.ignore_index)
+        result.reference_cm += metrics.confusion_matrix(masks, outputs.argmax(axis=-1), num_labels, spec.ignore_index)
     return result
 
 
-def check_input_shape(model: Any, image_shape: tuple[int, ...]) -> None:
+def check_input_shape(model: Any, image_shape: tuple[int | None, ...]) -> None:
     expected = model.input_shape
     if not isinstance(expected, tuple) or len(expected) != 4:
         raise PipelineError(f"{MODEL_FILE}: expected one image input (N, H, W, 3), got {expected}")
@@ -208,37 +221,12 @@ def check_output_shape(outputs: np.ndarray, mask_shape: tuple[int, ...]) -> None
         )
 
 
-def read_spec(folder: Path) -> dict[str, Any]:
-    """spec.json, checked for the keys evaluation relies on."""
-    path = folder / SPEC_FILE
-    spec = load_spec(folder)
-    if not isinstance(spec, dict):
-        raise PipelineError(f"{path}: expected a JSON object")
-    for key in ("num_classes", "class_names", "ignore_index", "normalization"):
-        if key not in spec:
-            raise PipelineError(f"{path}: missing key '{key}'")
-    if not isinstance(spec["num_classes"], int) or spec["num_classes"] < 2:
-        raise PipelineError(f"{path}: num_classes must be an integer >= 2, got {spec['num_classes']!r}")
-    if not isinstance(spec["class_names"], list) or len(spec["class_names"]) != spec["num_classes"]:
-        raise PipelineError(f"{path}: class_names must list {spec['num_classes']} names, got {spec['class_names']!r}")
-    norm = spec["normalization"]
-    if not isinstance(norm, dict) or norm.get("method") not in normalization.METHODS:
-        raise PipelineError(
-            f"{path}: normalization.method must be one of {', '.join(normalization.METHODS)}, got {norm!r}"
-        )
-    if norm["method"] == "standardize" and not all(len(norm.get(k) or []) == 3 for k in ("mean", "std")):
-        raise PipelineError(f"{path}: standardize normalization needs 3-channel 'mean' and 'std'")
+def read_spec(folder: Path) -> Spec:
+    """The processed data's spec, with a test split to evaluate on."""
+    spec = Spec.load(folder)
+    if spec.splits["test"].images == 0:
+        raise PipelineError(f"{folder / SPEC_FILE}: the test split is empty")
     return spec
-
-
-def read_test_split(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    images, masks, stems = load_split(folder, "test")
-    path = folder / "test.npz"
-    if len(images) == 0:
-        raise PipelineError(f"{path}: the test split is empty")
-    if images.ndim != 4 or images.shape[-1] != 3 or masks.shape != images.shape[:3]:
-        raise PipelineError(f"{path}: images {images.shape} and masks {masks.shape} are not (N, H, W, 3) and (N, H, W)")
-    return images, masks, stems
 
 
 def load_model(path: Path) -> Any:
@@ -254,8 +242,8 @@ def load_model(path: Path) -> Any:
         ) from None
 
 
-def class_names(spec: dict[str, Any], num_labels: int) -> list[str]:
-    names = [str(n) for n in spec["class_names"]]
+def class_names(spec: Spec, num_labels: int) -> list[str]:
+    names = [str(n) for n in spec.class_names]
     return names + [f"class_{i}" for i in range(len(names), num_labels)]
 
 
@@ -274,20 +262,18 @@ def build_metrics(pred: Prediction, names: list[str]) -> dict[str, Any]:
 def build_evidence(
     pred: Prediction,
     scores: dict[str, Any],
-    masks: np.ndarray,
-    spec: dict[str, Any],
+    spec: Spec,
     meta: TrainMeta,
     params: EvaluateParams,
 ) -> diagnostics.Evidence:
-    values, counts = np.unique(masks, return_counts=True)
     return diagnostics.Evidence(
-        num_classes=spec["num_classes"],
+        num_classes=spec.num_classes,
         model_classes=pred.model_classes,
-        ignore_index=spec["ignore_index"],
+        ignore_index=spec.ignore_index,
         foreground_fraction=scores["foreground_fraction"],
         reference_foreground_fraction=scores["reference_foreground_fraction"],
         true_foreground_fraction=scores["true_foreground_fraction"],
-        label_counts={int(v): int(c) for v, c in zip(values, counts)},
+        label_counts={int(v): int(pred.label_counts[v]) for v in np.flatnonzero(pred.label_counts)},
         output_min=pred.outputs.low,
         output_max=pred.outputs.high,
         output_mean=scores["output_mean"],
@@ -297,7 +283,7 @@ def build_evidence(
         postprocess=params.postprocess,
         threshold=params.threshold,
         max_foreground_probability=pred.outputs.max_foreground_probability,
-        eval_normalization=spec["normalization"],
+        eval_normalization=spec.normalization,
         eval_input_stats=pred.inputs.result(),
         **training_evidence(meta),
     )
@@ -315,21 +301,6 @@ def training_evidence(meta: TrainMeta) -> dict[str, Any]:
         "val_foreground_share": meta.val_foreground_share,
         "val_iou_per_class": meta.val_iou_per_class,
     }
-
-
-def overlay_indices(stems: list[str], names: list[str], n: int) -> list[int]:
-    """The samples named in `names`, else the first `n` by name.
-
-    Chosen by name, never by what the labels or predictions hold, so every configuration of the pipeline draws
-    the same test images and two runs can be compared picture by picture.
-    """
-    if not names:
-        return sorted(range(len(stems)), key=stems.__getitem__)[:n]
-    where = {stem: i for i, stem in enumerate(stems)}
-    missing = [name for name in names if name not in where]
-    if missing:
-        raise PipelineError(f"{PARAMS_FILE}: evaluate.overlay_names: '{missing[0]}' is not a test image")
-    return [where[name] for name in names]
 
 
 def flat_metrics(scores: dict[str, Any]) -> dict[str, float]:
@@ -358,47 +329,39 @@ def _metric_name(name: str) -> str:
 
 
 def write_figures(
-    folder: Path,
-    pred: Prediction,
-    split: tuple[np.ndarray, np.ndarray, list[str]],
-    names: list[str],
-    ignore_index: int | None,
-    picks: list[int],
+    folder: Path, pred: Prediction, overlays: list[Overlay], names: list[str], ignore_index: int | None
 ) -> None:
     """The confusion matrix, the predicted and true class shares, and one overlay per picked test image
     (`overlays/<name>.png`), which a bisection report sets side by side for GOOD, BAD and the culprit.
     """
-    images, masks, stems = split
     figures.plot_confusion_matrix(pred.cm, names, folder / "confusion_matrix.png")
     figures.plot_class_shares(pred.cm, names, folder / "class_shares.png")
-    if picks:
+    if overlays:
         (folder / "overlays").mkdir()
-    for i in picks:
+    for overlay in overlays:
         figures.plot_overlay(
-            images[i],
-            masks[i],
-            pred.preds[i],
-            stems[i],
+            overlay.image,
+            overlay.mask,
+            overlay.pred,
+            overlay.stem,
             len(names),
             ignore_index,
-            folder / "overlays" / f"{stems[i]}.png",
+            folder / "overlays" / f"{overlay.stem}.png",
         )
 
 
 def main() -> None:
     params = load_section("evaluate", EvaluateParams)
     spec = read_spec(DATA_DIR)
-    split = read_test_split(DATA_DIR)
-    images, masks, stems = split
-    picks = overlay_indices(stems, params.overlay_names, params.n_overlays)
     meta = TrainMeta.read(META_FILE)
     model = load_model(MODEL_FILE)
-    pred = predict_split(model, images, masks, spec, params)
+    pred = predict_split(model, spec, DATA_DIR, params)
     if pred.cm.sum() == 0:
-        raise PipelineError(f"{DATA_DIR / 'test.npz'}: no test pixel has a class id (all are ignore or out of range)")
+        raise PipelineError(f"{DATA_DIR / SPEC_FILE}: no test pixel has a class id (all are ignore or out of range)")
+    overlays = pred.overlays.picks()
     names = class_names(spec, pred.cm.shape[0])
     scores = build_metrics(pred, names)
-    record = diagnostics.diagnose(build_evidence(pred, scores, masks, spec, meta, params))
+    record = diagnostics.diagnose(build_evidence(pred, scores, spec, meta, params))
     scores["all_zero_threshold"] = record["all_zero_threshold"]
     scores["all_zero_symptom"] = int(record["symptom"])
     print(
@@ -411,7 +374,7 @@ def main() -> None:
         stage_run("evaluate", params, eval_dir / "evaluate_run.json"),
     ):
         write_json(eval_dir / "diagnostics.json", record)
-        write_figures(fig_dir, pred, split, names, spec["ignore_index"], picks)
+        write_figures(fig_dir, pred, overlays, names, spec.ignore_index)
         log_metrics(flat_metrics(scores))
         set_tags(
             {

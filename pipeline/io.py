@@ -7,6 +7,7 @@ temp, so the next write of the same target removes those whose process is gone; 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -58,6 +59,15 @@ def atomic_file(target: Path | str) -> Iterator[Path]:
         _name_the_output(exc, target)
         raise
     os.replace(tmp, target)
+
+
+def file_sha256(path: Path | str) -> str:
+    """A file's SHA-256, read in chunks so a large file never sits in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json(target: Path | str, obj: Any) -> None:

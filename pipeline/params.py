@@ -15,6 +15,7 @@ import yaml
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+SPLITS = ("train", "val", "test")  # prepare makes them, preprocess keeps them, train and evaluate read them
 
 T = TypeVar("T")
 

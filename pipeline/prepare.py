@@ -1,12 +1,14 @@
 """Validate WiSe image/mask pairs, map mask values to class ids, and split deterministically.
 
-Every pair is checked before anything is written, so a bad file fails the stage with one line
-naming it, and no partial output is left behind.
+Pairs stream one at a time into a temp folder that replaces data/prepared once all passed: memory holds one pair,
+and a bad file fails the stage with one line naming it and leaves no partial output behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
-from pipeline.params import ClassesParams, load_section
-from pipeline.processed import SPLITS
+from pipeline.params import SPLITS, ClassesParams, load_section
 from pipeline.tracking import log_artifact, log_metric, stage_run
 
 OUT_DIR = Path("data/prepared")
@@ -57,32 +58,56 @@ def check_label_map(label_map: dict[int, int], classes: ClassesParams) -> None:
             )
 
 
-def find_pairs(raw_dir: Path) -> list[tuple[str, Path, Path]]:
-    """(stem, image path, mask path) for every image, matched to masks by file stem."""
+@dataclasses.dataclass(frozen=True)
+class RawPairs:
+    """The raw folder's pairs as their stems and file suffixes: a few dozen bytes per pair, so listing a collection
+    of any size costs little memory; each pair's paths are built when it is loaded."""
+
+    raw_dir: Path
+    suffixes: dict[str, tuple[str, str]]
+
+    def paths(self, stem: str) -> tuple[Path, Path]:
+        image_suffix, mask_suffix = self.suffixes[stem]
+        return self.raw_dir / "images" / f"{stem}{image_suffix}", self.raw_dir / "masks" / f"{stem}{mask_suffix}"
+
+
+def _by_stem(folder: Path) -> dict[str, str]:
+    """stem -> suffix of the image files in `folder` (suffix strings shared, not one per file)."""
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() in IMAGE_SUFFIXES:
+            found[stem] = sys.intern(suffix)
+    return found
+
+
+def find_pairs(raw_dir: Path) -> RawPairs:
+    """Every image with its mask, matched by file stem."""
     images_dir, masks_dir = raw_dir / "images", raw_dir / "masks"
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise PipelineError(f"{folder}: folder not found (expected {raw_dir}/images and {raw_dir}/masks)")
-    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    images, masks = _by_stem(images_dir), _by_stem(masks_dir)
     if not images:
         raise PipelineError(f"{images_dir}: no images found")
-    lonely_images = sorted(set(images) - set(masks))
+    lonely_images = sorted(images.keys() - masks.keys())
     if lonely_images:
-        raise PipelineError(f"{images[lonely_images[0]]}: no mask with the same stem in {masks_dir}")
-    lonely_masks = sorted(set(masks) - set(images))
+        stem = lonely_images[0]
+        raise PipelineError(f"{images_dir / (stem + images[stem])}: no mask with the same stem in {masks_dir}")
+    lonely_masks = sorted(masks.keys() - images.keys())
     if lonely_masks:
-        raise PipelineError(f"{masks[lonely_masks[0]]}: no image with the same stem in {images_dir}")
-    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+        stem = lonely_masks[0]
+        raise PipelineError(f"{masks_dir / (stem + masks[stem])}: no image with the same stem in {images_dir}")
+    return RawPairs(raw_dir, {stem: (images[stem], masks[stem]) for stem in sorted(images)})
 
 
 def _open(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
-        return img
+        return _complete(img, path)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PipelineError(f"{path}: unreadable image ({exc.__class__.__name__})") from None
+        raise PipelineError(f"{path}: unreadable image ({_problem(exc)})") from None
 
 
 def map_labels(mask: np.ndarray, label_map: dict[int, int], path: Path) -> np.ndarray:
@@ -111,6 +136,28 @@ def load_pair(stem: str, image_path: Path, mask_path: Path, label_map: dict[int,
     return Pair(stem, np.asarray(image.convert("RGB")), map_labels(raw, label_map, mask_path))
 
 
+# How a complete file of each format ends: the IEND chunk (empty, with its fixed CRC), the end-of-image marker.
+END_MARKERS = {"PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
+
+
+def _complete(img: Image.Image, path: Path) -> Image.Image:
+    """`img`, once its file ends with its format's end marker: PIL decodes a PNG or JPEG cut just after its last
+    pixel data without complaint, and pads one cut anywhere when ImageFile.LOAD_TRUNCATED_IMAGES is on.
+    """
+    marker = END_MARKERS.get(img.format or "")
+    if marker is not None:
+        with path.open("rb") as f:
+            f.seek(max(path.stat().st_size - len(marker), 0))
+            if f.read() != marker:
+                raise PipelineError(f"{path}: unreadable image (truncated: the {img.format} end marker is missing)")
+    return img
+
+
+def _problem(exc: Exception) -> str:
+    """PIL reports a file cut short as an OSError ('image file is truncated', 'Truncated File Read'): say so."""
+    return "truncated" if "truncated" in str(exc).lower() else exc.__class__.__name__
+
+
 def mask_image(mask: np.ndarray, num_classes: int) -> Image.Image:
     """A class-id mask as a palette PNG, as annotation tools write them: the pixel values are the class ids, the
     palette a grey ramp from background (black) to the last class (white), so a viewer shows the classes.
@@ -123,22 +170,43 @@ def mask_image(mask: np.ndarray, num_classes: int) -> Image.Image:
 
 
 def split_stems(stems: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[str]]:
-    """Seeded split; every split with a non-zero fraction gets at least one image when there are enough."""
+    """Seeded split. A split left empty is a params error here: evaluate would only find out after training."""
     order = np.random.default_rng(seed).permutation(len(stems))
     counts = {name: round(fractions[name] * len(stems)) for name in SPLITS}
     for name in SPLITS:
         if fractions[name] > 0 and counts[name] == 0:
             counts[name] = 1
     counts["train"] = len(stems) - counts["val"] - counts["test"]
-    if counts["train"] < 1:
-        raise PipelineError(f"params.yaml: prepare.split leaves no training images out of {len(stems)}")
+    for name in SPLITS:
+        if fractions[name] <= 0 or counts[name] < 1:
+            shares = ", ".join(f"{key} {fractions[key]:g}" for key in SPLITS)
+            raise PipelineError(
+                f"params.yaml: prepare.split leaves the {name} split empty ({len(stems)} images, fractions {shares})"
+            )
     shuffled = [stems[i] for i in order]
     bounds = np.cumsum([0] + [counts[name] for name in SPLITS])
     return {name: sorted(shuffled[bounds[i] : bounds[i + 1]]) for i, name in enumerate(SPLITS)}
 
 
-def class_frequencies(masks: list[np.ndarray], classes: ClassesParams) -> dict[str, float]:
-    counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256) if masks else np.zeros(256)
+def write_split(
+    folder: Path, found: RawPairs, stems: list[str], label_map: dict[int, int], num_classes: int
+) -> np.ndarray:
+    """Load, check and write one pair at a time, so memory never holds the split; returns its pixel count per mask
+    value, all `class_frequencies` needs.
+    """
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir(parents=True)
+    counts = np.zeros(256, np.int64)
+    for stem in stems:
+        pair = load_pair(stem, *found.paths(stem), label_map)
+        Image.fromarray(pair.image, mode="RGB").save(folder / "images" / f"{stem}.png")
+        mask_image(pair.mask, num_classes).save(folder / "masks" / f"{stem}.png")
+        counts += np.bincount(pair.mask.ravel(), minlength=256)
+    return counts
+
+
+def class_frequencies(counts: np.ndarray, classes: ClassesParams) -> dict[str, float]:
+    """Each class's share of a split's pixels, and the ignored pixels' share, from its count per mask value."""
     total = max(int(counts.sum()), 1)
     freq = {name: float(counts[i] / total) for i, name in enumerate(classes.names)}
     freq["ignore"] = float(counts[classes.ignore_index] / total)
@@ -146,35 +214,34 @@ def class_frequencies(masks: list[np.ndarray], classes: ClassesParams) -> dict[s
 
 
 def main() -> None:
+    """Pairs stream split by split into the temp folder; the MLflow run starts only once all passed, so bad input
+    leaves neither output nor run behind.
+    """
     params = load_section("prepare", PrepareParams)
     classes = load_section("classes", ClassesParams)
     check_label_map(params.label_map, classes)
-    pairs = [load_pair(stem, img, msk, params.label_map) for stem, img, msk in find_pairs(Path(params.raw_dir))]
-    by_stem = {p.stem: p for p in pairs}
-    splits = split_stems(list(by_stem), params.split, params.seed)
-    summary: dict[str, Any] = {
-        "n_images": len(pairs),
-        "splits": {
-            name: {
-                "n_images": len(stems),
-                "class_pixel_frequency": class_frequencies([by_stem[s].mask for s in stems], classes),
-            }
+    found = find_pairs(Path(params.raw_dir))
+    splits = split_stems(list(found.suffixes), params.split, params.seed)
+    with atomic_dir(OUT_DIR) as out:
+        counts = {
+            name: write_split(out / name, found, stems, params.label_map, classes.num_classes)
             for name, stems in splits.items()
-        },
-    }
-    with atomic_dir(OUT_DIR) as out, stage_run("prepare", params, out / "prepare_run.json"):
-        for name, stems in splits.items():
-            (out / name / "images").mkdir(parents=True)
-            (out / name / "masks").mkdir(parents=True)
-            for stem in stems:
-                Image.fromarray(by_stem[stem].image, mode="RGB").save(out / name / "images" / f"{stem}.png")
-                mask_image(by_stem[stem].mask, classes.num_classes).save(out / name / "masks" / f"{stem}.png")
-            log_metric(f"{name}_images", len(stems))
-            for cls, freq in summary["splits"][name]["class_pixel_frequency"].items():
-                log_metric(f"{name}_freq_{cls}", freq)
-        write_json(SUMMARY_FILE, summary)
-        log_artifact(str(SUMMARY_FILE))
-    print(f"prepare: {len(pairs)} pairs -> " + ", ".join(f"{n} {len(s)}" for n, s in splits.items()))
+        }
+        summary: dict[str, Any] = {
+            "n_images": len(found.suffixes),
+            "splits": {
+                name: {"n_images": len(stems), "class_pixel_frequency": class_frequencies(counts[name], classes)}
+                for name, stems in splits.items()
+            },
+        }
+        with stage_run("prepare", params, out / "prepare_run.json"):
+            for name, split in summary["splits"].items():
+                log_metric(f"{name}_images", split["n_images"])
+                for cls, freq in split["class_pixel_frequency"].items():
+                    log_metric(f"{name}_freq_{cls}", freq)
+            write_json(SUMMARY_FILE, summary)
+            log_artifact(str(SUMMARY_FILE))
+    print(f"prepare: {len(found.suffixes)} pairs -> " + ", ".join(f"{n} {len(s)}" for n, s in splits.items()))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Resize every split to one size (bilinear images, nearest masks) and fix the normalization spec.
 
 The spec, with statistics fitted on the training split only, is the single source that training
-and evaluation both normalize from, so the two cannot silently drift apart.
+and evaluation both normalize from, so the two cannot silently drift apart. Pairs are resized by a
+pool of threads and written in order into bounded shards, so memory does not grow with the data set.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +19,20 @@ from PIL import Image
 from pipeline import normalization
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
-from pipeline.params import ClassesParams, load_section
-from pipeline.processed import SPEC_FILE, SPLITS, save_split
+from pipeline.params import SPLITS, ClassesParams, load_section
+from pipeline.processed import SPEC_FILE, Spec, Split, SplitWriter, encode_png, example
 from pipeline.tracking import log_dict, stage_run
 
 IN_DIR = Path("data/prepared")
 OUT_DIR = Path("data/processed")
+WINDOW = 64  # pairs in flight per worker pool round: bounds memory whatever the data set's size
 
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessParams:
     image_size: int
     normalization: str
+    shard_mb: float = 100.0
 
     def validate(self) -> None:
         if self.image_size < 16 or self.image_size % 16:
@@ -35,6 +41,16 @@ class PreprocessParams:
             raise ValueError(
                 f"normalization must be one of {', '.join(normalization.METHODS)}, got {self.normalization!r}"
             )
+        if not self.shard_mb > 0:
+            raise ValueError(f"shard_mb must be positive, got {self.shard_mb}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resized:
+    """One pair ready to write, with the sums the normalization statistics need."""
+
+    record: bytes
+    moments: normalization.PixelMoments
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -46,18 +62,37 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask, mode="L").resize((size, size), Image.Resampling.NEAREST))
 
 
-def load_prepared_split(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    image_paths = sorted((folder / "images").glob("*.png"))
-    stems = [p.stem for p in image_paths]
-    images = np.zeros((len(stems), size, size, 3), np.uint8)
-    masks = np.zeros((len(stems), size, size), np.uint8)
-    for i, path in enumerate(image_paths):
-        mask_path = folder / "masks" / path.name
-        if not mask_path.exists():
-            raise PipelineError(f"{mask_path}: missing (re-run the prepare stage)")
-        images[i] = resize_image(np.asarray(Image.open(path).convert("RGB")), size)
-        masks[i] = resize_mask(np.asarray(Image.open(mask_path)), size)
-    return images, masks, stems
+def resize_pair(image_path: Path, size: int) -> Resized:
+    mask_path = image_path.parent.parent / "masks" / image_path.name
+    if not mask_path.exists():
+        raise PipelineError(f"{mask_path}: missing (re-run the prepare stage)")
+    image = resize_image(np.asarray(Image.open(image_path).convert("RGB")), size)
+    mask = resize_mask(np.asarray(Image.open(mask_path)), size)
+    moments = normalization.PixelMoments()
+    moments.add(image)
+    return Resized(example(image_path.stem, encode_png(image), encode_png(mask)), moments)
+
+
+def resized_pairs(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[Resized]:
+    """In the order of `paths`, a bounded window at a time."""
+    for start in range(0, len(paths), WINDOW):
+        yield from pool.map(lambda path: resize_pair(path, size), paths[start : start + WINDOW])
+
+
+def write_split(pairs: Iterable[Resized], writer: SplitWriter, moments: normalization.PixelMoments | None) -> Split:
+    for pair in pairs:
+        writer.add(pair.record)
+        if moments is not None:
+            moments.merge(pair.moments)
+    return writer.close()
+
+
+def image_paths(split: str) -> list[Path]:
+    return sorted((IN_DIR / split / "images").glob("*.png"))
+
+
+def workers() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 def main() -> None:
@@ -65,24 +100,36 @@ def main() -> None:
     classes = load_section("classes", ClassesParams)
     if not IN_DIR.is_dir():
         raise PipelineError(f"{IN_DIR}: not found (run the prepare stage first)")
-    splits = {name: load_prepared_split(IN_DIR / name, params.image_size) for name in SPLITS}
-    if len(splits["train"][2]) == 0:
+    paths = {name: image_paths(name) for name in SPLITS}
+    if not paths["train"]:
         raise PipelineError(f"{IN_DIR / 'train'}: no training images")
-    spec = {
-        "image_size": params.image_size,
-        "num_classes": classes.num_classes,
-        "class_names": classes.names,
-        "ignore_index": classes.ignore_index,
-        "normalization": normalization.make_spec(params.normalization, splits["train"][0]),
-        "image_interpolation": "bilinear",
-        "mask_interpolation": "nearest",
-    }
-    with atomic_dir(OUT_DIR) as out, stage_run("preprocess", params, out / "preprocess_run.json"):
-        for name, (images, masks, stems) in splits.items():
-            save_split(out, name, images, masks, stems)
-        write_json(out / SPEC_FILE, spec)
-        log_dict(spec, SPEC_FILE)
-    print(f"preprocess: {params.image_size}px, normalization {params.normalization} -> {OUT_DIR}")
+    shard_bytes = int(params.shard_mb * 1e6)
+    moments = normalization.PixelMoments()
+    with (
+        atomic_dir(OUT_DIR) as out,
+        stage_run("preprocess", params, out / "preprocess_run.json"),
+        ThreadPoolExecutor(workers()) as pool,
+    ):
+        splits = {
+            name: write_split(
+                resized_pairs(paths[name], params.image_size, pool),
+                SplitWriter(out, name, shard_bytes),
+                moments if name == "train" else None,
+            )
+            for name in SPLITS
+        }
+        spec = Spec(
+            image_size=params.image_size,
+            num_classes=classes.num_classes,
+            class_names=classes.names,
+            ignore_index=classes.ignore_index,
+            normalization=normalization.make_spec(params.normalization, moments),
+            splits=splits,
+        )
+        write_json(out / SPEC_FILE, spec.to_json())
+        log_dict(spec.to_json(), SPEC_FILE)
+    shards = sum(len(split.shards) for split in splits.values())
+    print(f"preprocess: {params.image_size}px, normalization {params.normalization}, {shards} shards -> {OUT_DIR}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
-import hashlib
+import dataclasses
 import math
+import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -13,14 +17,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline import normalization
+from pipeline import accelerate
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import atomic_dir, atomic_file, write_json
+from pipeline.io import atomic_dir, atomic_file, file_sha256, write_json
 from pipeline.params import load_section
-from pipeline.processed import load_spec, load_split
-from pipeline.tracking import log_artifact, log_keras_model, log_metrics, set_tag, stage_run
+from pipeline.processed import SPEC_FILE, Spec
+from pipeline.resume import Backup, Progress, backup_callback, backup_key
+from pipeline.tracking import TRACKING_SWITCH, log_artifact, log_keras_model, log_metrics, set_tag, stage_run
+from pipeline.train_data import Batching, pixel_weight_table, read_labels, training_batches, validation_batches
 from pipeline.train_meta import FILE as META_FILE
-from pipeline.train_meta import TrainMeta, confusion_matrix, foreground_share, iou_per_class
+from pipeline.train_meta import TrainMeta, confusion_matrix, counts_foreground_share, iou_per_class
 
 PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
@@ -48,7 +54,10 @@ class TrainParams:
     augment_flips: bool
     early_stopping_patience: int
     seed: int
-    mixed_precision: bool = False
+    mixed_precision: accelerate.Precision = "none"
+    distribute: accelerate.Distribute = "none"
+    jit_compile: bool = False
+    shuffle_buffer: int = 1024
 
     def validate(self) -> None:
         """Reject values that would crash deep inside Keras or silently train nothing."""
@@ -56,7 +65,14 @@ class TrainParams:
             raise ValueError(f"alpha must be in (0, 4], got {self.alpha}")
         if self.output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
-        for name in ("aspp_filters", "decoder_filters", "epochs", "batch_size", "early_stopping_patience"):
+        for name in (
+            "aspp_filters",
+            "decoder_filters",
+            "epochs",
+            "batch_size",
+            "early_stopping_patience",
+            "shuffle_buffer",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
@@ -70,92 +86,21 @@ class TrainParams:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
 
 
-def check_masks(masks: np.ndarray, num_classes: int, ignore_index: int | None, where: str) -> None:
-    """Labels outside the class range would be silently clipped or crash the loss: fail with the value instead."""
-    values = np.unique(masks)
-    bad = [int(v) for v in values if v >= num_classes and v != ignore_index]
-    if bad:
-        raise PipelineError(
-            f"{where}: mask value {bad[0]} is neither a class id (0..{num_classes - 1}) nor ignore_index {ignore_index}"
-        )
-
-
-def pixel_weight_table(class_weights: list[float] | None, num_classes: int, ignore_index: int | None) -> np.ndarray:
-    """Lookup mask value -> loss weight (uint8 masks index it directly); ignore pixels weigh 0."""
-    table = np.zeros(256, np.float32)
-    table[:num_classes] = class_weights if class_weights is not None else 1.0
-    if ignore_index is not None and 0 <= ignore_index < 256:
-        table[ignore_index] = 0.0
-    return table
-
-
-def make_dataset(
-    images: np.ndarray,
-    masks: np.ndarray,
-    norm: dict[str, Any],
-    batch_size: int,
-    weight_table: np.ndarray | None = None,
-    flips: bool = False,
-    shuffle_seed: int | None = None,
-) -> Any:
-    """tf.data pipeline: (shuffle, flips applied identically to image and mask), batch, normalize, weights, prefetch."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((images, masks))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    if flips:
-        draws = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, draws)).map(_random_flip, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size)
-
-    def finish(image, mask):
-        x = normalization.apply(image, norm)
-        y = tf.cast(mask, tf.int32)
-        if weight_table is None:
-            return x, y
-        return x, y, tf.gather(tf.constant(weight_table), y)
-
-    return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def _random_flip(pair, draw):
-    """Horizontal and vertical flips from one stateless draw per element, so a seed replays them exactly."""
-    import tensorflow as tf
-
-    image, mask = pair
-    coin = tf.random.stateless_uniform([2], seed=tf.stack([draw, tf.constant(0, tf.int64)])) < 0.5
-    image = tf.cond(coin[0], lambda: tf.reverse(image, [1]), lambda: image)
-    mask = tf.cond(coin[0], lambda: tf.reverse(mask, [1]), lambda: mask)
-    image = tf.cond(coin[1], lambda: tf.reverse(image, [0]), lambda: image)
-    mask = tf.cond(coin[1], lambda: tf.reverse(mask, [0]), lambda: mask)
-    return image, mask
-
-
-def input_stats(images: np.ndarray, norm: dict[str, Any]) -> dict[str, list[float]]:
-    """Per-channel stats of the normalized training inputs, so evaluate can detect a normalization mismatch."""
-    x = normalization.apply(images, norm).reshape(-1, images.shape[-1]).astype(np.float64)
-    return {
-        name: [float(v) for v in fn(x, axis=0)]
-        for name, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))
-    }
-
-
 def build_model(
     params: TrainParams, input_shape: tuple[int, int, int], num_classes: int, ignore_index: int | None
 ) -> Any:
-    """DeepLabV3+ compiled with a logits loss that skips ignore pixels, and val mean IoU over argmax.
+    """DeepLabV3+ compiled with a logits loss that skips ignore pixels, and val mean IoU over argmax; build it inside
+    the strategy's scope.
 
-    With `mixed_precision` the model is built under Keras' mixed_float16 policy (float16 compute, float32
-    weights and logits), and compile wraps the optimizer in a loss-scale optimizer.
+    Under a half-precision policy the layers compute in float16 or bfloat16 while the logits, the softmax inside the
+    loss and the loss stay float32; under float16 compile wraps the optimizer in a loss-scale optimizer.
     """
     import keras
+    import tensorflow as tf
 
     from pipeline.model import build_deeplabv3plus
 
-    previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("mixed_float16" if params.mixed_precision else "float32")
-    try:
+    with accelerate.dtype_policy(params.mixed_precision):
         model = build_deeplabv3plus(
             input_shape,
             num_classes,
@@ -166,8 +111,6 @@ def build_model(
             decoder_filters=params.decoder_filters,
             bn_momentum=0.9,
         )
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
     optimizer = (
         keras.optimizers.Adam(params.learning_rate)
         if params.optimizer == "adam"
@@ -177,25 +120,41 @@ def build_model(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_index),
         metrics=[keras.metrics.MeanIoU(num_classes, name="mean_iou", ignore_class=ignore_index, sparse_y_pred=False)],
+        **accelerate.compile_options(params.jit_compile, params.mixed_precision, tf.distribute.get_strategy()),
     )
     return model
 
 
-def fit(model: Any, train_ds: Any, val_ds: Any, params: TrainParams) -> dict[str, list[float]]:
-    """Fit with early stopping on val mean IoU (best weights restored) and NaN termination; per-epoch MLflow metrics."""
+def fit(model: Any, data: TrainingData, params: TrainParams, backup: Backup, progress: Progress) -> None:
+    """Fit with early stopping on val mean IoU (best weights restored) and NaN termination; per-epoch MLflow metrics.
+
+    Resumes where `progress` (the backup's) stands, and backs up each epoch it finishes into `progress` and the
+    backup. A backup whose early stopping had already ended the training runs no epoch: fit only restores it.
+    """
     import keras
 
+    start = time.perf_counter() - progress.seconds
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor=MONITOR, mode="max", patience=params.early_stopping_patience, restore_best_weights=True, verbose=1
+    )
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.EarlyStopping(
-            monitor=MONITOR, mode="max", patience=params.early_stopping_patience, restore_best_weights=True, verbose=1
-        ),
+        early_stopping,
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log_metrics(_floats(logs), step=epoch + 1)),
+        backup_callback(backup, early_stopping, progress, lambda: time.perf_counter() - start),
     ]
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=params.epochs, callbacks=callbacks, shuffle=False, verbose=2
+    if progress.epochs_done:
+        print(f"train: resuming after epoch {progress.epochs_done} from {backup.folder}")
+    model.fit(
+        data.train,
+        validation_data=data.val,
+        epochs=progress.epochs_done if progress.early_stopping.get("stopped_epoch") else params.epochs,
+        initial_epoch=progress.epochs_done,
+        steps_per_epoch=data.steps,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=2,
     )
-    return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
 def validation_iou(model: Any, val_ds: Any, num_classes: int, ignore_index: int | None) -> list[float | None]:
@@ -203,11 +162,12 @@ def validation_iou(model: Any, val_ds: Any, num_classes: int, ignore_index: int 
 
     Run after fit, on the restored best weights: the per-class view of the best epoch's val mIoU. Keras' mean IoU
     averages only the classes present, so a validation split without foreground scores 1.0 on background alone;
-    the foreground class's own IoU says whether the model found foreground.
+    the foreground class's own IoU says whether the model found foreground. The model is called directly, on this
+    process's copy of the weights: under a multi-worker strategy `predict` would spread each batch over the cluster.
     """
     cm = np.zeros((num_classes, num_classes), np.int64)
     for x, y in val_ds:
-        pred = np.asarray(model.predict_on_batch(x)).argmax(axis=-1)
+        pred = np.asarray(model(x, training=False)).argmax(axis=-1)
         cm += confusion_matrix(np.asarray(y), pred, num_classes, ignore_index)
     return iou_per_class(cm)
 
@@ -250,14 +210,6 @@ def summarize(history: dict[str, list[float]], seconds: float, n_train: int, max
     }
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def pip_requirements() -> list[str]:
     """The installed TF/Keras pins, given explicitly so MLflow does not spend seconds inferring them."""
     pins = []
@@ -285,7 +237,7 @@ def _floats(logs: dict[str, Any] | None) -> dict[str, float]:
 
 
 def train_meta(
-    spec: dict[str, Any],
+    spec: Spec,
     params: TrainParams,
     metrics: dict[str, Any],
     stats: dict[str, Any],
@@ -298,9 +250,9 @@ def train_meta(
     """
     return TrainMeta(
         from_logits=True,
-        num_classes=spec["num_classes"],
-        ignore_index=spec.get("ignore_index"),
-        normalization=spec["normalization"],
+        num_classes=spec.num_classes,
+        ignore_index=spec.ignore_index,
+        normalization=spec.normalization,
         input_stats=stats,
         class_weights=params.class_weights,
         epochs_run=metrics["epochs_run"],
@@ -311,12 +263,12 @@ def train_meta(
 
 
 def label_evidence(
-    y_train: np.ndarray, y_val: np.ndarray, val_iou: list[float | None], num_classes: int, ignore_index: int | None
+    train_counts: np.ndarray, val_counts: np.ndarray, val_iou: list[float | None], spec: Spec
 ) -> dict[str, Any]:
     """The foreground share of the training and validation labels, and the best epoch's per-class val IoU."""
     return {
-        "train_foreground_share": foreground_share(y_train, num_classes, ignore_index),
-        "val_foreground_share": foreground_share(y_val, num_classes, ignore_index),
+        "train_foreground_share": counts_foreground_share(train_counts, spec.num_classes, spec.ignore_index),
+        "val_foreground_share": counts_foreground_share(val_counts, spec.num_classes, spec.ignore_index),
         "val_iou_per_class": val_iou,
     }
 
@@ -329,20 +281,52 @@ def log_results(model: Any, metrics: dict[str, Any], digest: str) -> None:
     log_keras_model(model, name="model", signature=signature, pip_requirements=pip_requirements())
 
 
-def load_data(folder: Path) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """spec.json plus the train and val splits, with their labels checked against the spec."""
-    spec = load_spec(folder)
-    missing = [key for key in ("num_classes", "normalization") if key not in spec]
-    if missing:
-        raise PipelineError(f"{folder / 'spec.json'}: missing key '{missing[0]}'")
-    splits = []
+@dataclass(frozen=True)
+class TrainingData:
+    """The streams fit consumes: the remaining epochs' training batches, and the validation batches."""
+
+    train: Any
+    val: Any
+    steps: int
+
+
+def read_spec(processed: Path, params: TrainParams) -> Spec:
+    """The processed data's spec, checked against the train params and for splits train can use."""
+    spec = Spec.load(processed)
     for split in ("train", "val"):
-        images, masks, _ = load_split(folder, split)
-        if len(images) == 0:
-            raise PipelineError(f"{folder / split}.npz: no images")
-        check_masks(masks, spec["num_classes"], spec.get("ignore_index"), f"{folder / split}.npz")
-        splits.append((images, masks))
-    return spec, splits[0], splits[1]
+        if spec.splits[split].images == 0:
+            raise PipelineError(f"{processed / SPEC_FILE}: the {split} split has no images")
+    if params.class_weights is not None and len(params.class_weights) != spec.num_classes:
+        raise PipelineError(
+            f"params.yaml: train.class_weights has {len(params.class_weights)} values "
+            f"but {processed / SPEC_FILE} has {spec.num_classes} classes"
+        )
+    return spec
+
+
+def training_data(spec: Spec, processed: Path, params: TrainParams, batch_size: int, first_epoch: int) -> TrainingData:
+    weights = (
+        None
+        if params.class_weights is None
+        else pixel_weight_table(params.class_weights, spec.num_classes, spec.ignore_index)
+    )
+    batching = Batching(batch_size, params.shuffle_buffer, params.augment_flips, params.seed)
+    return TrainingData(
+        train=training_batches(spec, processed, batching, range(first_epoch, params.epochs), weights),
+        val=validation_batches(spec, processed, batch_size),
+        steps=math.ceil(spec.splits["train"].images / batch_size),
+    )
+
+
+@contextmanager
+def output_dir(models: Path, chief: bool) -> Iterator[Path]:
+    """The chief writes the stage's outputs; another worker of a multi-worker run writes a throwaway copy."""
+    if chief:
+        with atomic_dir(models) as out:
+            yield out
+    else:
+        with tempfile.TemporaryDirectory(prefix="train-worker-") as scratch:
+            yield Path(scratch)
 
 
 def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = MODELS_DIR) -> dict[str, Any]:
@@ -350,35 +334,36 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
     import keras
     import tensorflow as tf
 
-    spec, (x_train, y_train), (x_val, y_val) = load_data(processed)
-    num_classes, ignore_index, norm = spec["num_classes"], spec.get("ignore_index"), spec["normalization"]
-    if params.class_weights is not None and len(params.class_weights) != num_classes:
-        raise PipelineError(
-            f"params.yaml: train.class_weights has {len(params.class_weights)} values "
-            f"but {processed / 'spec.json'} has {num_classes} classes"
-        )
+    strategy = accelerate.make_strategy(params.distribute)
+    chief = accelerate.is_chief(strategy)
+    if not chief:
+        os.environ[TRACKING_SWITCH] = "off"
+    spec = read_spec(processed, params)
+    train_labels = read_labels(spec, processed, "train")
+    val_labels = read_labels(spec, processed, "val")
     keras.utils.set_random_seed(params.seed)
-    tf.config.experimental.enable_op_determinism()
-    weights = (
-        None if params.class_weights is None else pixel_weight_table(params.class_weights, num_classes, ignore_index)
-    )
-    train_ds = make_dataset(x_train, y_train, norm, params.batch_size, weights, params.augment_flips, params.seed)
-    val_ds = make_dataset(x_val, y_val, norm, params.batch_size)
-    with atomic_dir(models) as out, stage_run("train", params, out / "train_run.json"):
-        model = build_model(params, x_train.shape[1:], num_classes, ignore_index)
-        start = time.perf_counter()
-        history = fit(model, train_ds, val_ds, params)
-        seconds = time.perf_counter() - start
-        check_finite(history, params.learning_rate)
+    if not params.jit_compile:
+        tf.config.experimental.enable_op_determinism()
+    backup = Backup(backup_key(dataclasses.asdict(params), processed / SPEC_FILE))
+    backup.clear_others()
+    progress = backup.progress()
+    batch_size = accelerate.global_batch_size(params.batch_size, strategy)
+    data = training_data(spec, processed, params, batch_size, progress.epochs_done)
+    with backup.until_outcome(), output_dir(models, chief) as out, stage_run("train", params, out / "train_run.json"):
+        with strategy.scope():
+            model = build_model(params, (spec.image_size, spec.image_size, 3), spec.num_classes, spec.ignore_index)
+        fit(model, data, params, backup, progress)
+        check_finite(progress.history, params.learning_rate)
         model.save(out / MODEL_FILE)
-        metrics = summarize(history, seconds, len(x_train), params.epochs)
-        digest = sha256(out / MODEL_FILE)
-        val_iou = validation_iou(model, val_ds, num_classes, ignore_index)
-        labels = label_evidence(y_train, y_val, val_iou, num_classes, ignore_index)
-        train_meta(spec, params, metrics, input_stats(x_train, norm), digest, labels).write(out / META_FILE)
-        write_json(METRICS_FILE, metrics)
-        write_history(HISTORY_FILE, history)
-        log_results(model, metrics, digest)
+        metrics = summarize(progress.history, progress.seconds, spec.splits["train"].images, params.epochs)
+        digest = file_sha256(out / MODEL_FILE)
+        val_iou = validation_iou(model, data.val, spec.num_classes, spec.ignore_index)
+        labels = label_evidence(train_labels.counts, val_labels.counts, val_iou, spec)
+        train_meta(spec, params, metrics, train_labels.inputs.result(), digest, labels).write(out / META_FILE)
+        if chief:
+            write_json(METRICS_FILE, metrics)
+            write_history(HISTORY_FILE, progress.history)
+            log_results(model, metrics, digest)
     return metrics
 
 

@@ -62,9 +62,19 @@ def valid_pixels(masks: np.ndarray, num_classes: int, ignore_index: int | None) 
 
 def foreground_share(masks: np.ndarray, num_classes: int, ignore_index: int | None) -> float | None:
     """Share of the valid pixels whose class is not background (None with no valid pixel)."""
-    valid = valid_pixels(masks, num_classes, ignore_index)
+    return counts_foreground_share(
+        np.bincount(np.asarray(masks, np.uint8).ravel(), minlength=256), num_classes, ignore_index
+    )
+
+
+def counts_foreground_share(counts: np.ndarray, num_classes: int, ignore_index: int | None) -> float | None:
+    """`foreground_share` from the pixel count of each mask value (0..255), as a streaming pass gathers them."""
+    valid = np.asarray(counts[:num_classes], np.int64).copy()
+    if ignore_index is not None and 0 <= ignore_index < num_classes:
+        valid[ignore_index] = 0
     total = int(valid.sum())
-    return float((valid & (np.asarray(masks) != BACKGROUND)).sum() / total) if total else None
+    foreground = total - int(valid[BACKGROUND])
+    return float(foreground / total) if total else None
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:

@@ -14,9 +14,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
+from pipeline.params import SPLITS
+from pipeline.processed import SPEC_FILE, Spec, SplitWriter, batches, encode_png, example
 from pipeline.scratch import TINY_PARAMS, git, make_repo
 from segbisect.refs import deep_merge
 from segbisect_toy import make_toy_repo
@@ -62,7 +65,7 @@ def run_stage(repo: Path, stage: str) -> subprocess.CompletedProcess[str]:
 
 
 def two_class_spec(size: int, ignore_index: int) -> dict[str, Any]:
-    """data/processed/spec.json as preprocess writes it for background/foreground images in [0, 1]."""
+    """spec.json's fields as preprocess writes them for background/foreground images in [0, 1], without splits."""
     return {
         "image_size": size,
         "num_classes": 2,
@@ -72,6 +75,39 @@ def two_class_spec(size: int, ignore_index: int) -> dict[str, Any]:
         "image_interpolation": "bilinear",
         "mask_interpolation": "nearest",
     }
+
+
+def write_processed(
+    folder: Path, fields: dict[str, Any], splits: dict[str, tuple[np.ndarray, np.ndarray]], shard_bytes: int = 1 << 20
+) -> Spec:
+    """data/processed as preprocess writes it, from arrays: shards of each split (stems `<split>000`, ...) and
+    spec.json with `fields`; a split not given is written empty."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in SPLITS:
+        writer = SplitWriter(folder, name, shard_bytes)
+        images, masks = splits.get(name, (np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, 1, 1), np.uint8)))
+        for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            writer.add(example(f"{name}{i:03d}", encode_png(image), encode_png(mask)))
+        written[name] = writer.close()
+    spec = Spec(**fields, splits=written)
+    (folder / SPEC_FILE).write_text(json.dumps(spec.to_json()))
+    return spec
+
+
+def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A whole processed split in numpy, in stem order, as the tests compare it (the stages themselves stream)."""
+    spec = Spec.load(folder)
+    stems, images, masks = [], [], []
+    for batch_stems, batch_images, batch_masks in batches(spec, folder, split, 64):
+        stems += batch_stems
+        images.append(batch_images)
+        masks.append(batch_masks)
+    size = spec.image_size
+    if not stems:
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8), []
+    order = np.argsort(stems)
+    return np.concatenate(images)[order], np.concatenate(masks)[order], [stems[i] for i in order]
 
 
 def load_script(path: Path) -> ModuleType:

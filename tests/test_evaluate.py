@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import two_class_spec
+from conftest import read_split, two_class_spec, write_processed
 from pipeline import evaluate, normalization
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
-from pipeline.processed import load_split, save_split
+from pipeline.stats import ChannelStats
 from test_diagnostics import assert_evidence_from_fields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def input_stats(images: np.ndarray, spec: dict) -> dict[str, list[float]]:
-    stats = evaluate.ChannelStats()
+    stats = ChannelStats()
     stats.update(normalization.apply(images, spec))
     return stats.result()
 
@@ -82,12 +82,10 @@ def workspace(tmp_path, monkeypatch):
     """Processed data, train_meta.json and params.yaml as the upstream stages would leave them (no model yet)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    spec = two_class_spec(SIZE, IGNORE)
-    folder = Path("data/processed")
-    folder.mkdir(parents=True)
-    for split, (n, seed) in {"train": (6, 0), "val": (2, 1), "test": (5, 2)}.items():
-        save_split(folder, split, *make_split(n, seed))
-    write_json(folder / "spec.json", spec)
+    splits = {
+        split: make_split(n, seed)[:2] for split, (n, seed) in {"train": (6, 0), "val": (2, 1), "test": (5, 2)}.items()
+    }
+    write_processed(Path("data/processed"), two_class_spec(SIZE, IGNORE), splits, shard_bytes=400)
     write_meta()
     write_params()
     return tmp_path
@@ -154,7 +152,7 @@ def test_healthy_model_end_to_end(workspace):
     assert (scores["output_min"], scores["output_max"], scores["outputs_are_probabilities"]) == (-2.0, 2.0, 0)
     assert (record["symptom"], record["category"], scores["all_zero_symptom"]) == (False, "none", 0)
     figures = {p.relative_to("reports/figures").as_posix() for p in Path("reports/figures").rglob("*.png")}
-    assert figures == {"confusion_matrix.png", "class_shares.png", "overlays/s0.png", "overlays/s1.png"}
+    assert figures == {"confusion_matrix.png", "class_shares.png", "overlays/test000.png", "overlays/test001.png"}
     assert_mlflow_run(json.loads(Path("reports/evaluate/evaluate_run.json").read_text())["run_id"], "none")
 
 
@@ -171,8 +169,8 @@ def assert_mlflow_run(run_id: str, diagnosis: str) -> None:
     assert artifacts == {
         "figures/confusion_matrix.png",
         "figures/class_shares.png",
-        "figures/overlays/s0.png",
-        "figures/overlays/s1.png",
+        "figures/overlays/test000.png",
+        "figures/overlays/test001.png",
         "evaluate/diagnostics.json",
     }
 
@@ -202,12 +200,12 @@ def test_diagnostics_fields_recomputed_from_the_data(workspace):
     """The collapsed model's diagnostics: every field recomputed from the processed data and the model's outputs,
     and every evidence sentence's numbers are those fields."""
     save_model(red_weight=0.0)
-    _, val_masks, _ = load_split(Path("data/processed"), "val")
-    val_iou = iou_per_class(val_masks, predict(load_split(Path("data/processed"), "val")[0]).argmax(axis=-1))
+    _, val_masks, _ = read_split(Path("data/processed"), "val")
+    val_iou = iou_per_class(val_masks, predict(read_split(Path("data/processed"), "val")[0]).argmax(axis=-1))
     write_meta(val_iou_per_class=val_iou, best_val_mean_iou=float(np.mean(val_iou)))
     _, record = run()
     fields = record["fields"]
-    images, masks, _ = load_split(Path("data/processed"), "test")
+    images, masks, _ = read_split(Path("data/processed"), "test")
     outputs = predict(images)
     valid = masks != IGNORE
     assert fields["test_foreground_share"] == pytest.approx(foreground_share(masks))
@@ -219,7 +217,7 @@ def test_diagnostics_fields_recomputed_from_the_data(workspace):
     assert fields["label_values"] == np.unique(masks).tolist()
     assert fields["ignored_share"] == pytest.approx((masks == IGNORE).mean())
     for split, key in (("train", "train_foreground_share"), ("val", "val_foreground_share")):
-        assert fields[key] == pytest.approx(foreground_share(load_split(Path("data/processed"), split)[1]))
+        assert fields[key] == pytest.approx(foreground_share(read_split(Path("data/processed"), split)[1]))
     assert fields["val_iou_per_class"] == pytest.approx(val_iou) and val_iou[1] == 0.0
     assert fields["val_foreground_iou"] == 0.0
     assert (record["category"], record["cause"]) == ("training", "collapse_to_majority")
@@ -290,11 +288,11 @@ def test_invalid_params_are_rejected(workspace):
 def test_overlays_are_drawn_for_the_named_test_images(workspace):
     """By name, so every configuration draws the same images; a name outside the test split is an error."""
     save_model(red_weight=4.0)
-    write_params(overlay_names=["s3", "s1"])
+    write_params(overlay_names=["test003", "test001"])
     run()
-    assert sorted(p.name for p in Path("reports/figures/overlays").iterdir()) == ["s1.png", "s3.png"]
-    write_params(overlay_names=["s9"])
-    with pytest.raises(PipelineError, match=r"params\.yaml: evaluate\.overlay_names: 's9' is not a test image"):
+    assert sorted(p.name for p in Path("reports/figures/overlays").iterdir()) == ["test001.png", "test003.png"]
+    write_params(overlay_names=["test009"])
+    with pytest.raises(PipelineError, match=r"params\.yaml: evaluate\.overlay_names: 'test009' is not a test image"):
         evaluate.main()
 
 

@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import make_pipeline_repo
 from pipeline import tracking
-from pipeline.errors import EXIT_ENVIRONMENT, EXIT_INPUT, PipelineError, run_stage
+from pipeline.errors import EXIT_ENVIRONMENT, EXIT_INPUT, INSTALL_TENSORFLOW, PipelineError, run_stage
 from pipeline.io import atomic_dir, atomic_file, remove_stale_temps
 from pipeline.params import load_section
 from pipeline.scratch import ROOT
@@ -99,6 +99,20 @@ def test_a_full_disk_exits_75_with_one_line_and_no_traceback(tmp_path: Path) -> 
         "error: while writing out.json: No space left on device [ENOSPC] (environment fault)"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "the failed write left a file behind"
+
+
+def test_a_missing_tensorflow_exits_75_saying_how_to_install_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """A machine installed without the cpu or gpu extra: the environment's fault, and one line on the fix."""
+
+    def stage() -> None:
+        raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage)
+    assert exit_info.value.code == EXIT_ENVIRONMENT
+    line = capsys.readouterr().err.strip()
+    assert line == f"error: tensorflow: not installed ({INSTALL_TENSORFLOW}) (environment fault)"
+    assert "'.[cpu]'" in line and "'.[gpu]'" in line
 
 
 def test_out_of_memory_exits_75(capsys: pytest.CaptureFixture[str]) -> None:
@@ -501,7 +515,8 @@ def test_gitignore_hides_temps_and_no_real_dotfile(tmp_path: Path) -> None:
         ".models.1234.abcd_12.tmp/model.keras",
         "data/.synthetic.99.x1y2z3.tmp",
         "reports/.metrics.json.4242.k3j_2a.tmp",
-        "data/processed/.train.npz.7.q1w2e3.tmp",
+        "data/processed/.spec.json.7.q1w2e3.tmp",
+        ".train-backup/0123456789abcdef/latest.json",
     ]
     real = [
         ".dvc",

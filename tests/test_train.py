@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,18 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import two_class_spec
-from pipeline import train
+from conftest import read_split, two_class_spec, write_processed
+from pipeline import normalization, train
 from pipeline.errors import PipelineError
+from pipeline.io import file_sha256
 from pipeline.params import load_section
-from pipeline.processed import load_split, save_split
+from pipeline.processed import Spec
+from pipeline.resume import BACKUP_ROOT, Backup, backup_key
+from pipeline.scratch import TINY_PARAMS as SCRATCH_PARAMS
+from pipeline.scratch import make_repo
+from pipeline.tracking import TRACKING_SWITCH
+from pipeline.train_data import Batching, check_mask_values, pixel_weight_table, training_batches
+from segbisect.refs import deep_merge
 
 SIZE = 32
 IGNORE = 255
@@ -76,13 +87,8 @@ def squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture()
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stage working directory with a tiny data/processed and params.yaml."""
-    processed = tmp_path / "data" / "processed"
-    processed.mkdir(parents=True)
-    for split, n in (("train", 8), ("val", 4)):
-        images, masks = squares(n, seed=n)
-        save_split(processed, split, images, masks, [f"{split}{i}" for i in range(n)])
-    spec = two_class_spec(SIZE, IGNORE)
-    (processed / "spec.json").write_text(json.dumps(spec))
+    splits = {split: squares(n, seed=n) for split, n in (("train", 8), ("val", 4), ("test", 2))}
+    write_processed(tmp_path / "data" / "processed", two_class_spec(SIZE, IGNORE), splits, shard_bytes=4000)
     write_params(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -112,14 +118,17 @@ def test_default_params_file_is_valid() -> None:
     assert params.output_stride in (8, 16)
 
 
-def test_mixed_precision_computes_in_float16_with_float32_logits_and_restores_the_policy() -> None:
-    params = train.TrainParams(**{**TINY_PARAMS, "mixed_precision": True})
+@pytest.mark.parametrize(("precision", "scaled"), [("float16", True), ("bfloat16", False)])
+def test_half_precision_computes_in_16_bits_with_float32_logits_and_restores_the_policy(
+    precision: str, scaled: bool
+) -> None:
+    params = train.TrainParams(**{**TINY_PARAMS, "mixed_precision": precision})
     model = train.build_model(params, (SIZE, SIZE, 3), 2, IGNORE)
     assert keras.mixed_precision.dtype_policy().name == "float32"
-    assert model.get_layer("classifier").compute_dtype == "float16"
+    assert model.get_layer("classifier").compute_dtype == precision
     assert model.get_layer("classifier").variable_dtype == "float32"
     assert model.get_layer("logits").compute_dtype == "float32"
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
     outputs = model.predict_on_batch(np.zeros((1, SIZE, SIZE, 3), np.float32))
     assert outputs.dtype == np.float32 and outputs.shape == (1, SIZE, SIZE, 2)
     assert (
@@ -131,15 +140,28 @@ def test_mixed_precision_computes_in_float16_with_float32_logits_and_restores_th
 
 
 def test_weight_table_zeroes_ignore_pixels() -> None:
-    table = train.pixel_weight_table([1.0, 4.0], 2, IGNORE)
+    table = pixel_weight_table([1.0, 4.0], 2, IGNORE)
     assert table[0] == 1.0 and table[1] == 4.0 and table[IGNORE] == 0.0
-    assert train.pixel_weight_table(None, 2, IGNORE)[:2].tolist() == [1.0, 1.0]
+    assert pixel_weight_table(None, 2, IGNORE)[:2].tolist() == [1.0, 1.0]
 
 
-def test_check_masks_names_the_bad_value() -> None:
-    train.check_masks(np.array([[0, 1, IGNORE]], np.uint8), 2, IGNORE, "x.npz")
-    with pytest.raises(PipelineError, match=r"x\.npz: mask value 7"):
-        train.check_masks(np.array([[0, 7]], np.uint8), 2, IGNORE, "x.npz")
+def test_check_mask_values_names_the_bad_value() -> None:
+    def counts(*values: int) -> np.ndarray:
+        return np.bincount(np.array(values), minlength=256)
+
+    check_mask_values(counts(0, 1, IGNORE), 2, IGNORE, "x.tfrecord")
+    with pytest.raises(PipelineError, match=r"x\.tfrecord: mask value 7"):
+        check_mask_values(counts(0, 7), 2, IGNORE, "x.tfrecord")
+
+
+def test_a_bad_label_in_a_shard_fails_before_training_naming_the_shard(workdir: Path) -> None:
+    images, masks = squares(4, seed=0)
+    masks[2, 3, 3] = 7
+    splits = {"train": (images, masks), "val": squares(2, seed=1), "test": squares(2, seed=2)}
+    write_processed(workdir / "data" / "processed", two_class_spec(SIZE, IGNORE), splits, shard_bytes=1)
+    with pytest.raises(PipelineError, match=r"train-00002\.tfrecord: mask value 7"):
+        train.main()
+    assert not (workdir / "models").exists()
 
 
 def flip_used(mask: np.ndarray, originals: np.ndarray) -> str | None:
@@ -151,24 +173,47 @@ def flip_used(mask: np.ndarray, originals: np.ndarray) -> str | None:
     return None
 
 
-def test_flips_move_image_and_mask_together_and_replay_with_the_seed() -> None:
+def stream(folder: Path, table: np.ndarray, epochs: range, buffer: int = 64) -> list[tuple[np.ndarray, ...]]:
+    spec = Spec.load(folder)
+    ds = training_batches(spec, folder, Batching(4, buffer, flips=True, seed=3), epochs, table)
+    return [tuple(np.asarray(t) for t in batch) for batch in ds]
+
+
+def test_flips_move_image_and_mask_together_and_replay_with_the_seed(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     masks = rng.integers(0, 2, (16, 8, 8), dtype=np.uint8)
     images = np.repeat(masks[..., None] * 200, 3, axis=-1).astype(np.uint8)
-    table = train.pixel_weight_table([1.0, 2.0], 2, IGNORE)
+    fields = {**two_class_spec(8, IGNORE), "normalization": {"method": "none"}}
+    write_processed(tmp_path, fields, {"train": (images, masks)}, shard_bytes=300)
+    table = pixel_weight_table([1.0, 2.0], 2, IGNORE)
 
-    def batches() -> list[tuple[np.ndarray, ...]]:
-        ds = train.make_dataset(images, masks, {"method": "none"}, 16, table, flips=True, shuffle_seed=3)
-        return [tuple(np.asarray(t) for t in batch) for batch in ds]
-
-    ((x, y, w),) = batches()
+    batches = stream(tmp_path, table, range(0, 1))
+    x, y, w = (np.concatenate(column) for column in zip(*batches, strict=True))
+    assert len(batches) == 4 and len(y) == 16
     np.testing.assert_array_equal(x[..., 0] / 200, y)
     np.testing.assert_array_equal(w, table[y])
     flips = [flip_used(m, masks) for m in y]
     assert None not in flips, "every output must be a flipped copy of an input mask"
     assert len(set(flips)) > 1, "flips never applied"
-    ((_, y2, _),) = batches()
-    np.testing.assert_array_equal(y, y2)
+    assert sorted(m.tobytes() for m in y) != sorted(m.tobytes() for m in masks), "no mask was flipped"
+    np.testing.assert_array_equal(y, np.concatenate([b[1] for b in stream(tmp_path, table, range(0, 1))]))
+
+
+def test_each_epoch_is_a_function_of_seed_and_epoch_so_a_resumed_stream_matches(tmp_path: Path) -> None:
+    """Epoch 2 started fresh (as a resumed training starts it) equals epoch 2 of a stream from epoch 0, while
+    epochs differ from one another; a buffer smaller than the split still shuffles across shards."""
+    images, masks = squares(12, seed=5)
+    write_processed(tmp_path, two_class_spec(SIZE, IGNORE), {"train": (images, masks)}, shard_bytes=4000)
+    table = pixel_weight_table(None, 2, IGNORE)
+    for buffer in (64, 3):
+        whole = stream(tmp_path, table, range(0, 3), buffer)
+        assert len(whole) == 9
+        resumed = stream(tmp_path, table, range(2, 3), buffer)
+        for a, b in zip(whole[6:], resumed, strict=True):
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+        epochs = [np.concatenate([b[1] for b in whole[i : i + 3]]).tobytes() for i in (0, 3, 6)]
+        assert len(set(epochs)) == 3, "every epoch must be shuffled differently"
 
 
 @pytest.mark.e2e
@@ -178,7 +223,7 @@ def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) 
     assert set(meta) == META_KEYS
     assert meta["from_logits"] is True and meta["num_classes"] == 2 and meta["ignore_index"] == IGNORE
     assert meta["normalization"] == {"method": "unit"} and len(meta["input_stats"]["mean"]) == 3
-    assert meta["model_sha256"] == train.sha256(workdir / "models/model.keras")
+    assert meta["model_sha256"] == file_sha256(workdir / "models/model.keras")
 
     model = keras.models.load_model(workdir / "models/model.keras")
     assert tuple(model.output.shape) == (None, SIZE, SIZE, 2)
@@ -204,12 +249,12 @@ def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) 
 def assert_label_fields(meta: dict[str, Any], model: Any, processed: Path) -> None:
     """The label fields recomputed here: foreground shares of the splits, per-class IoU of the saved model on val."""
     for split in ("train", "val"):
-        masks = load_split(processed, split)[1]
+        masks = read_split(processed, split)[1]
         valid = masks != IGNORE
         assert meta[f"{split}_foreground_share"] == pytest.approx((valid & (masks == 1)).sum() / valid.sum())
-    images, masks, _ = load_split(processed, "val")
-    val_ds = train.make_dataset(images, masks, {"method": "unit"}, TINY_PARAMS["batch_size"])
-    pred = np.concatenate([np.asarray(model.predict_on_batch(x)).argmax(axis=-1) for x, _ in val_ds])
+    images, masks, _ = read_split(processed, "val")
+    x = normalization.apply(images, {"method": "unit"})
+    pred = np.asarray(model.predict_on_batch(x)).argmax(axis=-1)
     valid = masks != IGNORE
     ious = [((valid & (masks == c) & (pred == c)).sum(), (valid & ((masks == c) | (pred == c))).sum()) for c in (0, 1)]
     expected = [float(tp / union) if union else None for tp, union in ious]
@@ -232,3 +277,82 @@ def test_nan_loss_stops_the_stage_with_one_line(workdir: Path) -> None:
     assert last.startswith("error: training loss became nan in epoch 1"), last
     assert "lower train.learning_rate" in last
     assert not (workdir / "models").exists()
+    assert not (workdir / BACKUP_ROOT).exists(), "a resume would only diverge again: the backup must go"
+
+
+def test_backup_key_changes_with_every_input_and_stale_backups_go(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text("{}")
+    params = dataclasses.asdict(train.TrainParams(**TINY_PARAMS))
+    key = backup_key(params, spec_file)
+    assert key == backup_key(dict(params), spec_file)
+    assert key != backup_key({**params, "learning_rate": 0.02}, spec_file)
+    spec_file.write_text('{"image_size": 32}')
+    assert key != backup_key(params, spec_file)
+    root = tmp_path / "backups"
+    (root / "stale").mkdir(parents=True)
+    (root / key).mkdir()
+    Backup(key, root).clear_others()
+    assert [p.name for p in root.iterdir()] == [key]
+
+
+FORCE_TRAIN = ("--force", "--single-item", "train")
+
+
+def _backup_progress(repo: Path) -> int:
+    """Epochs the training in `repo` has backed up (0 while none is)."""
+    for latest in (repo / BACKUP_ROOT).glob("*/latest.json"):
+        try:
+            return int(json.loads(latest.read_text())["progress"]["epochs_done"])
+        except (ValueError, KeyError, OSError):
+            return 0
+    return 0
+
+
+@pytest.mark.e2e
+def test_a_killed_training_resumes_after_its_last_epoch_with_the_uninterrupted_history(tmp_path: Path) -> None:
+    """SIGKILL the whole `dvc repro` once train has backed up epoch 2 of 4; the same command again resumes there
+    and ends with the history and metrics of a training that was never interrupted, and removes its backup.
+
+    The uninterrupted training runs first in the same repository, so the killed and the resumed command force the
+    train stage, which DVC would otherwise restore from that run.
+    """
+    params = deep_merge(SCRATCH_PARAMS, {"train": {"epochs": 4, "early_stopping_patience": 10, "batch_size": 2}})
+    repo = make_repo(tmp_path / "repo", params)
+    env = {**os.environ, TRACKING_SWITCH: "off"}
+
+    def repro(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", *args], cwd=repo, env=env, capture_output=True, text=True
+        )
+
+    def outcome() -> tuple[str, dict[str, Any]]:
+        metrics = json.loads((repo / "reports/train_metrics.json").read_text())
+        timing = ("train_seconds", "images_per_second")
+        return (repo / "reports/train_history.csv").read_text(), {k: v for k, v in metrics.items() if k not in timing}
+
+    assert repro().returncode == 0
+    uninterrupted = outcome()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", *FORCE_TRAIN],
+        cwd=repo,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while _backup_progress(repo) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = _backup_progress(repo)
+    assert 2 <= done < 4, f"killed after {done} epochs"
+    assert not (repo / "reports/train_history.csv").exists()
+
+    resumed = repro(*FORCE_TRAIN)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"train: resuming after epoch {done}" in resumed.stdout
+    assert outcome() == uninterrupted
+    assert len(uninterrupted[0].splitlines()) == 5
+    assert not (repo / BACKUP_ROOT).exists()

@@ -1,0 +1,148 @@
+"""Resumable training: the state after each finished epoch, kept where DVC never looks.
+
+DVC removes a stage's outputs before it runs the stage, so the backup lives beside them in `.train-backup/<key>`,
+keyed by everything the training result depends on (the train params, the processed data's spec with its shard
+checksums, the pipeline's code, the TensorFlow build and the oneDNN settings): a changed configuration never
+resumes a stale backup, and backups of other keys are removed. A backup holds the weights with the optimizer's
+state, early stopping's state and the history so far; the stage removes it when the training has an outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_file
+
+BACKUP_ROOT = Path(".train-backup")
+LATEST = "latest.json"
+WEIGHTS = "state.weights.h5"
+BEST = "best.npz"
+PIPELINE_DIR = Path(__file__).resolve().parent
+ENVIRONMENT = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "TF_CONFIG")
+EARLY_STOPPING_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
+
+
+def backup_key(params: dict[str, Any], spec_file: Path) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    digest.update(spec_file.read_bytes())
+    for source in sorted(PIPELINE_DIR.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    for dist in ("tensorflow-cpu", "tensorflow", "keras"):
+        try:
+            digest.update(f"{dist}=={metadata.version(dist)}".encode())
+        except metadata.PackageNotFoundError:
+            continue
+    digest.update(json.dumps({name: os.environ.get(name) for name in ENVIRONMENT}).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Progress:
+    """Where a training stands after its last finished epoch."""
+
+    epochs_done: int = 0
+    seconds: float = 0.0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    early_stopping: dict[str, Any] = field(default_factory=dict)
+
+
+class Backup:
+    """The backup folder of one key; `clear_others` removes every stale one."""
+
+    def __init__(self, key: str, root: Path = BACKUP_ROOT) -> None:
+        self.root = root
+        self.folder = root / key
+
+    def clear_others(self) -> None:
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry != self.folder:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    def progress(self) -> Progress:
+        latest = self.folder / LATEST
+        if not latest.exists():
+            return Progress()
+        return Progress(**json.loads(latest.read_text())["progress"])
+
+    def restore(self, model: Any, early_stopping: Any) -> None:
+        """The model's weights and optimizer state, and early stopping's state, as the last finished epoch left them."""
+        latest = self.folder / LATEST
+        if not latest.exists():
+            return
+        state = json.loads(latest.read_text())
+        epoch_dir = self.folder / state["dir"]
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(epoch_dir / WEIGHTS)
+        for name, value in state["progress"]["early_stopping"].items():
+            setattr(early_stopping, name, value)
+        if (epoch_dir / BEST).exists():
+            with np.load(epoch_dir / BEST) as best:
+                early_stopping.best_weights = [best[f"arr_{i}"] for i in range(len(best.files))]
+
+    def save(self, model: Any, early_stopping: Any, progress: Progress) -> None:
+        """A new epoch folder first, then the pointer to it (atomically), then the old folders go."""
+        epoch_dir = self.folder / f"epoch-{progress.epochs_done:05d}"
+        shutil.rmtree(epoch_dir, ignore_errors=True)
+        epoch_dir.mkdir(parents=True)
+        model.save_weights(epoch_dir / WEIGHTS)
+        if early_stopping.best_weights is not None:
+            np.savez(epoch_dir / BEST, *early_stopping.best_weights)
+        progress.early_stopping = {name: _plain(getattr(early_stopping, name)) for name in EARLY_STOPPING_STATE}
+        with atomic_file(self.folder / LATEST) as tmp:
+            tmp.write_text(json.dumps({"dir": epoch_dir.name, "progress": progress.__dict__}))
+        for old in self.folder.glob("epoch-*"):
+            if old != epoch_dir:
+                shutil.rmtree(old, ignore_errors=True)
+
+    @contextmanager
+    def until_outcome(self) -> Iterator[None]:
+        """Remove the backup once the training has an outcome: it finished, or failed in a way a resume would only
+        repeat (bad input, divergence). A fault of the environment or a kill keeps it for the next run."""
+        try:
+            yield
+        except PipelineError:
+            self.remove()
+            raise
+        self.remove()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.root.is_dir() and not any(self.root.iterdir()):
+            self.root.rmdir()
+
+
+def _plain(value: Any) -> Any:
+    """Early stopping keeps numpy scalars and +-inf; JSON takes floats (inf included, as Python writes it)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def backup_callback(backup: Backup, early_stopping: Any, progress: Progress, clock: Any) -> Any:
+    """A Keras callback: restore at the start of fit (after early stopping resets itself), save after each epoch."""
+    import keras
+
+    class EpochBackup(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            backup.restore(self.model, early_stopping)
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            for key, value in (logs or {}).items():
+                progress.history.setdefault(key, []).append(float(value))
+            progress.epochs_done = epoch + 1
+            progress.seconds = clock()
+            backup.save(self.model, early_stopping, progress)
+
+    return EpochBackup()
