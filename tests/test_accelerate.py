@@ -138,6 +138,7 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@pytest.mark.e2e
 def test_multi_worker_train_stage_runs_on_two_local_workers_and_only_the_chief_writes(tmp_path: Path) -> None:
     """`python -m pipeline.train` with `distribute: multi_worker` in two worker processes on loopback ports: both
     train one epoch in step with 2 replicas, and only the chief (worker 0) leaves the stage's outputs behind."""

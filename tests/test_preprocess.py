@@ -106,6 +106,12 @@ def _stage_folder(tmp_path: Path, n_images: int, shard_mb: float) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """synthesize, prepare and preprocess once for the module: 25 images in shards of about two records each."""
+    return _stage_folder(tmp_path_factory.mktemp("staged"), n_images=25, shard_mb=0.002)
+
+
 def prepared_split(folder: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """What preprocess must have written for a split: the prepared pairs resized, read here with PIL alone."""
     paths = sorted((folder / "data/prepared" / split / "images").glob("*.png"))
@@ -115,9 +121,9 @@ def prepared_split(folder: Path, split: str, size: int) -> tuple[np.ndarray, np.
 
 
 @pytest.mark.e2e
-def test_preprocess_stage_writes_spec_and_shards_that_read_back_bit_exactly(tmp_path: Path) -> None:
+def test_preprocess_stage_writes_spec_and_shards_that_read_back_bit_exactly(staged: Path) -> None:
     """Small shards: several per split and a partial last one; the readers get back every pixel preprocess made."""
-    folder = _stage_folder(tmp_path, n_images=25, shard_mb=0.002)
+    folder = staged
     spec = Spec.load(folder / "data/processed")
     assert spec.image_size == 16 and spec.num_classes == 2 and spec.mask_interpolation == "nearest"
     train = spec.splits["train"]
@@ -138,10 +144,9 @@ def test_preprocess_stage_writes_spec_and_shards_that_read_back_bit_exactly(tmp_
 
 
 @pytest.mark.e2e
-def test_train_and_evaluate_streams_read_the_shards_bit_exactly(tmp_path: Path) -> None:
+def test_train_and_evaluate_streams_read_the_shards_bit_exactly(staged: Path) -> None:
     """Train's validation stream (in stem order) and label pass, and evaluate's batches, see the same pixels."""
-    folder = _stage_folder(tmp_path, n_images=12, shard_mb=0.002)
-    processed = folder / "data/processed"
+    processed = staged / "data/processed"
     spec = Spec.load(processed)
     assert len(spec.splits["val"].shards) > 1
     images, masks, _ = read_split(processed, "val")

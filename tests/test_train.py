@@ -118,6 +118,7 @@ def test_default_params_file_is_valid() -> None:
     assert params.output_stride in (8, 16)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("precision", "scaled"), [("float16", True), ("bfloat16", False)])
 def test_half_precision_computes_in_16_bits_with_float32_logits_and_restores_the_policy(
     precision: str, scaled: bool
@@ -331,7 +332,7 @@ def test_a_killed_training_resumes_after_its_last_epoch_with_the_uninterrupted_h
         timing = ("train_seconds", "images_per_second")
         return (repo / "reports/train_history.csv").read_text(), {k: v for k, v in metrics.items() if k not in timing}
 
-    assert repro().returncode == 0
+    assert repro("train").returncode == 0
     uninterrupted = outcome()
     process = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", *FORCE_TRAIN],
