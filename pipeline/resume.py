@@ -2,9 +2,10 @@
 
 DVC removes a stage's outputs before it runs the stage, so the backup lives beside them in `.train-backup/<key>`,
 keyed by everything the training result depends on (the train params, the processed data's spec with its shard
-checksums, the pipeline's code, the TensorFlow build and the oneDNN settings): a changed configuration never
-resumes a stale backup, and backups of other keys are removed. A backup holds the weights with the optimizer's
-state, early stopping's state and the history so far; the stage removes it when the training has an outcome.
+checksums, the pipeline's code, and the numeric environment: host, CPU, oneDNN settings, library versions, GPUs):
+a changed configuration never resumes a stale backup, and backups of other keys are removed. A backup holds the
+weights with the optimizer's state, early stopping's state and the history so far; the stage removes it when the
+training has an outcome.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,13 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_file
+from pipeline.numerics import numeric_environment
 
 BACKUP_ROOT = Path(".train-backup")
 LATEST = "latest.json"
 WEIGHTS = "state.weights.h5"
 BEST = "best.npz"
 PIPELINE_DIR = Path(__file__).resolve().parent
-ENVIRONMENT = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "TF_CONFIG")
 EARLY_STOPPING_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
 
 
@@ -39,12 +39,8 @@ def backup_key(params: dict[str, Any], spec_file: Path) -> str:
     digest.update(spec_file.read_bytes())
     for source in sorted(PIPELINE_DIR.glob("*.py")):
         digest.update(source.name.encode() + source.read_bytes())
-    for dist in ("tensorflow-cpu", "tensorflow", "keras"):
-        try:
-            digest.update(f"{dist}=={metadata.version(dist)}".encode())
-        except metadata.PackageNotFoundError:
-            continue
-    digest.update(json.dumps({name: os.environ.get(name) for name in ENVIRONMENT}).encode())
+    machine = {**numeric_environment(), "tf_config": os.environ.get("TF_CONFIG")}
+    digest.update(json.dumps(machine, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
 

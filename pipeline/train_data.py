@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline import normalization
 from pipeline.errors import PipelineError
-from pipeline.processed import Spec, decoder
+from pipeline.processed import Spec, decoder, read
 from pipeline.stats import ChannelStats
 
 EPOCH_STRIDE = 1_000_003  # seed * stride + epoch: distinct shuffle seeds for any realistic number of epochs
@@ -128,11 +128,9 @@ class SplitLabels:
 
 def read_labels(spec: Spec, folder: Path, split: str) -> SplitLabels:
     """One streaming pass, shard by shard, so a label outside the classes is named with its shard."""
-    import tensorflow as tf
-
     labels = SplitLabels(np.zeros(256, np.int64), ChannelStats())
     for file in spec.files(folder, split):
-        stream = tf.data.TFRecordDataset(file).map(decoder(spec.image_size)).batch(LABEL_BATCH)
+        stream = read([file], spec.image_size).batch(LABEL_BATCH)
         for _stems, images, masks in stream.as_numpy_iterator():
             counts = np.bincount(masks.ravel(), minlength=256)
             check_mask_values(counts, spec.num_classes, spec.ignore_index, file)
