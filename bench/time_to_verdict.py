@@ -40,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -107,12 +108,22 @@ def repro_timed(repo: Path, env: dict[str, str], force: bool) -> dict[str, Any]:
 
 
 def prepare_base(work: Path, tracking_uri: str) -> tuple[Path, dict[str, Any]]:
-    """The user's situation before bisecting: GOOD committed and reproduced (its stages in the DVC cache)."""
+    """The user's situation before bisecting: GOOD committed and reproduced (its stages in the DVC cache), in a
+    project where segbisect has run before: its MLflow experiment exists. The first bisection in a new store
+    waits about 1.5 s for MLflow to create it; no later one does, and which run of a pass comes first is arbitrary.
+    """
     base = tiny_repo(work / "base", GOOD_OVERRIDES)
     env = stage_env(tracking_uri)
     run = repro_timed(base, env, force=False)
     if run["rc"] != 0:
         raise SystemExit(f"GOOD repro failed: {run['tail']}")
+    from mlflow.tracking import MlflowClient
+
+    from segbisect.tracking import DEFAULT_EXPERIMENT, artifact_location
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(DEFAULT_EXPERIMENT) is None:
+        client.create_experiment(DEFAULT_EXPERIMENT, artifact_location=artifact_location(tracking_uri))
     sh(["git", "add", "-A"], base)
     sh(["git", "commit", "-q", "-m", "reproduced GOOD"], base)
     sh(["git", "tag", "good"], base)
@@ -300,11 +311,12 @@ def main() -> None:
     ap.add_argument(
         "--predicate", action="append", default=[], metavar="STAGE=EXPR", help="override a scenario's --fail-if"
     )
+    ap.add_argument("--passes", type=int, default=1, help="repeat everything N times (own repository and store each)")
     ap.add_argument("--from-json", type=Path, help="only re-render the tables from an earlier time_to_verdict.json")
     args = ap.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        finish(saved["rows"], saved["meta"], args.out)
+        finish(saved["meta"].get("passes") or [{"rows": saved["rows"], "meta": saved["meta"]}], args.out)
         return
     overrides = dict(p.split("=", 1) for p in args.predicate)
     executors = args.executors.split(",")
@@ -312,25 +324,36 @@ def main() -> None:
         in_private_network()
     if args.work.exists():
         shutil.rmtree(args.work)
-    args.work.mkdir(parents=True)
-    uri = f"sqlite:///{args.work / 'mlflow.db'}"
+    passes = []
+    with clusters(executors) as chosen:
+        for number in range(1, args.passes + 1):
+            passes.append(one_pass(args, overrides, chosen, args.work / f"pass{number}"))
+    finish(passes, args.out)
+
+
+def one_pass(
+    args: argparse.Namespace, overrides: dict[str, str], executors: dict[str, list[str]], work: Path
+) -> dict[str, Any]:
+    """Everything once: GOOD reproduced, every scenario's segbisect runs, naive replays and oracle."""
+    work.mkdir(parents=True)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
     meta: dict[str, Any] = {"started": now(), "machine": machine(), "load_start": loadavg(), "loads": {}}
-    print(f"[{now()}] load {loadavg()}: reproducing GOOD", flush=True)
-    base, meta["good_repro"] = prepare_base(args.work, uri)
+    print(f"[{now()}] load {loadavg()}: reproducing GOOD in {work}", flush=True)
+    base, meta["good_repro"] = prepare_base(work, uri)
     bench = Bench(
         base,
-        args.work,
+        work,
         uri,
         yaml.safe_load((base / "params.yaml").read_text()),
         [int(j) for j in args.jobs.split(",")],
         not args.no_naive,
+        executors,
     )
-    with clusters(executors) as bench.executors:
-        rows = measure(bench, args, overrides, meta)
+    rows = measure(bench, args, overrides, meta)
     meta["naive_runs"] = list(bench.naive_cache.values())
     meta["details"] = bench.details
     meta["finished"], meta["load_end"] = now(), loadavg()
-    finish(rows, meta, args.out)
+    return {"rows": rows, "meta": meta}
 
 
 NAMESPACE_MARK = "SEGBISECT_BENCH_PRIVATE_NETWORK"
@@ -393,6 +416,8 @@ def segbisect_rows(
         method = f"segbisect --jobs {jobs}" + (f" ({EXECUTORS[executor]})" if extra else "")
         print(f"[{now()}] load {load_before}: {method}, {scenario} ({STARTS[start]})", flush=True)
         key = f"{scenario}-{start}-{executor}-j{jobs}"
+        if extra:  # every Ray run starts with empty node caches, as on a new cluster: only the remote carries stages
+            shutil.rmtree(Path(tempfile.gettempdir()) / "segbisect-dvc-cache", ignore_errors=True)
         report = run_segbisect(
             bench.base, bench.work / key, bad_file, predicate, jobs, bench.uri, start == "cached", extra
         )
@@ -503,16 +528,54 @@ def naive_run(
     return bench.naive_cache[key]
 
 
-def finish(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
-    ratios = ratio_rows(rows)
-    profile = profile_rows(meta)
+def finish(passes: list[dict[str, Any]], out: Path) -> None:
+    ratios, profile = [], []
+    for number, one in enumerate(passes, start=1):
+        ratios += [{"pass": number, **r} for r in ratio_rows(one["rows"])]
+        profile += [{"pass": number, **r} for r in profile_rows(one["meta"])]
+    summary = median_rows(ratios)
+    rows = [{"pass": number, **r} for number, one in enumerate(passes, start=1) for r in one["rows"]]
+    meta = {"passes": passes}
     text = (
-        markdown(rows, ratios, meta) + "\n## Where segbisect's time goes\n\n" + PROFILE_NOTE + "\n" + md_table(profile)
+        markdown(passes)
+        + "## Median over passes\n\n"
+        + md_table(summary)
+        + "\n## Ratios, pass by pass\n\n"
+        + md_table(ratios)
+        + "\n## All measurements\n\n"
+        + md_table(rows)
+        + "\n## Where segbisect's time goes\n\n"
+        + PROFILE_NOTE
+        + "\n"
+        + md_table(profile)
     )
     write_results("time_to_verdict_profile", profile, meta, text, out)
     write_results("time_to_verdict", rows, meta, text, out)
     write_results("time_to_verdict_ratios", ratios, meta, text, out)
     print(text)
+
+
+def median_rows(ratios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario, start and method: each pass's wall time and x oracle, and their medians (single passes
+    differ by about 0.2x, so no single pass decides).
+    """
+    out = []
+    for key in dict.fromkeys((r["culprit_stage"], r["start"], r["method"]) for r in ratios):
+        mine = [r for r in ratios if (r["culprit_stage"], r["start"], r["method"]) == key]
+        x = [r["x_oracle"] for r in mine if isinstance(r["x_oracle"], float)]
+        out.append(
+            {
+                "culprit_stage": key[0],
+                "start": key[1],
+                "method": key[2],
+                "verdicts": ",".join(sorted({r["verdict"] for r in mine})),
+                "segbisect_s per pass": " / ".join(str(r["segbisect_s"]) for r in mine),
+                "oracle_s per pass": " / ".join(str(r["oracle_s"]) for r in mine),
+                "x_oracle per pass": " / ".join(str(r["x_oracle"]) for r in mine),
+                "median x_oracle": round(statistics.median(x), 2) if x else "-",
+            }
+        )
+    return out
 
 
 PROFILE_NOTE = (
@@ -595,14 +658,17 @@ def _ratio(baseline: dict[str, Any] | None, row: dict[str, Any]) -> float | str:
     return round(baseline["wall_s"] / row["wall_s"], 2) if baseline and baseline["wall_s"] and row["wall_s"] else "-"
 
 
-def markdown(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    m = meta["machine"]
-    return (
-        f"# Time to verdict\n\n{meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; "
-        f"load (1/5/15 min) {meta['load_start']} at start, {meta['load_end']} at end.\n\n"
-        f"GOOD reproduced in {meta['good_repro']['seconds']} s (stages: {meta['good_repro']['stage_seconds']}).\n\n"
-        "## Ratios\n\n" + md_table(ratios) + "\n## All measurements\n\n" + md_table(rows)
-    )
+def markdown(passes: list[dict[str, Any]]) -> str:
+    lines = ["# Time to verdict\n"]
+    for number, one in enumerate(passes, start=1):
+        meta = one["meta"]
+        m = meta["machine"]
+        lines.append(
+            f"Pass {number}: {meta['started']} .. {meta['finished']}; {m['cores']} cores, {m['cpu_model']}; load "
+            f"(1/5/15 min) {meta['load_start']} at start, {meta['load_end']} at end. GOOD reproduced in "
+            f"{meta['good_repro']['seconds']} s (stages: {meta['good_repro']['stage_seconds']}).\n"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ a training resumed at epoch k sees exactly the batches an uninterrupted one sees
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,10 @@ def training_batches(
     buffer = max(1, min(spec.splits["train"].images, batching.shuffle_buffer))
     decode = decoder(spec.image_size)
 
-    def one_epoch(epoch: Any) -> Any:
-        seed = tf.constant(batching.seed, tf.int64) * EPOCH_STRIDE + epoch
+    def one_epoch(epoch: int) -> Any:
+        # A Python int, not a tensor: under a global seed of 0 (train.seed: 0) TensorFlow compares a tensor op seed
+        # with 0 in Python, which fails while a dataset function is traced.
+        seed = batching.seed * EPOCH_STRIDE + epoch
         shards = tf.data.Dataset.from_tensor_slices(files).shuffle(
             len(files), seed=seed, reshuffle_each_iteration=False
         )
@@ -65,13 +68,14 @@ def training_batches(
         ).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         pairs = pairs.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
         if batching.flips:
-            pairs = pairs.enumerate().map(lambda i, record: _random_flip(record, tf.stack([seed, i])))
+            flip_seed = tf.constant(seed, tf.int64)
+            pairs = pairs.enumerate().map(lambda i, record: _random_flip(record, tf.stack([flip_seed, i])))
         else:
             pairs = pairs.map(lambda _stem, image, mask: (image, mask))
         return pairs.batch(batching.batch_size)
 
     steps = math.ceil(spec.splits["train"].images / batching.batch_size)
-    batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
+    batches = functools.reduce(tf.data.Dataset.concatenate, [one_epoch(e) for e in epochs], one_epoch(0).take(0))
     return _finish(
         batches.apply(tf.data.experimental.assert_cardinality(len(epochs) * steps)), spec.normalization, weight_table
     )

@@ -4,9 +4,15 @@ reasons, and metrics files found the way `dvc metrics show` finds them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,7 @@ from typer.testing import CliRunner
 
 from segbisect.attempt import AttemptStatus
 from segbisect.cli import app
+from segbisect.forked import ForkServer
 from segbisect.runner import Processes, Task, attempt
 
 pytestmark = pytest.mark.e2e
@@ -56,26 +63,34 @@ def project(root: Path, stages: dict[str, Any], top_level_metrics: list[str] | N
     return root
 
 
-def repro(repo: Path, log: Path) -> Any:
+@pytest.fixture(params=[False, True], ids=["fresh-interpreter", "forked"])
+def procs(request: pytest.FixtureRequest) -> Iterator[Processes]:
+    """DVC run both ways segbisect runs it: a fresh interpreter (cluster workers), forked from a warm server (local)."""
+    processes = Processes(server=ForkServer() if request.param else None)
+    yield processes
+    processes.close()
+
+
+def repro(repo: Path, log: Path, procs: Processes) -> Any:
     task = Task(env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}, metrics_files=("out/metrics.json",))
-    return attempt(Processes(), repo, log, task, task.env)
+    return attempt(procs, repo, log, task, task.env)
 
 
 def set_n(repo: Path, n: int) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump({"make": {"n": n}}))
 
 
-def test_executed_unchanged_and_run_cache_restores_are_told_apart(tmp_path: Path) -> None:
+def test_executed_unchanged_and_run_cache_restores_are_told_apart(tmp_path: Path, procs: Processes) -> None:
     repo, log = project(tmp_path / "p", STAGES), tmp_path / "log"
-    first = repro(repo, log)
+    first = repro(repo, log, procs)
     assert first.status == AttemptStatus.OK and first.executed == ("make", "score") and first.restored == ()
     assert first.metrics == {"out/metrics.json": {"fg": 0.1, "n": 3}}
-    again = repro(repo, log)
+    again = repro(repo, log, procs)
     assert again.executed == () and again.restored == ("make", "score"), "unchanged stages are skipped in place"
     set_n(repo, 4)
-    assert repro(repo, log).executed == ("make", "score")
+    assert repro(repo, log, procs).executed == ("make", "score")
     set_n(repo, 3)
-    back = repro(repo, log)
+    back = repro(repo, log, procs)
     assert back.restored == ("make",), "restored from the run-cache"
     assert back.executed == ("score",), "an output with cache: false cannot come from the run-cache"
 
@@ -86,7 +101,7 @@ def test_stages_pulled_from_a_remote_count_as_restored(tmp_path: Path) -> None:
     """
     repo, log = project(tmp_path / "p", STAGES), tmp_path / "log"
     sh(repo, sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"))
-    assert repro(repo, log).executed == ("make", "score")
+    assert repro(repo, log, Processes()).executed == ("make", "score")
     sh(repo, sys.executable, "-m", "dvc", "push", "-q")
     sh(repo, "rm", "-rf", ".dvc/cache", "data.txt")
     task = Task(
@@ -99,18 +114,18 @@ def test_stages_pulled_from_a_remote_count_as_restored(tmp_path: Path) -> None:
     assert missing.executed == ("make",) and missing.restored == ("score",)
 
 
-def test_failure_reason_names_the_stage_and_its_own_last_words(tmp_path: Path) -> None:
+def test_failure_reason_names_the_stage_and_its_own_last_words(tmp_path: Path, procs: Processes) -> None:
     repo, log = project(tmp_path / "p", STAGES), tmp_path / "log"
     set_n(repo, -1)
-    crashed = repro(repo, log)
+    crashed = repro(repo, log, procs)
     assert crashed.status == AttemptStatus.CRASH and crashed.executed == ("make", "score")
     assert crashed.reason == "stage 'score' failed (exit 2): error: data.txt: negative count"
 
 
-def test_a_dvc_error_outside_any_command_still_has_a_reason(tmp_path: Path) -> None:
+def test_a_dvc_error_outside_any_command_still_has_a_reason(tmp_path: Path, procs: Processes) -> None:
     stages = {**STAGES, "score": {**STAGES["score"], "deps": ["score.py", "data.txt", "missing.csv"]}}
     repo, log = project(tmp_path / "p", stages), tmp_path / "log"
-    crashed = repro(repo, log)
+    crashed = repro(repo, log, procs)
     assert crashed.status == AttemptStatus.CRASH
     assert crashed.reason.startswith("dvc failed (exit 255): failed to reproduce 'score'; ")
     assert crashed.reason.endswith("missing.csv'")
@@ -143,3 +158,106 @@ def test_top_level_metrics_are_found_without_metrics_flag(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.stderr
     assert report["culprit"]["stage"] == "make" and [u["name"] for u in report["culprit"]["units"]] == ["make.n"]
     assert report["hybrids"][0]["metrics"] == {"fg": 0.1, "n": 3}
+
+
+ECHO_STAGE = {
+    "echo": {
+        "cmd": "python -c \"import os; print('stage sees', os.environ['HYBRID_MARK'], os.getcwd())\"",
+        "always_changed": True,
+    }
+}
+SLEEP_STAGE = {"sleep": {"cmd": "python -c 'import time; time.sleep(600)'", "always_changed": True}}
+
+
+def stage_processes(marker: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if marker.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_forked_command_runs_in_its_workspace_with_its_environment_and_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server was started with another environment and folder: the command must get the request's."""
+    monkeypatch.setenv("HYBRID_MARK", "server's")
+    repo, log = project(tmp_path / "p", ECHO_STAGE), tmp_path / "log"
+    procs = Processes(server=ForkServer())
+    try:
+        env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HYBRID_MARK": "hybrid's"}
+        done = attempt(procs, repo, log, Task(env=env, metrics_files=()), env)
+    finally:
+        procs.close()
+    assert done.status == AttemptStatus.OK and done.executed == ("echo",)
+    assert f"stage sees hybrid's {repo}" in log.read_text()
+
+
+def test_stopping_ends_a_forked_command_and_its_stage(tmp_path: Path) -> None:
+    """The forked driver leads a process group of its own, so Ctrl-C (stop_all) reaches the stage it started."""
+    repo, log = project(tmp_path / "p", SLEEP_STAGE), tmp_path / "log"
+    procs = Processes(server=ForkServer())
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    result: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: result.append(attempt(procs, repo, log, Task(env=env, metrics_files=()), env))
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not stage_processes("time.sleep(600)") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stage_processes("time.sleep(600)"), "the stage never started"
+    procs.stop_all()
+    worker.join(timeout=30)
+    procs.close()
+    assert result and result[0].status == AttemptStatus.ERROR, result
+    assert not stage_processes("time.sleep(600)")
+
+
+def test_a_fork_server_that_dies_is_an_environment_error_and_the_next_command_gets_a_new_one(tmp_path: Path) -> None:
+    repo, log = project(tmp_path / "p", SLEEP_STAGE), tmp_path / "log"
+    procs = Processes(server=ForkServer())
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    result: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: result.append(attempt(procs, repo, log, Task(env=env, metrics_files=()), env))
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not stage_processes("time.sleep(600)") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    servers = [pid for pid in stage_processes("segbisect.forked") if parent(pid) == os.getpid()]
+    assert servers and stage_processes("time.sleep(600)")
+    for pid in servers:
+        os.kill(pid, signal.SIGKILL)
+    worker.join(timeout=30)
+    assert result and result[0].status == AttemptStatus.ERROR
+    assert (
+        result[0].reason
+        == "dvc failed (killed by signal 9): dvc died: dvc repro ended without a report (killed by signal 9)"
+    )
+    assert not stage_processes("time.sleep(600)"), "the lost command's stage is ended with it"
+    other = project(tmp_path / "q", STAGES)
+    again = attempt(procs, other, log, Task(env=env, metrics_files=("out/metrics.json",)), env)
+    procs.close()
+    assert again.status == AttemptStatus.OK and again.metrics == {"out/metrics.json": {"fg": 0.1, "n": 3}}
+
+
+def test_a_script_without_a_main_guard_can_fork_dvc_commands(tmp_path: Path) -> None:
+    """Python's multiprocessing forkserver would run this script again in every child."""
+    repo = project(tmp_path / "p", STAGES)
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import os, sys\nfrom pathlib import Path\nfrom segbisect.forked import ForkServer\n"
+        "from segbisect.runner import Processes, Task, attempt\n"
+        "procs = Processes(server=ForkServer())\nenv = dict(os.environ)\n"
+        f"done = attempt(procs, Path({str(repo)!r}), Path({str(tmp_path / 'log')!r}), "
+        "Task(env=env, metrics_files=()), env)\nprocs.close()\nprint(done.status.value, done.executed)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok ('make', 'score')", out.stderr

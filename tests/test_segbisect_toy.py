@@ -90,6 +90,10 @@ def test_several_stages_differ_only_one_matters_and_cache_is_reused(toy: Path) -
     # cache reuse, measured from DVC's own log: GOOD restores every stage, BAD runs all four (prepare.n changed),
     # a hybrid runs only the stages downstream of its first BAD group that no earlier hybrid ran with the same inputs
     assert hybrids["GOOD"]["executed"] == [] and len(hybrids["GOOD"]["restored"]) == 4
+    good_log = (Path(report["results_dir"]) / "logs" / f"{hybrids['GOOD']['id']}.log").read_text()
+    assert good_log.count("didn't change, skipping") == 4 and "is cached" not in good_log, (
+        "GOOD's new worktree gets its outputs from dvc.lock in one checkout, not stage by stage"
+    )
     assert hybrids["BAD"]["executed"] == ["prepare", "preprocess", "train", "evaluate"]
     assert hybrids["search: prepare"]["executed"] == ["train", "evaluate"]
     assert hybrids["search: prepare..train"]["executed"] == ["evaluate"]
@@ -307,8 +311,9 @@ def test_reused_worktrees_give_the_results_of_fresh_ones(toy: Path, tmp_path: Pa
 def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs_and_their_lock(toy: Path) -> None:
     commit = sh(toy, "git", "rev-parse", "good").strip()
     with Workspaces(toy, toy / ".dvc" / "cache") as workspaces:
-        first = workspaces.acquire("h01", commit, ["data", "model/model.json"], ["dvc.lock"])
-        other = workspaces.acquire("h02", commit, [], ["dvc.lock"])
+        first, new = workspaces.acquire("h01", commit, ["data", "model/model.json"], ["dvc.lock"])
+        other, _ = workspaces.acquire("h02", commit, [], ["dvc.lock"])
+        assert new
         assert other != first, "a worktree in use is never handed out twice"
         (first / "params.yaml").write_text("edited: true\n")
         (first / "leftover.py").write_text("untracked\n")
@@ -321,8 +326,8 @@ def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs_and_their_lo
         (first / "model" / "scratch.tmp").write_text("not an output")
         (first / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
         workspaces.release(first)
-        again = workspaces.acquire("h03", commit, ["data", "model/model.json"], ["dvc.lock"])
-        assert again == first
+        again, new = workspaces.acquire("h03", commit, ["data", "model/model.json"], ["dvc.lock"])
+        assert again == first and not new
         assert (again / "params.yaml").read_bytes() == (toy / "params.yaml").read_bytes()
         assert not (again / "leftover.py").exists() and not (again / "__pycache__").exists()
         assert not (again / "model" / "scratch.tmp").exists()

@@ -217,6 +217,19 @@ def test_each_epoch_is_a_function_of_seed_and_epoch_so_a_resumed_stream_matches(
         assert len(set(epochs)) == 3, "every epoch must be shuffled differently"
 
 
+def test_train_seed_zero_builds_the_same_kind_of_stream(tmp_path: Path) -> None:
+    """`train.seed: 0` sets TensorFlow's global seed to 0, under which a tensor shuffle seed cannot be traced."""
+    images, masks = squares(12, seed=5)
+    write_processed(tmp_path, two_class_spec(SIZE, IGNORE), {"train": (images, masks)}, shard_bytes=4000)
+    keras.utils.set_random_seed(0)
+    first = stream(tmp_path, pixel_weight_table(None, 2, IGNORE), range(0, 2))
+    keras.utils.set_random_seed(0)
+    again = stream(tmp_path, pixel_weight_table(None, 2, IGNORE), range(0, 2))
+    assert len(first) == 6
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a[1], b[1])
+
+
 @pytest.mark.e2e
 def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) -> None:
     train.main()

@@ -9,6 +9,7 @@ from pathlib import Path
 from segbisect import figures, runner
 from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.executor import Job
+from segbisect.forked import ForkServer
 from segbisect.materialize import materialize
 from segbisect.runner import Processes, Task
 from segbisect.snapshot import Snapshot
@@ -17,7 +18,7 @@ from segbisect.workspace import PROCESSES, Workspaces
 
 class LocalExecutor:
     """An `Executor` over a thread pool. A repeat re-runs (forced) the stages the first attempt executed and the
-    check every time, restored stages or not.
+    check every time, restored stages or not. DVC commands fork from `dvc_server` when given (see `forked`).
     """
 
     def __init__(
@@ -30,10 +31,11 @@ class LocalExecutor:
         logs: Path,
         figures_root: Path,
         jobs: int,
+        dvc_server: ForkServer | None = None,
     ) -> None:
         self.workspaces, self.good, self.bad, self.task, self.logs = workspaces, good, bad, task, logs
         self.figures_root = figures_root
-        self._procs = Processes(workspaces.root / PROCESSES)
+        self._procs = Processes(workspaces.root / PROCESSES, dvc_server)
         self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="segbisect-hybrid")
         stages = [stage for snap in (good, bad) for stage in snap.stages]
         self._outs = sorted({out for stage in stages for out in stage.outs})
@@ -45,17 +47,22 @@ class LocalExecutor:
     def stop(self) -> None:
         self._procs.stop_all()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._procs.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._procs.close()
 
     def _run(self, job: Job) -> tuple[Attempt, ...]:
-        workspace = self.workspaces.acquire(job.hybrid_id, self.good.ref.commit, self._outs, self._locks)
+        workspace, new = self.workspaces.acquire(job.hybrid_id, self.good.ref.commit, self._outs, self._locks)
         try:
             materialize(workspace, self.good, self.bad, list(job.units))
             env = {**self.task.env, "SEGBISECT_HYBRID": job.hybrid_id}
             log = self.logs / f"{job.hybrid_id}.log"
-            attempts = runner.attempts(self._procs, workspace, log, self.task, env, job.repeat, job.retries)
+            own_lock = new and not job.units and not self.good.ref.params  # GOOD's commit as it is
+            attempts = runner.attempts(
+                self._procs, workspace, log, self.task, env, job.repeat, job.retries, restore_lock=own_lock
+            )
             last = attempts[-1]
             if last.status == AttemptStatus.OK and self.task.plots:
                 kept = figures.keep(workspace, self.task.plots, figures.folder(self.figures_root, job.fingerprint))

@@ -13,10 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from segbisect import forked
 from segbisect import metrics as metrics_files
 from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.dvc_run import Events, running_file
@@ -41,22 +43,55 @@ class Processes:
     stages, so the next session reads the registry of the dead one and ends them (see `workspace.remove_stale`).
     """
 
-    def __init__(self, registry: Path | None = None) -> None:
-        self._procs: set[subprocess.Popen[bytes]] = set()
+    def __init__(self, registry: Path | None = None, server: forked.ForkServer | None = None) -> None:
+        self._procs: set[_Child] = set()
         self._lock = threading.Lock()
         self.stopping = False
         self.registry = registry
         if registry:
             registry.mkdir(parents=True, exist_ok=True)
+        self._fork_dvc = server is not None
+        self._server = server
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float | None = None) -> int:
         """Run `args` in a process group of its own; past `deadline` (monotonic) the group ends and TimedOut."""
-        with open(log, "ab") as out, self._lock:
+
+        def start() -> _Child:
+            with open(log, "ab") as out:
+                return subprocess.Popen(
+                    args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+
+        return self._run(start, cwd, deadline)
+
+    def dvc(
+        self, events_file: Path, args: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float | None
+    ) -> int:
+        """A DVC command under the events driver: forked from the warm server (a new one if it died), or in a fresh
+        interpreter when there is none or it fails to fork.
+        """
+        if self._fork_dvc:
+            with self._lock:
+                if self._server is None or not self._server.alive:
+                    self._server = forked.ForkServer()
+                server = self._server
+            with contextlib.suppress(forked.ServerDied):
+                return self._run(lambda: server.start(str(events_file), args, str(cwd), env, str(log)), cwd, deadline)
+        command = [sys.executable, "-m", "segbisect.dvc_run", str(events_file), "--", *args]
+        return self.run(command, cwd, env, log, deadline)
+
+    def close(self) -> None:
+        """End the fork server, if any (after the commands it forked have ended)."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    def _run(self, start: Callable[[], _Child], cwd: Path, deadline: float | None) -> int:
+        with self._lock:
             if self.stopping:
                 raise KeyboardInterrupt
-            proc = subprocess.Popen(
-                args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            proc = start()
             self._procs.add(proc)
             marker = self.registry / str(proc.pid) if self.registry else None
             if marker:
@@ -80,7 +115,15 @@ class Processes:
                     os.killpg(proc.pid, signal.SIGTERM)
 
 
-def _wait(proc: subprocess.Popen[bytes], deadline: float | None) -> int:
+class _Child(Protocol):
+    """A started process that leads its own process group (`subprocess.Popen`, `forked.Forked`)."""
+
+    pid: int
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def _wait(proc: _Child, deadline: float | None) -> int:
     """The exit status, or TimedOut past `deadline`. Waits in short slices, so an interruption (Ctrl-C, or a
     cluster task being cancelled) reaches this thread while a stage runs.
     """
@@ -92,7 +135,7 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float | None) -> int:
             return proc.wait(timeout=WAIT_SLICE if left is None else min(WAIT_SLICE, left))
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
+def _end(proc: _Child) -> None:
     """SIGTERM to the whole group, SIGKILL if it is still there after a grace period."""
     for sig, grace in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, None)):
         with contextlib.suppress(ProcessLookupError):
@@ -117,21 +160,29 @@ class Task:
 
 
 def attempts(
-    procs: Processes, workspace: Path, log: Path, task: Task, env: dict[str, str], repeat: int, retries: int
+    procs: Processes,
+    workspace: Path,
+    log: Path,
+    task: Task,
+    env: dict[str, str],
+    repeat: int,
+    retries: int,
+    restore_lock: bool = False,
 ) -> list[Attempt]:
     """A hybrid's attempts: `repeat` of them, each forcing the stages the first one executed (the check runs every
-    time), and each tried again while the environment fails it (at most `retries` more times).
+    time), and each tried again while the environment fails it (at most `retries` more times). `restore_lock`:
+    see `attempt`.
     """
 
-    def tried(force: tuple[str, ...] = ()) -> Attempt:
-        result = attempt(procs, workspace, log, task, env, force)
+    def tried(force: tuple[str, ...] = (), restore: bool = False) -> Attempt:
+        result = attempt(procs, workspace, log, task, env, force, restore)
         for _ in range(retries):
             if result.status != AttemptStatus.ERROR:
                 break
-            result = attempt(procs, workspace, log, task, env, force)
+            result = attempt(procs, workspace, log, task, env, force, restore)
         return result
 
-    first = tried()
+    first = tried(restore=restore_lock)
     done = [first]
     while len(done) < repeat and first.status == AttemptStatus.OK:
         done.append(tried(first.executed))
@@ -139,16 +190,26 @@ def attempts(
 
 
 def attempt(
-    procs: Processes, workspace: Path, log: Path, task: Task, env: dict[str, str], force: Sequence[str] = ()
+    procs: Processes,
+    workspace: Path,
+    log: Path,
+    task: Task,
+    env: dict[str, str],
+    force: Sequence[str] = (),
+    restore_lock: bool = False,
 ) -> Attempt:
     """`dvc repro` in `workspace` (forcing `force` stages when repeating), then read metrics and run the check.
 
-    DVC-tracked data (`.dvc` files) is checked out from the shared cache first: a fresh worktree lacks it.
+    DVC-tracked data (`.dvc` files) is checked out from the shared cache first: a fresh worktree lacks it. With
+    `restore_lock` (a new worktree holding its commit's own configuration) every output the commit's dvc.lock
+    names is checked out first, in one command: its stages are then skipped in place as unchanged, instead of
+    restored one by one through the run-cache with a lock file rewrite each (about 0.5 s on the tiny pipeline).
+    What the cache lacks, and any failure of that checkout, is left to `dvc repro`: it only saves work.
     """
     start = time.monotonic()
     deadline = None if task.timeout is None else start + task.timeout
     try:
-        return _attempt(procs, workspace, log, task, env, force, deadline)
+        return _attempt(procs, workspace, log, task, env, force, deadline, restore_lock)
     except TimedOut:
         return Attempt(
             status=AttemptStatus.ERROR,
@@ -165,8 +226,11 @@ def _attempt(
     env: dict[str, str],
     force: Sequence[str],
     deadline: float | None,
+    restore_lock: bool,
 ) -> Attempt:
     start = time.monotonic()
+    if restore_lock:
+        _dvc(procs, workspace, env, log, ["checkout", "--quiet", "--allow-missing"], deadline)
     present = [d for d in task.data_sources if (workspace / d).is_file()]
     events = Events()
     if present:
@@ -205,8 +269,7 @@ def _dvc(
     """
     events_file = _events_file(log)
     try:
-        command = [sys.executable, "-m", "segbisect.dvc_run", str(events_file), "--", *args]
-        rc = procs.run(command, workspace, env, log, deadline)
+        rc = procs.dvc(events_file, args, workspace, env, log, deadline)
         events = Events.read(events_file)
     finally:
         events_file.unlink(missing_ok=True)

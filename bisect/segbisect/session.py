@@ -22,6 +22,7 @@ from segbisect.errors import (
 )
 from segbisect.evaluator import Evaluator, Plan
 from segbisect.executor import Executor
+from segbisect.forked import ForkServer
 from segbisect.gitutil import toplevel
 from segbisect.hybrid import Hybrid
 from segbisect.journal import Journal, known_hybrids
@@ -55,6 +56,14 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
     opts = _with_settings(opts, repo)
     if opts.run is not None:
         check_command(opts.run, repo)
+    if opts.executor != ExecutorKind.LOCAL:
+        return _bisect(opts, console, repo, None)
+    # Started first, so that it imports DVC on another core while references and snapshots are read.
+    with ForkServer() as server:
+        return _bisect(opts, console, repo, server)
+
+
+def _bisect(opts: Options, console: Console, repo: Path, server: ForkServer | None) -> tuple[int, Report]:
     for name, value in BOUNDED_WAITS.items():
         os.environ.setdefault(name, value)
     os.environ.update(QUIET)
@@ -77,7 +86,7 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
             raise UsageError(
                 f"no differences: {good_ref.describe()} and {bad_ref.describe()} configure the pipeline identically"
             )
-        bisection = _Bisection.open(opts, repo, store, good, bad, inventory, console, workspaces, remote)
+        bisection = _Bisection.open(opts, repo, store, good, bad, inventory, console, workspaces, remote, server)
         try:
             result = bisection.run()
         finally:
@@ -138,6 +147,7 @@ class _Bisection:
         console: Console,
         workspaces: Workspaces,
         remote: dict[str, str],
+        server: ForkServer | None,
     ) -> _Bisection:
         files = [opts.metrics] if opts.metrics else good.metrics_files
         judge = _judge(opts, repo, files)
@@ -154,7 +164,7 @@ class _Bisection:
         )
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         # First, so that a cluster that cannot take a hybrid is reported before a journal or a run is opened.
-        executor = _executor(opts, workspaces, good, bad, task, folder, remote)
+        executor = _executor(opts, workspaces, good, bad, task, folder, remote, server)
         try:
             header = {"session": session, "good": good.ref.text, "bad": bad.ref.text}
             journal = Journal(folder, header, fresh=opts.fresh)
@@ -270,6 +280,7 @@ def _executor(
     task: Task,
     folder: Path,
     remote: dict[str, str],
+    server: ForkServer | None,
 ) -> Executor:
     """Where hybrids run: worktrees on this machine, or Ray tasks on a cluster sharing a DVC remote."""
     logs, figures_root = folder / "logs", folder / "figures"
@@ -278,7 +289,14 @@ def _executor(
             good=good, bad=bad, task=task, logs=logs, figures_root=figures_root, options=opts.cluster, remote=remote
         )
     return LocalExecutor(
-        workspaces=workspaces, good=good, bad=bad, task=task, logs=logs, figures_root=figures_root, jobs=opts.jobs
+        workspaces=workspaces,
+        good=good,
+        bad=bad,
+        task=task,
+        logs=logs,
+        figures_root=figures_root,
+        jobs=opts.jobs,
+        dvc_server=server,
     )
 
 

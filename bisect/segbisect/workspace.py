@@ -49,18 +49,20 @@ class Workspaces:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def acquire(self, name: str, commit: str, outs: list[str], locks: list[str]) -> Path:
-        """A worktree at `commit` sharing the user's DVC cache, holding only the commit's files, `outs` and `locks`."""
+    def acquire(self, name: str, commit: str, outs: list[str], locks: list[str]) -> tuple[Path, bool]:
+        """A worktree at `commit` sharing the user's DVC cache, holding only the commit's files, `outs` and `locks`;
+        and whether it is new (no DVC outputs in it yet).
+        """
         with self._lock:
             path = self._idle.pop() if self._idle else None
         if path is None:
-            return self._create(name, commit)
+            return self._create(name, commit), True
         try:
             _reset(path, commit, outs, locks)
         except BaseException:
             self._remove(path)
             raise
-        return path
+        return path, False
 
     def release(self, path: Path) -> None:
         """Give the worktree back for the next hybrid (kept as it is with `keep`)."""

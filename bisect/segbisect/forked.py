@@ -1,0 +1,269 @@
+"""DVC commands forked from a server that has imported DVC already, instead of a fresh interpreter each.
+
+A fresh `python -m segbisect.dvc_run` spends most of a second importing DVC before it looks at a stage, and a
+hybrid whose stages are all restored does little else. `python -m segbisect.forked` imports DVC once and forks
+one child per command, so each command starts from a pristine copy of that state and no DVC state carries from
+one command to the next. The server is single-threaded (forking segbisect itself, which runs threads, is unsafe)
+and is its children's parent, so it reaps them and reports their exit status. Python's own forkserver
+(multiprocessing) would also re-run the caller's main module in every child, which a script calling segbisect
+without a `__main__` guard does not survive.
+
+Protocol: JSON lines. A request on the server's stdin is `{"id", "events", "args", "cwd", "env", "log"}`; the
+server answers `{"id", "pid"}` once the child leads a session of its own, and `{"id", "status"}` when it ends
+(status as `subprocess` reports it: negative for a signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+# What `dvc repro` and `dvc checkout` import on their way to the first stage (found by comparing sys.modules
+# before and after one run). A module this DVC version lacks is skipped here and imported by the command.
+PRELOAD = (
+    "segbisect.dvc_run",
+    "dvc.cli.parser",
+    "dvc.repo",
+    "dvc.repo.reproduce",
+    "dvc.repo.checkout",
+    "dvc.repo.index",
+    "dvc.repo.stage",
+    "dvc.repo.graph",
+    "dvc.repo.plots",
+    "dvc.repo.metrics",
+    "dvc.repo.params",
+    "dvc.repo.artifacts",
+    "dvc.repo.datasets",
+    "dvc.repo.open_repo",
+    "dvc.stage.cache",
+    "dvc.cachemgr",
+    "dvc.data_cloud",
+    "dvc.lock",
+    "dvc.rwlock",
+    "dvc.scm",
+    "dvc.utils.strictyaml",
+    "dvc.output",
+    "dvc.dependency",
+    "dvc_data.index",
+    "dvc_data.hashfile.db.local",
+    "scmrepo.git",
+    "scmrepo.noscm",
+    "dulwich.ignore",
+    "psutil",
+)
+# The server imports DVC before it forks anything; far longer than that means it is stuck.
+STARTUP_SECONDS = 120.0
+# A server that died leaves its children unreaped and unreported: they are ended and reported as killed.
+LOST = -signal.SIGKILL
+
+
+class ServerDied(OSError):
+    """The fork server is gone; a new one starts with the next command."""
+
+
+@dataclass(eq=False)
+class Forked:
+    """A command forked by the server, seen as `runner.Processes` sees a `subprocess.Popen`: `pid` also names its
+    process group, `wait` returns the exit status or raises TimeoutExpired.
+    """
+
+    request: int
+    pid: int = 0
+    status: int | None = None
+    _started: threading.Event = field(default_factory=threading.Event)
+    _ended: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired("dvc", timeout or 0.0)
+        assert self.status is not None
+        return self.status
+
+
+class ForkServer:
+    """The client: starts the server now (it imports DVC while the caller goes on) and forks commands from it."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "segbisect.forked"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self._lock = threading.Lock()
+        self._pending: dict[int, Forked] = {}
+        self._count = 0
+        self._reader = threading.Thread(target=self._read, name="segbisect-forkserver", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._reader.is_alive()
+
+    def start(self, events_file: str, args: list[str], cwd: str, env: dict[str, str], log: str) -> Forked:
+        """Fork `python -m segbisect.dvc_run events_file -- args` as run in `cwd` with `env`, output to `log`."""
+        with self._lock:
+            self._count += 1
+            child = Forked(self._count)
+            self._pending[child.request] = child
+            request = {"id": child.request, "events": events_file, "args": args, "cwd": cwd, "env": env, "log": log}
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(json.dumps(request).encode() + b"\n")
+                self._proc.stdin.flush()
+            except OSError as exc:
+                del self._pending[child.request]
+                raise ServerDied(f"the DVC fork server is gone ({exc})") from exc
+        if not child._started.wait(STARTUP_SECONDS):
+            self._proc.kill()  # stuck before it could fork: the reader sees it go and fails what it held
+            raise ServerDied(f"the DVC fork server did not fork within {STARTUP_SECONDS:g} s")
+        if not child.pid:
+            raise ServerDied(f"the DVC fork server is gone (exit {self._proc.wait()})")
+        return child
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the server (running children keep running; their waits still end). Closing twice is harmless."""
+        with contextlib.suppress(OSError):
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        self._proc.wait()
+        self._reader.join()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            reply = json.loads(line)
+            with self._lock:
+                child = self._pending[reply["id"]]
+                if "pid" in reply:
+                    child.pid = reply["pid"]
+                    child._started.set()
+                    continue
+                del self._pending[reply["id"]]
+            child.status = reply["status"]
+            child._ended.set()
+        with self._lock:
+            lost, self._pending = list(self._pending.values()), {}
+        for child in lost:
+            if child.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+            child.status = LOST
+            child._started.set()
+            child._ended.set()
+
+
+def serve() -> None:
+    """The server's loop: requests on stdin, replies on the original stdout; ends when stdin closes."""
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is segbisect's to handle: it ends the children
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children: dict[int, int] = {}
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(0, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                if key.fd == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                    _reap(children, replies)
+                    continue
+                chunk = os.read(0, 1 << 16)
+                if not chunk:
+                    return
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                for line in lines:
+                    request = json.loads(line)
+                    pid = _fork(request, (replies, wake_r, wake_w))
+                    children[pid] = request["id"]
+                    replies.write(json.dumps({"id": request["id"], "pid": pid}) + "\n")
+            _reap(children, replies)
+
+
+def _reap(children: dict[int, int], replies: IO[str]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+        replies.write(json.dumps({"id": children.pop(pid), "status": os.waitstatus_to_exitcode(status)}) + "\n")
+
+
+def _fork(request: dict[str, Any], server_files: tuple[IO[str], int, int]) -> int:
+    """Fork the command; returns once the child has its own session (so its pid names a process group)."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        _child(request, ready_w, server_files)
+    os.close(ready_w)
+    os.read(ready_r, 1)  # EOF: the child closed its end after setsid, or died
+    os.close(ready_r)
+    return pid
+
+
+def _child(request: dict[str, Any], ready_w: int, server_files: tuple[IO[str], int, int]) -> None:
+    """The child's whole life: set up as `Popen(start_new_session=True, cwd, env, stdout=log)` would, run the
+    DVC driver, exit with its status. Never returns.
+    """
+    status = 1
+    try:
+        os.setsid()
+        os.close(ready_w)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        replies, wake_r, wake_w = server_files
+        for fd in (replies.fileno(), wake_r, wake_w):
+            os.close(fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        null = os.open(os.devnull, os.O_RDONLY)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+        from segbisect.dvc_run import main
+
+        status = main([request["events"], "--", *request["args"]])
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+if __name__ == "__main__":
+    serve()
