@@ -178,6 +178,14 @@ def stage_processes(marker: str) -> list[int]:
     return found
 
 
+def ended(marker: str, within: float = 10.0) -> bool:
+    """Whether no process matching `marker` is left within `within` seconds (a signalled process takes a moment)."""
+    deadline = time.monotonic() + within
+    while stage_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not stage_processes(marker)
+
+
 def parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
@@ -198,39 +206,38 @@ def test_a_forked_command_runs_in_its_workspace_with_its_environment_and_log(
     assert f"stage sees hybrid's {repo}" in log.read_text()
 
 
-def test_stopping_ends_a_forked_command_and_its_stage(tmp_path: Path) -> None:
-    """The forked driver leads a process group of its own, so Ctrl-C (stop_all) reaches the stage it started."""
-    repo, log = project(tmp_path / "p", SLEEP_STAGE), tmp_path / "log"
-    procs = Processes(server=ForkServer())
+def sleeping_attempt(procs: Processes, tmp_path: Path) -> tuple[threading.Thread, list[Any]]:
+    """An attempt of a project whose stage sleeps, in a thread, returned once the stage runs (with its result
+    list, filled when the attempt ends).
+    """
+    repo = project(tmp_path / "p", SLEEP_STAGE)
     env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
     result: list[Any] = []
     worker = threading.Thread(
-        target=lambda: result.append(attempt(procs, repo, log, Task(env=env, metrics_files=()), env))
+        target=lambda: result.append(attempt(procs, repo, tmp_path / "log", Task(env=env, metrics_files=()), env))
     )
     worker.start()
     deadline = time.monotonic() + 60
     while not stage_processes("time.sleep(600)") and time.monotonic() < deadline:
         time.sleep(0.1)
+    return worker, result
+
+
+def test_stopping_ends_a_forked_command_and_its_stage(tmp_path: Path) -> None:
+    """The forked driver leads a process group of its own, so Ctrl-C (stop_all) reaches the stage it started."""
+    procs = Processes(server=ForkServer())
+    worker, result = sleeping_attempt(procs, tmp_path)
     assert stage_processes("time.sleep(600)"), "the stage never started"
     procs.stop_all()
     worker.join(timeout=30)
     procs.close()
     assert result and result[0].status == AttemptStatus.ERROR, result
-    assert not stage_processes("time.sleep(600)")
+    assert ended("time.sleep(600)")
 
 
 def test_a_fork_server_that_dies_is_an_environment_error_and_the_next_command_gets_a_new_one(tmp_path: Path) -> None:
-    repo, log = project(tmp_path / "p", SLEEP_STAGE), tmp_path / "log"
     procs = Processes(server=ForkServer())
-    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-    result: list[Any] = []
-    worker = threading.Thread(
-        target=lambda: result.append(attempt(procs, repo, log, Task(env=env, metrics_files=()), env))
-    )
-    worker.start()
-    deadline = time.monotonic() + 60
-    while not stage_processes("time.sleep(600)") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    worker, result = sleeping_attempt(procs, tmp_path)
     servers = [pid for pid in stage_processes("segbisect.forked") if parent(pid) == os.getpid()]
     assert servers and stage_processes("time.sleep(600)")
     for pid in servers:
@@ -241,9 +248,10 @@ def test_a_fork_server_that_dies_is_an_environment_error_and_the_next_command_ge
         result[0].reason
         == "dvc failed (killed by signal 9): dvc died: dvc repro ended without a report (killed by signal 9)"
     )
-    assert not stage_processes("time.sleep(600)"), "the lost command's stage is ended with it"
+    assert ended("time.sleep(600)"), "the lost command's stage is ended with it"
     other = project(tmp_path / "q", STAGES)
-    again = attempt(procs, other, log, Task(env=env, metrics_files=("out/metrics.json",)), env)
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    again = attempt(procs, other, tmp_path / "log", Task(env=env, metrics_files=("out/metrics.json",)), env)
     procs.close()
     assert again.status == AttemptStatus.OK and again.metrics == {"out/metrics.json": {"fg": 0.1, "n": 3}}
 
