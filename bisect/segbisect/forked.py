@@ -168,12 +168,12 @@ class ForkServer:
 
 def serve() -> None:
     """The server's loop: requests on stdin, replies on the original stdout; ends when stdin closes."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever an imported module prints goes to stderr, never into the replies
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is segbisect's to handle: it ends the children
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w):
         os.set_blocking(fd, False)

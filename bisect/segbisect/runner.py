@@ -72,7 +72,10 @@ class Processes:
         """
         if self._fork_dvc:
             with self._lock:
-                if self._server is None or not self._server.alive:
+                if self._server is not None and not self._server.alive:
+                    self._server.close()
+                    self._server = None
+                if self._server is None:
                     self._server = forked.ForkServer()
                 server = self._server
             with contextlib.suppress(forked.ServerDied):
