@@ -40,7 +40,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from segbisect.ray_worker import node_caches
 from segbisect.refs import deep_merge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -417,7 +417,7 @@ def segbisect_rows(
         print(f"[{now()}] load {load_before}: {method}, {scenario} ({STARTS[start]})", flush=True)
         key = f"{scenario}-{start}-{executor}-j{jobs}"
         if extra:  # every Ray run starts with empty node caches, as on a new cluster: only the remote carries stages
-            shutil.rmtree(Path(tempfile.gettempdir()) / "segbisect-dvc-cache", ignore_errors=True)
+            shutil.rmtree(node_caches(), ignore_errors=True)
         report = run_segbisect(
             bench.base, bench.work / key, bad_file, predicate, jobs, bench.uri, start == "cached", extra
         )

@@ -135,7 +135,9 @@ class ForkServer:
         self.close()
 
     def close(self) -> None:
-        """End the server (running children keep running; their waits still end). Closing twice is harmless."""
+        """End the server; a command still running is ended with it and reported as killed. Closing twice is
+        harmless.
+        """
         with contextlib.suppress(OSError):
             assert self._proc.stdin is not None
             self._proc.stdin.close()

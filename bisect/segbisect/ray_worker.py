@@ -126,6 +126,11 @@ def _node() -> dict[str, str]:
     return {"id": node_id, "host": socket.gethostname()}
 
 
+def node_caches() -> Path:
+    """Where each node keeps its DVC cache, one folder per node id, shared by that node's hybrids."""
+    return Path(tempfile.gettempdir()) / "segbisect-dvc-cache"
+
+
 def _prepare(root: Path, job: WorkerJob, node: dict[str, str]) -> None:
     """A git repository (DVC and the stages read git) whose DVC cache is this node's and whose remote is the shared
     one; written to config.local, which the archive never carries.
@@ -133,7 +138,7 @@ def _prepare(root: Path, job: WorkerJob, node: dict[str, str]) -> None:
     subprocess.run(["git", "init", "-q", "-b", "hybrid"], cwd=root, check=True)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run(["git", *GIT_IDENTITY, "commit", "-q", "-m", "hybrid"], cwd=root, check=True)
-    cache = Path(tempfile.gettempdir()) / "segbisect-dvc-cache" / node["id"]
+    cache = node_caches() / node["id"]
     lines = ["[core]", f"    remote = {REMOTE_NAME}", "[cache]", f"    dir = {cache}", f"['remote \"{REMOTE_NAME}\"']"]
     lines += [f"    {key} = {value}" for key, value in job.remote.items()]
     (root / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
