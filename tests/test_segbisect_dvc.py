@@ -269,3 +269,40 @@ def test_a_script_without_a_main_guard_can_fork_dvc_commands(tmp_path: Path) -> 
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok ('make', 'score')", out.stderr
+
+
+PRELOAD_PROBE = """
+import importlib, json, sys
+from pathlib import Path
+from segbisect.forked import PRELOAD
+for name in PRELOAD:
+    importlib.import_module(name)
+from ruamel.yaml import YAML
+from segbisect.dvc_run import main
+before = set(sys.modules)
+for step in json.loads(sys.argv[1]):
+    if isinstance(step, str):
+        Path("params.yaml").write_text(step)
+    else:
+        main([".events.json", "--", *step])
+print(json.dumps({"parser": YAML(typ="safe").Parser.__name__, "new": sorted(set(sys.modules) - before)}))
+"""
+
+
+def test_the_fork_server_preloads_what_dvc_commands_import_and_dvc_parses_yaml_in_c(tmp_path: Path) -> None:
+    """A forked command imports nothing of its own on the way through a checkout, a run, a run-cache restore and a
+    no-op repro (each missing module costs every command its import), and DVC's YAML goes through ruamel's C
+    parser (the pure-Python one is 3-4 times slower on every params file and lock).
+    """
+    repo = project(tmp_path / "p", STAGES)
+    sh(repo, sys.executable, "-m", "dvc", "repro", "-q")
+    first, other = (yaml.safe_dump({"make": {"n": n}}) for n in (3, 7))
+    steps = [["checkout", "--quiet", "--allow-missing"], other, ["repro"], first, ["repro"], ["repro"]]
+    run = subprocess.run(
+        [sys.executable, "-c", PRELOAD_PROBE, json.dumps(steps)], cwd=repo, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "is cached - skipping run" in run.stdout + run.stderr
+    found = json.loads(run.stdout.splitlines()[-1])
+    assert found["parser"] == "CParser"
+    assert found["new"] == []
