@@ -548,6 +548,8 @@ def finish(passes: list[dict[str, Any]], out: Path) -> None:
         + PROFILE_NOTE
         + "\n"
         + md_table(profile)
+        + "\n### Against the run's own stage times, median over passes\n\n"
+        + md_table(own_stage_medians(profile))
     )
     write_results("time_to_verdict_profile", profile, meta, text, out)
     write_results("time_to_verdict", rows, meta, text, out)
@@ -578,12 +580,34 @@ def median_rows(ratios: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def own_stage_medians(profile: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per sequential run kind: x_own_stages pass by pass and its median."""
+    out = []
+    for run in dict.fromkeys(r["run"] for r in profile if isinstance(r["x_own_stages"], float)):
+        mine = [r for r in profile if r["run"] == run and isinstance(r["x_own_stages"], float)]
+        out.append(
+            {
+                "run": run,
+                "outside_stages_s per pass": " / ".join(str(r["outside_stages_s"]) for r in mine),
+                "x_own_stages per pass": " / ".join(str(r["x_own_stages"]) for r in mine),
+                "median x_own_stages": round(statistics.median(r["x_own_stages"] for r in mine), 2),
+            }
+        )
+    return out
+
+
 PROFILE_NOTE = (
     "From segbisect's own per-hybrid times (--json) and the stages' from-scratch durations (median over the naive "
     "replays): `session_s` = wall time outside any hybrid (reference resolution, GOOD/BAD snapshots, diff, MLflow "
     "parent run, clean-up); `per_hybrid_overhead_s` = mean over hybrids of (hybrid seconds - its executed stages' "
     "durations): worktree creation, `dvc checkout`, DVC start-up, restoring cached stages, reading metrics; "
-    "`all_restored_hybrid_s` = the GOOD hybrid, which executes nothing.\n"
+    "`all_restored_hybrid_s` = the GOOD hybrid, which executes nothing. `stage_s_in_run` = the seconds segbisect's "
+    "hybrids spent in the stages they executed, as its DVC driver timed them (from DVC announcing a stage to its next "
+    "news of a stage, or the command's end); `outside_stages_s` = the rest of the wall time (session, restores, DVC "
+    "start-up, MLflow, clean-up); `x_own_stages` = wall / `stage_s_in_run`: the oracle ratio with the oracle costed "
+    "at the stage durations of the same run, so free of the drift between a stage's duration in segbisect's run and "
+    "in the naive replay minutes apart (but blind to any slowdown of segbisect's stages by its own concurrent "
+    "bookkeeping, which `x_oracle` does count).\n"
 )
 
 
@@ -602,6 +626,7 @@ def profile_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
         stage_time = sum(stage_med.get(s, 0.0) for h in hybrids for s in h["executed"])
         good = next((h["seconds"] for h in hybrids if h["label"] == "GOOD"), "-")
         jobs = int(key.rsplit("-j", 1)[1])
+        in_run = sum(sum(h.get("stage_seconds", {}).values()) for h in hybrids)
         phases = [h.get("placement", {}).get("seconds", {}) for h in hybrids]
         out.append(
             {
@@ -611,6 +636,9 @@ def profile_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
                 "session_s": round(d["_seconds"] - in_hybrids, 1) if jobs == 1 else "- (overlapping)",
                 "est_stage_exec_s": round(stage_time, 1),
                 "per_hybrid_overhead_s": round((in_hybrids - stage_time) / max(len(hybrids), 1), 1),
+                "stage_s_in_run": round(in_run, 1),
+                "outside_stages_s": round(d["_seconds"] - in_run, 1) if jobs == 1 else "- (overlapping)",
+                "x_own_stages": round(d["_seconds"] / in_run, 2) if jobs == 1 and in_run else "-",
                 "all_restored_hybrid_s": good,
                 "hybrids": len(hybrids),
                 "median_fetch/run/push_s": "/".join(

@@ -93,6 +93,24 @@ def test_executed_unchanged_and_run_cache_restores_are_told_apart(tmp_path: Path
     back = repro(repo, log, procs)
     assert back.restored == ("make",), "restored from the run-cache"
     assert back.executed == ("score",), "an output with cache: false cannot come from the run-cache"
+    assert set(first.stage_seconds) == {"make", "score"} and again.stage_seconds == {}
+    assert set(back.stage_seconds) == {"score"}, "restored stages take no stage time"
+
+
+def test_each_executed_stage_is_timed_from_its_start_to_the_next_stage(tmp_path: Path, procs: Processes) -> None:
+    """A stage's seconds are its own command's and DVC's saving of its outputs: not the next stage's, nor the rest
+    of the attempt. Both stages nap 1.5 s, so a stage charged with the other's time would show 3 s or more.
+    """
+    nap = "python -c 'import time; time.sleep(1.5)' && "
+    napping = {name: {**stage, "cmd": nap + stage["cmd"]} for name, stage in STAGES.items()}
+    repo, log = project(tmp_path / "p", napping), tmp_path / "log"
+    timed = repro(repo, log, procs)
+    assert timed.status == AttemptStatus.OK and list(timed.stage_seconds) == ["make", "score"]
+    assert all(1.5 <= seconds < 3.0 for seconds in timed.stage_seconds.values()), timed.stage_seconds
+    assert sum(timed.stage_seconds.values()) < timed.seconds
+    set_n(repo, -1)
+    crashed = repro(repo, log, procs)
+    assert crashed.status == AttemptStatus.CRASH and set(crashed.stage_seconds) == {"make", "score"}
 
 
 def test_stages_pulled_from_a_remote_count_as_restored(tmp_path: Path) -> None:

@@ -37,6 +37,12 @@ def test_report_html_shows_the_same_plot_under_good_bad_and_the_culprit(
     widths = [re.search(r'rect width="(\d+)"', svg).group(1) for svg in drawn]  # type: ignore[union-attr]
     assert widths[0] != "0" and widths[1:] == ["0", "0"], "GOOD draws foreground, BAD and the culprit none"
     assert [h["id"] for h in report["hybrids"]] == re.findall(r"<tr><td>(h\d+)", html)
+    table = (folder / "report.md").read_text()
+    for hybrid in report["hybrids"]:
+        stages = round(sum(hybrid["stage_seconds"].values()), 2)
+        assert set(hybrid["stage_seconds"]) == set(hybrid["executed"])
+        shown = f"| {hybrid['seconds']} (stages {stages:g}) |" if hybrid["executed"] else f"| {hybrid['seconds']} |"
+        assert shown in table and stages < hybrid["seconds"]
 
     links = re.findall(r"!\[foreground\.svg\]\(([^)]+)\)", (folder / "report.md").read_text())
     assert [(folder / link).resolve() for link in links] == [Path(kept).resolve() for kept in image["kept"]]

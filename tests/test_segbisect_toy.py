@@ -262,6 +262,11 @@ def test_mlflow_run_reference_and_tracking(toy: Path, tracking_uri: str) -> None
     assert parents[0].data.tags["culprit.stage"] == "train"
     assert len(children) == len(report["hybrids"])
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    by_id = {h["id"]: h for h in report["hybrids"]}
+    for child in children:
+        hybrid = by_id[child.data.tags["segbisect.hybrid"]]
+        timed = {k.removeprefix("stage_seconds."): v for k, v in child.data.metrics.items() if "stage_seconds." in k}
+        assert timed == hybrid["stage_seconds"] and set(timed) == set(hybrid["executed"])
     assert {c.data.tags["side.train"] for c in children} == {"good", "bad"}
     assert {(c.data.tags["machine.host"], c.data.tags["machine.cpu"]) for c in children} == {
         (here["host"], here["cpu"])
@@ -276,6 +281,7 @@ def test_run_check_and_repeat(toy: Path) -> None:
     assert code == 0 and report["culprit"]["stage"] == "evaluate" and unit_names(report) == ["evaluate.margin"]
     bad = next(h for h in report["hybrids"] if h["label"] == "BAD")
     assert bad["attempts"] == 2 and bad["executed"] == ["evaluate", "evaluate"]
+    assert set(bad["stage_seconds"]) == {"evaluate"}, "a repeat's stage seconds add up under the stage's name"
     assert os.path.isfile(Path(report["results_dir"]) / "report.md")
 
 

@@ -24,12 +24,14 @@ class AttemptStatus(StrEnum):
 class Attempt:
     """`metrics` holds every readable metrics file (flattened) by path; `unread` says why the others are not;
     `figures` maps each declared plot image to where it was kept (see figures.py); `placement` says where a
-    cluster executor ran it (node, seconds spent fetching, running and pushing, where restored stages came from).
+    cluster executor ran it (node, seconds spent fetching, running and pushing, where restored stages came from);
+    `stage_seconds` how long each executed stage took (see `dvc_run.Events`), the rest of `seconds` being overhead.
     """
 
     status: AttemptStatus
     executed: tuple[str, ...] = ()
     restored: tuple[str, ...] = ()
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     unread: dict[str, str] = field(default_factory=dict)
     diagnostics: Any = None
@@ -49,6 +51,7 @@ class Attempt:
             status=AttemptStatus(record["status"]),
             executed=tuple(record["executed"]),
             restored=tuple(record["restored"]),
+            stage_seconds=record.get("stage_seconds", {}),
             metrics=record["metrics"],
             unread=record["unread"],
             diagnostics=record["diagnostics"],

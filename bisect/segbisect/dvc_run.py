@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,9 @@ class Events:
     `command_status` is the exit status of a stage's command that failed (None when DVC failed around it);
     `environment` names a fault of the machine (full disk, lost lock, no memory) that DVC itself ran into.
     `output_from`/`output_to` are byte offsets in the log (stdout) around the last executed stage's own output.
+    `stage_seconds`: each executed stage's wall time, from DVC announcing it to DVC's next news of a stage (or an
+    error, or the command's end), so its command and DVC saving its outputs: what the hybrid spent computing
+    rather than on segbisect's and DVC's bookkeeping around it.
     """
 
     executed: list[str] = field(default_factory=list)
@@ -54,6 +58,7 @@ class Events:
     output_to: int | None = None
     command_status: int | None = None
     environment: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     rc: int = 0
 
     @classmethod
@@ -69,10 +74,22 @@ class _Listener(logging.Handler):
     def __init__(self, events: Events, running: Path) -> None:
         super().__init__(logging.DEBUG)
         self.events, self.running = events, running
+        self._started: tuple[str, float] | None = None
+
+    def stage_ended(self) -> None:
+        """The stage running until now (if any) is done: record its seconds."""
+        if self._started is not None:
+            name, since = self._started
+            seconds = self.events.stage_seconds.get(name, 0.0) + time.monotonic() - since
+            self.events.stage_seconds[name] = round(seconds, 2)
+            self._started = None
 
     def emit(self, record: logging.LogRecord) -> None:
         name = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
+        if record.msg in (RAN, *RESTORED, PULLED, NOT_PULLED) or record.levelno >= logging.ERROR:
+            self.stage_ended()
         if record.msg == RAN:
+            self._started = (name, time.monotonic())
             self.events.executed.append(name)
             with contextlib.suppress(OSError):
                 self.running.write_text(name)
@@ -142,8 +159,10 @@ def main(argv: list[str]) -> int:
     from dvc.cli import main as dvc_main
 
     events = Events()
-    logging.getLogger("dvc").handlers.insert(0, _Listener(events, running_file(Path(events_file))))
+    listener = _Listener(events, running_file(Path(events_file)))
+    logging.getLogger("dvc").handlers.insert(0, listener)
     events.rc = dvc_main(args)
+    listener.stage_ended()
     Path(events_file).write_text(json.dumps(asdict(events)))
     return events.rc
 

@@ -38,6 +38,15 @@ class Hybrid:
         return round(sum(a.seconds for a in self.attempts), 2)
 
     @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds each executed stage took, over all attempts (a repeat runs its stages again)."""
+        total: dict[str, float] = {}
+        for a in self.attempts:
+            for stage, seconds in a.stage_seconds.items():
+                total[stage] = round(total.get(stage, 0.0) + seconds, 2)
+        return total
+
+    @property
     def figures(self) -> dict[str, str]:
         """The plot images its last run kept (declared path -> kept file), empty when none were."""
         return next((a.figures for a in reversed(self.attempts) if a.figures), {})
@@ -74,6 +83,7 @@ class Hybrid:
             "executed": self.executed,
             "restored": self.restored,
             "seconds": self.seconds,
+            "stage_seconds": self.stage_seconds,
             "reused": self.reused,
             "fingerprint": self.fingerprint,
             "attempts": len(self.attempts),

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from segbisect import report_html
 from segbisect.ray_worker import node_name
-from segbisect.report import Culprit, Report
+from segbisect.report import Culprit, Report, time_spent
 
 KEY_METRICS = 2
 COLOURS = {"good": "green", "bad": "red", "fixed": "green", "broken": "red"}
@@ -68,7 +68,7 @@ def markdown(report: Report, folder: Path) -> str:
         lines.append(
             f"| {h['id']}{' (reused)' if h['reused'] else ''} | {h['label']} | {len(h['from_bad'])} | "
             f"{h['outcome']} | {_metrics(h['metrics'], report.key_metrics)} | {', '.join(h['executed']) or '-'} | "
-            f"{', '.join(h['restored']) or '-'} | {h['seconds']} |" + (_placement(h) if clustered else "")
+            f"{', '.join(h['restored']) or '-'} | {time_spent(h)} |" + (_placement(h) if clustered else "")
         )
     lines += ["", "All differing units:", ""]
     lines += [f"- `{u['name']}` ({', '.join(u['stages'])}): {u['summary']}" for u in report.units]
@@ -131,7 +131,7 @@ def show(console: Console, report: Report) -> None:
             _metrics(h["metrics"], report.key_metrics),
             ", ".join(h["executed"]) or "-",
             str(len(h["restored"])),
-            str(h["seconds"]),
+            time_spent(h),
         )
     console.print(table)
     console.print(f"[bold]verdict: {report.verdict}[/] — {report.message}")

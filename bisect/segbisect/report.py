@@ -91,6 +91,12 @@ def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict 
     )
 
 
+def time_spent(row: dict[str, Any]) -> str:
+    """A hybrid row's seconds, and how many of them its stages took (the rest went to restoring and bookkeeping)."""
+    stages = row.get("stage_seconds") or {}
+    return f"{row['seconds']} (stages {round(sum(stages.values()), 2):g})" if stages else str(row["seconds"])
+
+
 def _culprit(findings: Findings, verdict: Verdict) -> Culprit:
     by_id = {u.id: u for u in findings.inventory.units}
     failing = _symptom_side(findings, verdict)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segbisect.ray_worker import node_name
-from segbisect.report import Report
+from segbisect.report import Report, time_spent
 
 OUTCOME_COLOURS = {"good": "#1a7f37", "fixed": "#1a7f37", "bad": "#cf222e", "broken": "#cf222e"}
 STYLE = """
@@ -119,7 +119,7 @@ def _timeline(report: Report) -> list[str]:
             f"<b style='color:{colour}' title='{escape(h['note'])}'>{escape(h['outcome'])}</b>",
             escape(", ".join(h["executed"])) or "-",
             escape(", ".join(h["restored"])) or "-",
-            f"<span class='bar' style='width:{width}px'></span> {h['seconds']}",
+            f"<span class='bar' style='width:{width}px'></span> {escape(time_spent(h))}",
         ]
         if clustered:
             origin = "; ".join(f"{s} from {o}" for s, o in h["placement"].get("restored_from", {}).items())

@@ -246,6 +246,7 @@ def _attempt(
             status=failed_status(events),
             executed=tuple(events.executed),
             restored=tuple(events.restored),
+            stage_seconds=events.stage_seconds,
             reason=_failure(events, log),
             seconds=round(time.monotonic() - start, 2),
         )
@@ -255,6 +256,7 @@ def _attempt(
         status=AttemptStatus.OK,
         executed=tuple(events.executed),
         restored=tuple(events.restored),
+        stage_seconds=events.stage_seconds,
         metrics=found,
         unread=unread,
         diagnostics=metrics_files.read_json(workspace / task.diagnostics) if task.diagnostics else None,

@@ -218,6 +218,7 @@ class Tracker:
             k: v for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         metrics |= {"stages_executed": len(record["executed"]), "seconds": record["seconds"]}
+        metrics |= {f"stage_seconds.{stage}": value for stage, value in record.get("stage_seconds", {}).items()}
         params = {
             "from_bad": ", ".join(record["from_bad"]) or "(none)",
             "label": record["label"],
