@@ -103,6 +103,33 @@ def test_a_new_store_is_created_before_start_returns_an_existing_one_opens_in_th
     assert child.data.metrics["foreground_fraction"] == 0.2
 
 
+def test_a_session_run_again_takes_only_its_own_stage_runs(tmp_path: Path) -> None:
+    """`--fresh` runs a session again under the same session and hybrid ids: each hybrid run holds the stage runs
+    logged during its own session, and the earlier ones stay where they were.
+    """
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("segbisect")
+    stage_tags = {"segbisect.session": "s1", "segbisect.hybrid": "h01", "stage": "evaluate"}
+    children = []
+    for _ in range(2):
+        stage_run = client.create_run(experiment, tags=stage_tags).info.run_id
+        warnings: list[str] = []
+        tracker, opened = open_tracker(uri, warnings)
+        tracker.hybrid({**HYBRID, "executed": ["evaluate"], "stage_seconds": {"evaluate": 0.5}})
+        tracker.finish(SUMMARY)
+        assert not warnings
+        [child] = [
+            r
+            for r in client.search_runs([experiment], "tags.`segbisect.role` = 'hybrid'")
+            if r.data.tags["mlflow.parentRunId"] == opened[0]
+        ]
+        assert child.data.tags["stage_runs"] == stage_run and child.data.metrics["stage_seconds.evaluate"] == 0.5
+        children.append((child.info.run_id, stage_run))
+    for child_id, stage_run in children:
+        assert client.get_run(stage_run).data.tags["mlflow.parentRunId"] == child_id
+
+
 def test_an_unusable_store_warns_once_and_the_bisection_goes_on(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -210,8 +210,6 @@ class Tracker:
         }
         run = self.client.create_run(self.experiment_id, run_name=f"{record['id']} {record['label']}"[:250], tags=tags)
         stage_runs = self._stage_runs(record["id"])
-        if stage_runs:
-            self.client.set_tag(run.info.run_id, "stage_runs", ",".join(stage_runs))
         for stage_run in stage_runs:
             self.client.set_tag(stage_run, "mlflow.parentRunId", run.info.run_id)
         metrics = {
@@ -224,7 +222,8 @@ class Tracker:
             "label": record["label"],
             "note": record["note"],
         }
-        self._log(run.info.run_id, params=params, metrics=metrics)
+        held = {"stage_runs": ",".join(stage_runs)} if stage_runs else {}
+        self._log(run.info.run_id, params=params, metrics=metrics, tags=held)
         self.client.set_terminated(run.info.run_id, "FINISHED" if record["outcome"] != "skip" else "FAILED")
 
     def _close(self, report: Report, status: str, attachments: Sequence[Path]) -> None:
@@ -235,9 +234,8 @@ class Tracker:
             "culprit.units": ", ".join(u["name"] for u in culprit.units) if culprit else "",
         }
         parent = self._parent()
-        for key, value in tags.items():
-            self.client.set_tag(parent, key, value[:5000])
-        self._log(parent, metrics={"hybrids": len(report.hybrids), "stage_executions": report.stage_executions})
+        metrics: dict[str, float] = {"hybrids": len(report.hybrids), "stage_executions": report.stage_executions}
+        self._log(parent, metrics=metrics, tags={key: value[:5000] for key, value in tags.items()})
         for path in attachments:
             self.client.log_artifact(parent, str(path), "report")
         self.client.set_terminated(parent, status)
@@ -248,18 +246,33 @@ class Tracker:
         return self.parent
 
     def _stage_runs(self, hybrid_id: str) -> list[str]:
+        """The stage runs this hybrid logged that no hybrid run holds yet: a session run again (`--fresh`) has the
+        same session and hybrid ids, and its earlier stage runs stay under the hybrid runs that logged them.
+        """
         query = f"tags.`segbisect.session` = '{self.session}' and tags.`segbisect.hybrid` = '{hybrid_id}'"
-        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=100)
-        return [r.info.run_id for r in runs if r.data.tags.get("segbisect.role") is None]
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
+        return [
+            r.info.run_id
+            for r in runs
+            if r.data.tags.get("segbisect.role") is None and "mlflow.parentRunId" not in r.data.tags
+        ]
 
-    def _log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> None:
-        from mlflow.entities import Metric, Param
+    def _log(
+        self,
+        run_id: str,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """One write for all of them (each MLflow call is a transaction of its own on the store)."""
+        from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
             params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
         )
 
 
