@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from segbisect import forked
 from segbisect.attempt import AttemptStatus
 from segbisect.cli import app
 from segbisect.forked import ForkServer
@@ -301,6 +303,8 @@ before = set(sys.modules)
 for step in json.loads(sys.argv[1]):
     if isinstance(step, str):
         Path("params.yaml").write_text(step)
+    elif isinstance(step, dict):
+        importlib.import_module(step["driver"]).main(step["argv"])
     else:
         main([".events.json", "--", *step])
 print(json.dumps({"parser": YAML(typ="safe").Parser.__name__, "new": sorted(set(sys.modules) - before)}))
@@ -308,14 +312,19 @@ print(json.dumps({"parser": YAML(typ="safe").Parser.__name__, "new": sorted(set(
 
 
 def test_the_fork_server_preloads_what_dvc_commands_import_and_dvc_parses_yaml_in_c(tmp_path: Path) -> None:
-    """A forked command imports nothing of its own on the way through a checkout, a run, a run-cache restore and a
-    no-op repro (each missing module costs every command its import), and DVC's YAML goes through ruamel's C
-    parser (the pure-Python one is 3-4 times slower on every params file and lock).
+    """A forked command imports nothing of its own on the way through a checkout, a run, a run-cache restore, a
+    no-op repro and the session's questions (a pipeline, the cache folder): each missing module costs every command
+    its import. DVC's YAML goes through ruamel's C parser (the pure-Python one is 3-4 times slower on every params
+    file and lock).
     """
     repo = project(tmp_path / "p", STAGES)
     sh(repo, sys.executable, "-m", "dvc", "repro", "-q")
     first, other = (yaml.safe_dump({"make": {"n": n}}) for n in (3, 7))
-    steps = [["checkout", "--quiet", "--allow-missing"], other, ["repro"], first, ["repro"], ["repro"]]
+    asks = [
+        {"driver": "segbisect.snapshot", "argv": [".read.json", "."]},
+        {"driver": "segbisect.workspace", "argv": [".cache.json", "."]},
+    ]
+    steps = [*asks, ["checkout", "--quiet", "--allow-missing"], other, ["repro"], first, ["repro"], ["repro"]]
     run = subprocess.run(
         [sys.executable, "-c", PRELOAD_PROBE, json.dumps(steps)], cwd=repo, capture_output=True, text=True
     )
@@ -324,3 +333,69 @@ def test_the_fork_server_preloads_what_dvc_commands_import_and_dvc_parses_yaml_i
     found = json.loads(run.stdout.splitlines()[-1])
     assert found["parser"] == "CParser"
     assert found["new"] == []
+
+
+READ_PROBE = """
+import json, sys
+from pathlib import Path
+from segbisect.errors import UsageError
+from segbisect import forked
+from segbisect.forked import ForkServer
+from segbisect.refs import resolve
+from segbisect.snapshot import load_all
+from segbisect.workspace import Workspaces
+
+def read(repo, rev, folder, server):
+    try:
+        [snap] = load_all([(resolve(repo, rev, None), folder)], repo, server)
+    except UsageError as exc:
+        return str(exc)
+    return [[vars(s) for s in snap.stages], snap.params_data, snap.dvcyaml, snap.data_sources, snap.metrics_files]
+
+repo = Path(sys.argv[1])
+with ForkServer() as server, Workspaces(repo, server=server) as ws:
+    forked = {rev: read(repo, rev, ws.root / f"forked-{rev}", server) for rev in ("HEAD~1", "HEAD")}
+    worktree, _ = ws.acquire("good", resolve(repo, "HEAD~1", None).commit, [], [])
+    config = (worktree / ".dvc" / "config.local").read_text()
+    dvc_here = sorted(m for m in sys.modules if m == "dvc" or m.startswith("dvc."))
+    here = {rev: read(repo, rev, ws.root / f"here-{rev}", None) for rev in ("HEAD~1", "HEAD")}
+print(json.dumps({"forked": forked, "here": here, "dvc_here": dvc_here, "config": config}, default=str))
+"""
+
+
+def test_the_session_reads_pipelines_and_the_cache_folder_through_the_fork_server(tmp_path: Path) -> None:
+    """Both pipelines are read, and the user's cache folder found, by children of the fork server, so the session
+    never imports DVC itself; what they answer is what DVC answers in this process, an unreadable pipeline included.
+    """
+    repo = project(tmp_path / "p", {**STAGES, "score": {**STAGES["score"], "params": [{"score.yaml": ["cut"]}]}})
+    (repo / "score.yaml").write_text(yaml.safe_dump({"cut": 5, "other": 1}))
+    (repo / ".dvc" / "config.local").write_text("['remote \"store\"']\n    url = /elsewhere\n")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "pipeline")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {"cmd": "true", "outs": 5}}}))
+    sh(repo, "git", "commit", "-qam", "unreadable pipeline")
+    run = subprocess.run([sys.executable, "-c", READ_PROBE, str(repo)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    assert found["dvc_here"] == [], "the session imported DVC"
+    assert found["forked"]["HEAD~1"] == found["here"]["HEAD~1"]
+    stages, params, _, _, _ = found["forked"]["HEAD~1"]
+    assert [s["name"] for s in stages] == ["make", "score"]
+    assert "('score.yaml', ('cut',))" in stages[1]["params"] and params["score.yaml"] == {"cut": 5, "other": 1}
+    for side in ("forked", "here"):  # DVC names the file relative to where it runs: the same file either way
+        assert re.fullmatch(
+            r"HEAD \(git: \w+\): cannot read the DVC pipeline: '.*dvc.yaml' validation failed", found[side]["HEAD"]
+        )
+    assert f"dir = {repo / '.dvc' / 'cache'}" in found["config"]
+    assert "url = /elsewhere" in found["config"], "the user's local settings travel with the worktree"
+
+
+def test_the_console_script_hands_its_early_fork_server_over_once() -> None:
+    forked.start_early()
+    server = forked.take_early()
+    try:
+        assert server is not None and server.alive
+        assert forked.take_early() is None
+    finally:
+        assert server is not None
+        server.close()

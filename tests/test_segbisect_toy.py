@@ -215,7 +215,9 @@ def test_user_workspace_untouched_even_when_killed_and_resume_finishes(toy: Path
     assert code == 0 and report["culprit"]["stage"] == "evaluate"
     assert unit_names(report) == ["evaluate.postprocess", "evaluate.threshold"]
     assert len(report["hybrids"]) == 7 and sum(h["reused"] for h in report["hybrids"]) >= 5
-    assert report["stage_executions_total"] == 10
+    # 10 stage executions in all, none twice; 9 when the kill landed after the sixth hybrid's stage had finished,
+    # which leaves that stage in the run-cache for the resumed session to restore.
+    assert report["stage_executions_total"] in (9, 10)
     if after_kill["git worktrees"].count("worktree ") > 1:
         assert "cleaned up after a killed session: workspace" in human
     assert tree_state(toy) == before
@@ -316,7 +318,7 @@ def test_reused_worktrees_give_the_results_of_fresh_ones(toy: Path, tmp_path: Pa
 
 def test_a_released_worktree_comes_back_clean_but_keeps_dvc_outputs_and_their_lock(toy: Path) -> None:
     commit = sh(toy, "git", "rev-parse", "good").strip()
-    with Workspaces(toy, toy / ".dvc" / "cache") as workspaces:
+    with Workspaces(toy) as workspaces:
         first, new = workspaces.acquire("h01", commit, ["data", "model/model.json"], ["dvc.lock"])
         other, _ = workspaces.acquire("h02", commit, [], ["dvc.lock"])
         assert new

@@ -8,7 +8,10 @@ and is its children's parent, so it reaps them and reports their exit status. Py
 (multiprocessing) would also re-run the caller's main module in every child, which a script calling segbisect
 without a `__main__` guard does not survive.
 
-Protocol: JSON lines. A request on the server's stdin is `{"id", "events", "args", "cwd", "env", "log"}`; the
+The same server answers the session's own questions for DVC (a snapshot's pipeline, the user's cache folder), so
+the session never imports DVC itself: a child runs one of `DRIVERS`, the module's `main(argv)` (see `ask`).
+
+Protocol: JSON lines. A request on the server's stdin is `{"id", "driver", "argv", "cwd", "env", "log"}`; the
 server answers `{"id", "pid"}` once the child leads a session of its own, and `{"id", "status"}` when it ends
 (status as `subprocess` reports it: negative for a signal).
 """
@@ -16,6 +19,7 @@ server answers `{"id", "pid"}` once the child leads a session of its own, and `{
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -26,12 +30,19 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
-# What `dvc checkout` and `dvc repro` import (running, restoring or skipping stages): a test pins that a command
-# imports nothing more. A module this DVC version lacks is skipped here and imported by the command.
+# What `dvc checkout`, `dvc repro` (running, restoring or skipping stages) and the other drivers import: a test
+# pins that a command imports nothing more. A module this DVC version lacks is skipped here and imported by the
+# command.
 PRELOAD = (
     "segbisect.dvc_run",
+    "segbisect.snapshot",
+    "segbisect.workspace",
+    "dvc.repo.metrics.show",
+    "dvc.repo.brancher",
+    "dvc_data.fs",
     "dvc.cli.parser",
     "dvc.repo",
     "dvc.repo.reproduce",
@@ -81,10 +92,30 @@ PRELOAD = (
     "unittest",
     "psutil",
 )
+# What a child may run: each module's `main(argv)` returns the exit status.
+DRIVERS = ("segbisect.dvc_run", "segbisect.snapshot", "segbisect.workspace")
 # The server imports DVC before it forks anything; far longer than that means it is stuck.
 STARTUP_SECONDS = 120.0
 # A server that died leaves its children unreaped and unreported: they are ended and reported as killed.
 LOST = -signal.SIGKILL
+
+
+_early: ForkServer | None = None
+
+
+def start_early() -> None:
+    """Start the server before the command line imports anything: its imports are the longest wait before the
+    first hybrid, and run on another core meanwhile.
+    """
+    global _early
+    _early = ForkServer()
+
+
+def take_early() -> ForkServer | None:
+    """The server `start_early` started, handed over once (None when there is none)."""
+    global _early
+    server, _early = _early, None
+    return server
 
 
 class ServerDied(OSError):
@@ -129,11 +160,27 @@ class ForkServer:
 
     def start(self, events_file: str, args: list[str], cwd: str, env: dict[str, str], log: str) -> Forked:
         """Fork `python -m segbisect.dvc_run events_file -- args` as run in `cwd` with `env`, output to `log`."""
+        return self.call("segbisect.dvc_run", [events_file, "--", *args], cwd, env, log)
+
+    def call(self, driver: str, argv: list[str], cwd: str, env: dict[str, str], log: str) -> Forked:
+        """Fork `driver.main(argv)` (one of `DRIVERS`) as run in `cwd` with `env`, output to `log`."""
+        child = self._submit(driver, argv, cwd, env, log)
+        if not child._started.wait(STARTUP_SECONDS):
+            self._proc.kill()  # stuck before it could fork: the reader sees it go and fails what it held
+            raise ServerDied(f"the DVC fork server did not fork within {STARTUP_SECONDS:g} s")
+        if not child.pid:
+            raise ServerDied(f"the DVC fork server is gone (exit {self._proc.wait()})")
+        return child
+
+    def _submit(self, driver: str, argv: list[str], cwd: str, env: dict[str, str], log: str) -> Forked:
+        """Send the request; returns at once (the server may still be importing DVC)."""
+        if driver not in DRIVERS:
+            raise ValueError(f"{driver} is not a fork server driver")
         with self._lock:
             self._count += 1
             child = Forked(self._count)
             self._pending[child.request] = child
-            request = {"id": child.request, "events": events_file, "args": args, "cwd": cwd, "env": env, "log": log}
+            request = {"id": child.request, "driver": driver, "argv": argv, "cwd": cwd, "env": env, "log": log}
             try:
                 assert self._proc.stdin is not None
                 self._proc.stdin.write(json.dumps(request).encode() + b"\n")
@@ -141,11 +188,6 @@ class ForkServer:
             except OSError as exc:
                 del self._pending[child.request]
                 raise ServerDied(f"the DVC fork server is gone ({exc})") from exc
-        if not child._started.wait(STARTUP_SECONDS):
-            self._proc.kill()  # stuck before it could fork: the reader sees it go and fails what it held
-            raise ServerDied(f"the DVC fork server did not fork within {STARTUP_SECONDS:g} s")
-        if not child.pid:
-            raise ServerDied(f"the DVC fork server is gone (exit {self._proc.wait()})")
         return child
 
     def __enter__(self) -> ForkServer:
@@ -188,6 +230,35 @@ class ForkServer:
             child._ended.set()
 
 
+@dataclass
+class Answer:
+    """The JSON a driver child writes to the file named by its first argument; see `ask`."""
+
+    child: Forked | None
+    out: Path
+
+    def get(self) -> Any | None:
+        """Waits for the child; None when it left no answer (the server died, the child crashed)."""
+        try:
+            if self.child is None or not self.child._started.wait(STARTUP_SECONDS) or self.child.wait() != 0:
+                return None
+            return json.loads(self.out.read_text()) if self.out.is_file() else None
+        finally:
+            self.out.unlink(missing_ok=True)
+
+
+def ask(server: ForkServer | None, driver: str, args: list[str], cwd: Path, out: Path) -> Answer:
+    """Have a child of `server` run `driver.main([str(out), *args])`; returns at once. The caller computes the
+    answer itself when `get` returns None (no server, or it failed the child).
+    """
+    if server is None:
+        return Answer(None, out)
+    try:
+        return Answer(server._submit(driver, [str(out), *args], str(cwd), dict(os.environ), os.devnull), out)
+    except ServerDied:
+        return Answer(None, out)
+
+
 def serve() -> None:
     """The server's loop: requests on stdin, replies on the original stdout; ends when stdin closes."""
     replies = os.fdopen(os.dup(1), "w", buffering=1)
@@ -195,6 +266,7 @@ def serve() -> None:
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    _build_parser_once()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is segbisect's to handle: it ends the children
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w):
@@ -225,6 +297,16 @@ def serve() -> None:
             _reap(children, replies)
 
 
+def _build_parser_once() -> None:
+    """DVC builds its whole command-line parser for every command (about 25 ms); it depends on nothing but DVC's
+    code, so the server builds it once and every child parses its arguments with that one.
+    """
+    from dvc.cli import parser
+
+    parser.get_main_parser = functools.cache(parser.get_main_parser)
+    parser.get_main_parser()
+
+
 def _reap(children: dict[int, int], replies: IO[str]) -> None:
     while children:
         try:
@@ -251,7 +333,7 @@ def _fork(request: dict[str, Any], server_files: tuple[IO[str], int, int]) -> in
 
 def _child(request: dict[str, Any], ready_w: int, server_files: tuple[IO[str], int, int]) -> None:
     """The child's whole life: set up as `Popen(start_new_session=True, cwd, env, stdout=log)` would, run the
-    DVC driver, exit with its status. Never returns.
+    driver, exit with its status. Never returns.
     """
     status = 1
     try:
@@ -273,9 +355,7 @@ def _child(request: dict[str, Any], ready_w: int, server_files: tuple[IO[str], i
         os.dup2(log, 2)
         os.close(null)
         os.close(log)
-        from segbisect.dvc_run import main
-
-        status = main([request["events"], "--", *request["args"]])
+        status = importlib.import_module(request["driver"]).main(request["argv"])
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -66,6 +66,8 @@ def _exp_ref(repo: Path, text: str, _uri: str | None) -> Reference | None:
     """A DVC experiment by name (or full refs/exps/... ref), via DVC's own name resolution."""
     if "/" in text and not text.startswith("refs/exps/"):
         return None
+    if not git(repo, "for-each-ref", "--count=1", "refs/exps/").stdout:
+        return None  # no experiment at all: spares importing DVC, which the session itself never needs
     from dvc.repo.experiments.utils import resolve_name
     from dvc.scm import SCM
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from segbisect import metrics, render
+from segbisect import forked, metrics, render
 from segbisect.errors import (
     EXIT_CULPRIT,
     EXIT_NO_CULPRIT,
@@ -38,13 +38,13 @@ from segbisect.report import Findings, Report, build
 from segbisect.runner import Task
 from segbisect.search import search
 from segbisect.settings import load as load_settings
-from segbisect.snapshot import Snapshot, load
+from segbisect.snapshot import Snapshot, load_all
 from segbisect.terms import CULPRIT, FIX, Terms
 from segbisect.tracking import BOUNDED_WAITS, QUIET, Tracker, tracking_uri, unusable
 from segbisect.units import Inventory, diff, group
 from segbisect.validate import check_command, check_overlay
 from segbisect.verdict import Verdict, VerdictKind
-from segbisect.workspace import Workspaces, remove_stale, user_cache_dir
+from segbisect.workspace import Workspaces, remove_stale
 
 RESULTS = "segbisect-results"
 GOOD_CONFIG: frozenset[str] = frozenset()
@@ -56,10 +56,13 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
     opts = _with_settings(opts, repo)
     if opts.run is not None:
         check_command(opts.run, repo)
+    early = forked.take_early()
     if opts.executor != ExecutorKind.LOCAL:
+        if early is not None:
+            early.close()
         return _bisect(opts, console, repo, None)
-    # Started first, so that it imports DVC on another core while references and snapshots are read.
-    with ForkServer() as server:
+    # Started first (unless the console script already did), so that it imports DVC on another core meanwhile.
+    with early or ForkServer() as server:
         return _bisect(opts, console, repo, server)
 
 
@@ -77,8 +80,8 @@ def _bisect(opts: Options, console: Console, repo: Path, server: ForkServer | No
     good_ref, bad_ref = resolve(repo, opts.good, lookup_uri), resolve(repo, opts.bad, lookup_uri)
     for warning in good_ref.warnings + bad_ref.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    with Workspaces(repo, user_cache_dir(repo), keep=opts.keep_workspaces) as workspaces:
-        good, bad = load(good_ref, repo, workspaces.root / "good"), load(bad_ref, repo, workspaces.root / "bad")
+    with Workspaces(repo, keep=opts.keep_workspaces, server=server) as workspaces:
+        good, bad = load_all([(good_ref, workspaces.root / "good"), (bad_ref, workspaces.root / "bad")], repo, server)
         check_overlay(good_ref, good)
         check_overlay(bad_ref, bad)
         inventory = diff(good, bad)

@@ -2,6 +2,8 @@
 
 The reference's tree is exported to a temporary folder (git archive, params overlay written in) and read
 with DVC's own index, so templated `${...}` deps and whole-file params resolve exactly as `dvc repro` would.
+Given the fork server (see `forked`), both references are read at once in children that have DVC imported
+already; `main` is that child's entry point.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +21,7 @@ import yaml
 
 from segbisect import metrics
 from segbisect.errors import UsageError
+from segbisect.forked import ForkServer, ask
 from segbisect.gitutil import export_tree
 from segbisect.refs import Reference
 
@@ -133,21 +136,76 @@ def _param_leaves(value: Any, keypath: tuple[Any, ...]) -> Iterator[tuple[Any, .
         yield keypath
 
 
-def load(ref: Reference, repo: Path, dest: Path) -> Snapshot:
-    """Export `ref` into `dest` and read its pipeline with DVC's index."""
+# What DVC's index says of one tree: its stages, the params files they read, `.dvc` data sources, metrics files.
+Reading = tuple[list[StageSnap], set[str], list[str], list[str]]
+
+
+def load_all(pairs: Sequence[tuple[Reference, Path]], repo: Path, server: ForkServer | None) -> list[Snapshot]:
+    """Export each reference into its folder and read the pipelines, at once in children of `server` when given
+    (in this process when there is none or it fails them).
+    """
+    for ref, dest in pairs:
+        _export(ref, repo, dest)
+    answers = [ask(server, "segbisect.snapshot", [str(dest)], dest, dest.with_suffix(".json")) for _, dest in pairs]
+    snapshots = []
+    for (ref, dest), answer in zip(pairs, answers, strict=True):
+        try:
+            stages, param_files, sources, metrics_files = _decode(answer.get()) or _read_stages(dest)
+        except UsageError as exc:
+            raise UsageError(f"{ref.describe()}: {exc}") from None
+        params_data = {f: _load_yaml(dest / f) for f in sorted(param_files)}
+        snapshots.append(
+            Snapshot(ref, dest, stages, params_data, _load_yaml(dest / "dvc.yaml"), sources, metrics_files)
+        )
+    return snapshots
+
+
+def main(argv: list[str]) -> int:
+    """A fork server child: write the pipeline under `argv[1]`, or why it cannot be read, as JSON to `argv[0]`."""
+    out, root = Path(argv[0]), Path(argv[1])
+    try:
+        stages, param_files, sources, metrics_files = _read_stages(root)
+    except UsageError as exc:
+        out.write_text(json.dumps({"error": str(exc)}))
+        return 0
+    encoded = [
+        {
+            **vars(s),
+            "params": sorted([f, list(k)] for f, k in s.params),
+            "files": sorted(s.files),
+            "data": sorted(s.data),
+        }
+        for s in stages
+    ]
+    found = {"stages": encoded, "param_files": sorted(param_files), "sources": sources, "metrics_files": metrics_files}
+    out.write_text(json.dumps(found))
+    return 0
+
+
+def _decode(found: Any) -> Reading | None:
+    if found is None:
+        return None
+    if "error" in found:
+        raise UsageError(found["error"])
+    stages = [
+        StageSnap(
+            **{**s, "params": {(f, tuple(k)) for f, k in s["params"]}, "files": set(s["files"]), "data": set(s["data"])}
+        )
+        for s in found["stages"]
+    ]
+    return stages, set(found["param_files"]), found["sources"], found["metrics_files"]
+
+
+def _export(ref: Reference, repo: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     export_tree(repo, ref.commit, dest)
     for name, data in ref.params.items():
         (dest / name).write_text(yaml.safe_dump(data, sort_keys=False))
-    dvc_file = dest / "dvc.yaml"
-    if not dvc_file.is_file():
+    if not (dest / "dvc.yaml").is_file():
         raise UsageError(f"{ref.describe()}: no dvc.yaml at commit {ref.commit[:10]}")
-    stages, param_files, sources, metrics_files = _read_stages(dest)
-    params_data = {f: _load_yaml(dest / f) for f in sorted(param_files)}
-    return Snapshot(ref, dest, stages, params_data, _load_yaml(dvc_file), sources, metrics_files)
 
 
-def _read_stages(root: Path) -> tuple[list[StageSnap], set[str], list[str], list[str]]:
+def _read_stages(root: Path) -> Reading:
     import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo

@@ -21,6 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from segbisect.forked import ForkServer, ask
 from segbisect.gitutil import git
 
 OWNER_FILE = "segbisect-owner.json"
@@ -34,10 +35,15 @@ class Workspaces:
     With `keep`, every hybrid gets a worktree of its own, left for inspection.
     """
 
-    def __init__(self, repo: Path, cache_dir: Path, keep: bool = False, parent: Path | None = None) -> None:
-        self.repo, self.cache_dir, self.keep = repo, cache_dir, keep
+    def __init__(
+        self, repo: Path, keep: bool = False, parent: Path | None = None, server: ForkServer | None = None
+    ) -> None:
+        self.repo, self.keep = repo, keep
         self.root = Path(tempfile.mkdtemp(prefix="segbisect-ws-", dir=parent))
         (self.root / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "repo": str(repo)}))
+        # The user's DVC cache folder (honours cache.dir in their config), asked now, needed by the first worktree.
+        self._cache_answer = ask(server, "segbisect.workspace", [str(repo)], repo, self.root / "cache-dir.json")
+        self._cache: Path | None = None
         self._lock = threading.Lock()
         self._live: set[Path] = set()
         self._idle: list[Path] = []
@@ -86,8 +92,13 @@ class Workspaces:
             path = self.root / (name if self.keep else f"w{self._made}")
             self._live.add(path)
             git(self.repo, "worktree", "add", "--detach", "--quiet", str(path), commit)
-        _share_cache(self.repo, path, self.cache_dir)
+            self._cache = self._cache or self._user_cache_dir()
+        _share_cache(self.repo, path, self._cache)
         return path
+
+    def _user_cache_dir(self) -> Path:
+        found = self._cache_answer.get()
+        return Path(found) if isinstance(found, str) else _cache_dir(self.repo)
 
     def _remove(self, path: Path) -> None:
         with self._lock:
@@ -113,18 +124,27 @@ def _reset(worktree: Path, commit: str, outs: list[str], locks: list[str]) -> No
 
 
 def _share_cache(repo: Path, worktree: Path, cache_dir: Path) -> None:
-    from dvc.config import Config
+    """The user's local DVC config (remotes, credentials) with `cache.dir` set to their cache. Edited with
+    configobj, DVC's own config reader, which keeps every other setting as written.
+    """
+    from configobj import ConfigObj
 
     local = repo / ".dvc" / "config.local"
-    dvc_dir = worktree / ".dvc"
+    target = worktree / ".dvc" / "config.local"
     if local.is_file():
-        shutil.copyfile(local, dvc_dir / "config.local")
-    with Config(dvc_dir=str(dvc_dir), validate=False).edit("local") as conf:
-        conf["cache"]["dir"] = str(cache_dir)
+        shutil.copyfile(local, target)
+    conf = ConfigObj(str(target))
+    conf.setdefault("cache", {})["dir"] = str(cache_dir)
+    conf.write()
 
 
-def user_cache_dir(repo: Path) -> Path:
-    """The user's DVC cache folder (honours cache.dir in their config)."""
+def main(argv: list[str]) -> int:
+    """A fork server child: write the DVC cache folder of the repository `argv[1]` as JSON to `argv[0]`."""
+    Path(argv[0]).write_text(json.dumps(str(_cache_dir(Path(argv[1])))))
+    return 0
+
+
+def _cache_dir(repo: Path) -> Path:
     from dvc.repo import Repo
 
     with Repo(str(repo)) as dvc_repo:
