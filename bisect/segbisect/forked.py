@@ -159,12 +159,10 @@ class ForkServer:
         return self._reader.is_alive()
 
     def start(self, events_file: str, args: list[str], cwd: str, env: dict[str, str], log: str) -> Forked:
-        """Fork `python -m segbisect.dvc_run events_file -- args` as run in `cwd` with `env`, output to `log`."""
-        return self.call("segbisect.dvc_run", [events_file, "--", *args], cwd, env, log)
-
-    def call(self, driver: str, argv: list[str], cwd: str, env: dict[str, str], log: str) -> Forked:
-        """Fork `driver.main(argv)` (one of `DRIVERS`) as run in `cwd` with `env`, output to `log`."""
-        child = self._submit(driver, argv, cwd, env, log)
+        """Fork `python -m segbisect.dvc_run events_file -- args` as run in `cwd` with `env`, output to `log`; returns
+        once it runs.
+        """
+        child = self._submit("segbisect.dvc_run", [events_file, "--", *args], cwd, env, log)
         if not child._started.wait(STARTUP_SECONDS):
             self._proc.kill()  # stuck before it could fork: the reader sees it go and fails what it held
             raise ServerDied(f"the DVC fork server did not fork within {STARTUP_SECONDS:g} s")
@@ -173,7 +171,9 @@ class ForkServer:
         return child
 
     def _submit(self, driver: str, argv: list[str], cwd: str, env: dict[str, str], log: str) -> Forked:
-        """Send the request; returns at once (the server may still be importing DVC)."""
+        """Have a child run `driver.main(argv)` (one of `DRIVERS`); returns at once (the server may still be
+        importing DVC).
+        """
         if driver not in DRIVERS:
             raise ValueError(f"{driver} is not a fork server driver")
         with self._lock:
