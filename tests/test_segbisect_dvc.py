@@ -339,7 +339,6 @@ READ_PROBE = """
 import json, sys
 from pathlib import Path
 from segbisect.errors import UsageError
-from segbisect import forked
 from segbisect.forked import ForkServer
 from segbisect.refs import resolve
 from segbisect.snapshot import load_all
