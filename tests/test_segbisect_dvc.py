@@ -5,6 +5,7 @@ reasons, and metrics files found the way `dvc metrics show` finds them.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import re
@@ -45,8 +46,8 @@ SCORE = (
 )
 
 
-def sh(repo: Path, *args: str) -> None:
-    subprocess.run(args, cwd=repo, check=True, capture_output=True)
+def sh(repo: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run(args, cwd=repo, check=True, capture_output=True, env=env)
 
 
 def project(root: Path, stages: dict[str, Any], top_level_metrics: list[str] | None = None) -> Path:
@@ -149,6 +150,47 @@ def test_a_dvc_error_outside_any_command_still_has_a_reason(tmp_path: Path, proc
     assert crashed.status == AttemptStatus.CRASH
     assert crashed.reason.startswith("dvc failed (exit 255): failed to reproduce 'score'; ")
     assert crashed.reason.endswith("missing.csv'")
+
+
+@contextlib.contextmanager
+def usage_report_endpoint() -> Iterator[tuple[str, list[str]]]:
+    """A loopback stand-in for DVC's usage-report endpoint; yields its address and the commands reported to it."""
+    reported: list[str] = []
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            reported.append(json.loads(body).get("cmd_class", "?"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", reported
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_segbisects_own_dvc_commands_send_no_usage_reports(tmp_path: Path, procs: Processes) -> None:
+    """The project leaves DVC's usage reports on (DVC's default); the user's own `dvc status` sends one, the
+    hybrid's `dvc repro` none (each would start a detached interpreter beside the stages).
+    """
+    repo, log = project(tmp_path / "p", STAGES), tmp_path / "log"
+    with usage_report_endpoint() as (address, reported):
+        env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "DVC_ANALYTICS_ENDPOINT": address}
+        task = Task(env=env, metrics_files=("out/metrics.json",))
+        assert attempt(procs, repo, log, task, env).executed == ("make", "score")
+        sh(repo, sys.executable, "-m", "dvc", "status", "-q", env={**os.environ, **env})
+        deadline = time.monotonic() + 60
+        while "CmdDataStatus" not in reported and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+    assert reported == ["CmdDataStatus"]
 
 
 def test_top_level_metrics_are_found_without_metrics_flag(tmp_path: Path) -> None:

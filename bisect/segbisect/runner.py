@@ -29,6 +29,9 @@ WAIT_SLICE = 0.5
 # Exit status a stage uses for a fault of its environment (sysexits' EX_TEMPFAIL), distinct from its own `error:` 2.
 EXIT_ENVIRONMENT = 75
 SHELL_SIGNAL_BASE = 128
+# segbisect's DVC commands are its own, not the user's: unless told not to, DVC ends each one by starting a detached
+# interpreter that imports DVC to send a usage report, a second of CPU beside the stages per command.
+OWN_DVC_ENV = {"DVC_NO_ANALYTICS": "1"}
 _SIGNALS = frozenset(int(number) for number in signal.valid_signals())
 
 
@@ -70,6 +73,7 @@ class Processes:
         """A DVC command under the events driver: forked from the warm server (a new one if it died), or in a fresh
         interpreter when there is none or it fails to fork.
         """
+        env = {**env, **OWN_DVC_ENV}
         if self._fork_dvc:
             with self._lock:
                 if self._server is not None and not self._server.alive:
