@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
+from segbisect import yamlfile
 from segbisect.metrics import flatten
 from segbisect.predicate import Predicate, PredicateError, UnjudgeableError
 from segbisect.search import ddmin, search
@@ -140,3 +142,15 @@ def test_unknown_key_lists_available_and_suffix_matches() -> None:
     assert pred.metric_keys == ["eval.foreground_fraction"] and pred({"eval.foreground_fraction": 0})
     with pytest.raises(UnjudgeableError):
         pred({"accuracy": 1})
+
+
+def test_yaml_is_read_as_pyyaml_safe_load_reads_it_with_libyaml_where_built_in() -> None:
+    text = "label_map: {0: 0, 255: 1}\nthreshold: 0.5\nsizes: [64, 128]\nname: 'x'\nflag: yes\nempty:\n"
+    assert yamlfile.load(text) == yaml.safe_load(text)
+    assert yamlfile.load(text.encode()) == yaml.safe_load(text)
+    with pytest.raises(yaml.YAMLError):
+        yamlfile.load("a: [1, 2")
+    with pytest.raises(yaml.constructor.ConstructorError):
+        yamlfile.load("!!python/object/apply:os.system ['true']")
+    if yaml.__with_libyaml__:
+        assert yamlfile._LOADER is yaml.CSafeLoader

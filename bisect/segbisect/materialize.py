@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from segbisect import yamlfile
 from segbisect.snapshot import ABSENT, Snapshot
 from segbisect.units import Unit, UnitKind
 
@@ -32,7 +33,7 @@ def _write_params(workspace: Path, good: Snapshot, units: list[Unit]) -> None:
         _assign(params.setdefault(unit.path, {}), unit.keypath, unit.bad)
     for file, data in params.items():
         target = workspace / file
-        current = yaml.safe_load(target.read_text()) if target.is_file() else None
+        current = yamlfile.load(target.read_text()) if target.is_file() else None
         if current != data:
             target.write_text(yaml.safe_dump(data, sort_keys=False))
 

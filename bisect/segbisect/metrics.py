@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from segbisect import yamlfile
 from segbisect.errors import UsageError
 from segbisect.predicate import Predicate
 
@@ -28,7 +29,7 @@ def read(path: Path) -> tuple[dict[str, Any], str]:
     if not path.is_file():
         return {}, f"metrics file {path.name} is missing"
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yamlfile.load(path.read_text())
     except yaml.YAMLError as exc:
         return {}, f"metrics file {path.name} is unreadable: {str(exc).splitlines()[0]}"
     flat = flatten(data)

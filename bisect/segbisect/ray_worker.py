@@ -22,9 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from segbisect import figures, runner
+from segbisect import figures, runner, yamlfile
 from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.runner import Processes, Task
 
@@ -103,7 +101,7 @@ def stage_keys(root: Path) -> dict[str, str]:
     lock = root / "dvc.lock"
     if not lock.is_file():
         return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    stages = (yamlfile.load(lock.read_text()) or {}).get("stages", {})
     keys = {}
     for name, entry in stages.items():
         inputs = {k: entry.get(k) for k in ("cmd", "deps", "params")}

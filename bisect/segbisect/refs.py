@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from segbisect import machine
+from segbisect import machine, yamlfile
 from segbisect.errors import UsageError
 from segbisect.gitutil import git, rev_parse_commit
 
@@ -90,7 +90,7 @@ def _params_file_ref(repo: Path, text: str, _uri: str | None) -> Reference | Non
     if not path.is_file():
         return None
     try:
-        overlay = yaml.safe_load(path.read_text())
+        overlay = yamlfile.load(path.read_text())
     except yaml.YAMLError as exc:
         raise UsageError(f"params file '{text}' is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(overlay, dict):
@@ -146,7 +146,7 @@ _RESOLVERS = {"git": _git_ref, "exp": _exp_ref, "file": _params_file_ref, "mlflo
 
 def _commit_params(repo: Path, commit: str) -> dict[str, Any]:
     out = git(repo, "show", f"{commit}:{PARAMS_FILE}", check=False)
-    data = yaml.safe_load(out.stdout) if out.returncode == 0 else {}
+    data = yamlfile.load(out.stdout) if out.returncode == 0 else {}
     return data if isinstance(data, dict) else {}
 
 

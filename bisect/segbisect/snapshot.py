@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from segbisect import metrics
+from segbisect import metrics, yamlfile
 from segbisect.errors import UsageError
 from segbisect.forked import ForkServer, ask
 from segbisect.gitutil import export_tree
@@ -280,7 +280,7 @@ def _rel(root: Path, path: str) -> str:
 def _load_yaml(path: Path) -> Any:
     if not path.is_file():
         return {}
-    return yaml.safe_load(path.read_text()) or {}
+    return yamlfile.load(path.read_text()) or {}
 
 
 def digest(value: Any) -> str:
