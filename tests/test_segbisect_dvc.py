@@ -177,15 +177,17 @@ def usage_report_endpoint() -> Iterator[tuple[str, list[str]]]:
 
 
 def test_segbisects_own_dvc_commands_send_no_usage_reports(tmp_path: Path, procs: Processes) -> None:
-    """The project leaves DVC's usage reports on (DVC's default); the user's own `dvc status` sends one, the
+    """The project has DVC's usage reports on (DVC's default); the user's own `dvc status` sends one, the
     hybrid's `dvc repro` none (each would start a detached interpreter beside the stages).
     """
     repo, log = project(tmp_path / "p", STAGES), tmp_path / "log"
+    sh(repo, sys.executable, "-m", "dvc", "config", "core.analytics", "true")
     with usage_report_endpoint() as (address, reported):
         env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "DVC_ANALYTICS_ENDPOINT": address}
         task = Task(env=env, metrics_files=("out/metrics.json",))
         assert attempt(procs, repo, log, task, env).executed == ("make", "score")
-        sh(repo, sys.executable, "-m", "dvc", "status", "-q", env={**os.environ, **env})
+        users = {k: v for k, v in os.environ.items() if k not in ("DVC_NO_ANALYTICS", "DVC_TEST")}
+        sh(repo, sys.executable, "-m", "dvc", "status", "-q", env={**users, **env})
         deadline = time.monotonic() + 60
         while "CmdDataStatus" not in reported and time.monotonic() < deadline:
             time.sleep(0.1)
