@@ -115,6 +115,19 @@ def test_parallel_stage_search_is_one_wave(toy: Path) -> None:
     assert not any(label.startswith("sufficient") for label in labels)
 
 
+def test_a_new_worktree_checks_out_the_stages_before_the_hybrids_first_change(toy: Path) -> None:
+    """With --jobs 2 GOOD and BAD start in new worktrees at once. BAD changes only evaluate: the three stages before
+    it come from GOOD's dvc.lock in one checkout (skipped in place), not from the run-cache one by one.
+    """
+    bad = bad_commit(toy, {"evaluate": {"postprocess": "threshold", "threshold": 0.995}})
+    code, report, _ = bisect(toy, "good", bad, "--jobs", "2")
+    assert code == 0 and report["culprit"]["stage"] == "evaluate"
+    hybrids = {h["label"]: h for h in report["hybrids"]}
+    assert hybrids["BAD"]["executed"] == ["evaluate"]
+    bad_log = (Path(report["results_dir"]) / "logs" / f"{hybrids['BAD']['id']}.log").read_text()
+    assert bad_log.count("didn't change, skipping") == 3 and "is cached" not in bad_log, bad_log
+
+
 def test_interaction_across_stages(toy: Path) -> None:
     code, report, _ = bisect(toy, "good", bad_commit(toy, {"preprocess": {"scale": 0.5}, "evaluate": {"margin": 0.3}}))
     assert code == 0 and report["verdict"] == "interaction"

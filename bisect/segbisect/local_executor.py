@@ -59,9 +59,9 @@ class LocalExecutor:
             materialize(workspace, self.good, self.bad, list(job.units))
             env = {**self.task.env, "SEGBISECT_HYBRID": job.hybrid_id}
             log = self.logs / f"{job.hybrid_id}.log"
-            own_lock = new and not job.units and not self.good.ref.params  # GOOD's commit as it is
+            lock_stages = self._unchanged_stages(job) if new else ()
             attempts = runner.attempts(
-                self._procs, workspace, log, self.task, env, job.repeat, job.retries, restore_lock=own_lock
+                self._procs, workspace, log, self.task, env, job.repeat, job.retries, lock_stages=lock_stages
             )
             last = attempts[-1]
             if last.status == AttemptStatus.OK and self.task.plots:
@@ -70,3 +70,14 @@ class LocalExecutor:
             return tuple(attempts)
         finally:
             self.workspaces.release(workspace)
+
+    def _unchanged_stages(self, job: Job) -> tuple[str, ...]:
+        """The stages before the first one the hybrid changes (pipeline order), whose outputs a new worktree can
+        check out from GOOD's dvc.lock: none of them is downstream of a change, so nothing is copied only to be
+        replaced. None when GOOD is a params overlay: its commit's lock describes other params.
+        """
+        if self.good.ref.params:
+            return ()
+        order = [stage.name for stage in self.good.stages]
+        changed = {stage for unit in job.units for stage in unit.stages}
+        return tuple(order[: min((order.index(stage) for stage in changed), default=len(order))])

@@ -174,22 +174,22 @@ def attempts(
     env: dict[str, str],
     repeat: int,
     retries: int,
-    restore_lock: bool = False,
+    lock_stages: Sequence[str] = (),
 ) -> list[Attempt]:
     """A hybrid's attempts: `repeat` of them, each forcing the stages the first one executed (the check runs every
-    time), and each tried again while the environment fails it (at most `retries` more times). `restore_lock`:
-    see `attempt`.
+    time), and each tried again while the environment fails it (at most `retries` more times). `lock_stages`:
+    see `attempt` (the first attempt's).
     """
 
-    def tried(force: tuple[str, ...] = (), restore: bool = False) -> Attempt:
-        result = attempt(procs, workspace, log, task, env, force, restore)
+    def tried(force: tuple[str, ...] = (), lock: Sequence[str] = ()) -> Attempt:
+        result = attempt(procs, workspace, log, task, env, force, lock)
         for _ in range(retries):
             if result.status != AttemptStatus.ERROR:
                 break
-            result = attempt(procs, workspace, log, task, env, force, restore)
+            result = attempt(procs, workspace, log, task, env, force, lock)
         return result
 
-    first = tried(restore=restore_lock)
+    first = tried(lock=lock_stages)
     done = [first]
     while len(done) < repeat and first.status == AttemptStatus.OK:
         done.append(tried(first.executed))
@@ -203,20 +203,20 @@ def attempt(
     task: Task,
     env: dict[str, str],
     force: Sequence[str] = (),
-    restore_lock: bool = False,
+    lock_stages: Sequence[str] = (),
 ) -> Attempt:
     """`dvc repro` in `workspace` (forcing `force` stages when repeating), then read metrics and run the check.
 
-    DVC-tracked data (`.dvc` files) is checked out from the shared cache first: a fresh worktree lacks it. With
-    `restore_lock` (a new worktree holding its commit's own configuration) every output the commit's dvc.lock
-    names is checked out first, in one command: its stages are then skipped in place as unchanged, instead of
-    restored one by one through the run-cache with a lock file rewrite each (about 0.5 s on the tiny pipeline).
-    What the cache lacks, and any failure of that checkout, is left to `dvc repro`: it only saves work.
+    DVC-tracked data (`.dvc` files) is checked out from the shared cache first: a fresh worktree lacks it. The
+    outputs of `lock_stages` (in a new worktree: the stages the hybrid takes as its commit has them) are checked
+    out from the commit's dvc.lock first, in one command: those stages are then skipped in place as unchanged,
+    instead of restored one by one through the run-cache with a lock file rewrite each (about 0.5 s on the tiny
+    pipeline). What the cache lacks, and any failure of that checkout, is left to `dvc repro`: it only saves work.
     """
     start = time.monotonic()
     deadline = None if task.timeout is None else start + task.timeout
     try:
-        return _attempt(procs, workspace, log, task, env, force, deadline, restore_lock)
+        return _attempt(procs, workspace, log, task, env, force, deadline, lock_stages)
     except TimedOut:
         return Attempt(
             status=AttemptStatus.ERROR,
@@ -233,11 +233,11 @@ def _attempt(
     env: dict[str, str],
     force: Sequence[str],
     deadline: float | None,
-    restore_lock: bool,
+    lock_stages: Sequence[str],
 ) -> Attempt:
     start = time.monotonic()
-    if restore_lock:
-        _dvc(procs, workspace, env, log, ["checkout", "--quiet", "--allow-missing"], deadline)
+    if lock_stages:
+        _dvc(procs, workspace, env, log, ["checkout", "--quiet", "--allow-missing", *lock_stages], deadline)
     present = [d for d in task.data_sources if (workspace / d).is_file()]
     events = Events()
     if present:
