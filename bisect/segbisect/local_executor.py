@@ -74,7 +74,7 @@ class LocalExecutor:
     def _unchanged_stages(self, job: Job) -> tuple[str, ...]:
         """The stages before the first one the hybrid changes (pipeline order), whose outputs a new worktree can
         check out from GOOD's dvc.lock: none of them is downstream of a change, so nothing is copied only to be
-        replaced. None when GOOD is a params overlay: its commit's lock describes other params.
+        replaced. Nothing when GOOD is a params overlay: its commit's lock describes other params.
         """
         if self.good.ref.params:
             return ()
