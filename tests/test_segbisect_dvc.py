@@ -379,6 +379,36 @@ def test_the_fork_server_preloads_what_dvc_commands_import_and_dvc_parses_yaml_i
     assert found["new"] == []
 
 
+def test_forked_commands_read_a_lock_for_update_with_the_c_parser_and_keep_no_rwlock(tmp_path: Path) -> None:
+    """DVC reads dvc.lock again before every rewrite with ruamel's pure-Python round-trip parser, to keep its
+    comments, and records each stage's reads and writes in `.dvc/tmp/rwlock`; commands forked from the server use
+    the C parser and keep no such record. The lock they write is DVC's own bar the comment, whose loss shows which
+    parser read it.
+    """
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    locks, rwlock_touched = {}, {}
+    for how in ("dvc", "forked"):
+        repo = project(tmp_path / how, STAGES)
+        sh(repo, sys.executable, "-m", "dvc", "repro", "-q")
+        lock, rwlock = repo / "dvc.lock", repo / ".dvc" / "tmp" / "rwlock"
+        lock.write_text("# a comment\n" + lock.read_text())
+        (repo / "params.yaml").write_text(yaml.safe_dump({"make": {"n": 7}}))
+        before = rwlock.stat().st_mtime_ns
+        if how == "dvc":
+            sh(repo, sys.executable, "-m", "dvc", "repro", "-q")
+        else:
+            procs = Processes(server=ForkServer())
+            try:
+                done = attempt(procs, repo, tmp_path / "log", Task(env=env, metrics_files=()), env)
+            finally:
+                procs.close()
+            assert done.status == AttemptStatus.OK and done.executed == ("make", "score")
+        locks[how], rwlock_touched[how] = lock.read_text(), rwlock.stat().st_mtime_ns != before
+    assert locks["dvc"].startswith("# a comment\n")
+    assert locks["forked"] == locks["dvc"].removeprefix("# a comment\n")
+    assert rwlock_touched == {"dvc": True, "forked": False}
+
+
 READ_PROBE = """
 import json, sys
 from pathlib import Path

@@ -128,6 +128,44 @@ def test_a_new_worktree_checks_out_the_stages_before_the_hybrids_first_change(to
     assert bad_log.count("didn't change, skipping") == 3 and "is cached" not in bad_log, bad_log
 
 
+def test_a_reused_worktree_reproduces_only_what_changed_since_its_last_hybrid(toy: Path) -> None:
+    """One job: every hybrid runs in GOOD's worktree after the previous one. DVC reproduces only the stages whose
+    units differ from that hybrid's, and their downstream: prepare and preprocess, the same in every hybrid, are
+    never examined again, yet reported restored; a train that differs comes back from the run-cache.
+    """
+    bad = bad_commit(toy, {"train": {"epochs": 6}, "evaluate": {"postprocess": "threshold", "threshold": 0.995}})
+    code, report, _ = bisect(toy, "good", bad)
+    assert code == 0 and report["culprit"]["stage"] == "evaluate"
+    logs = Path(report["results_dir"]) / "logs"
+    later = report["hybrids"][1:]
+    assert len(later) >= 3
+    train_back = False
+    for previous, hybrid in zip(report["hybrids"], later, strict=False):
+        log = (logs / f"{hybrid['id']}.log").read_text()
+        assert "'prepare'" not in log and "'preprocess'" not in log, log
+        assert hybrid["restored"][:2] == ["prepare", "preprocess"]
+        assert sorted(hybrid["executed"] + hybrid["restored"]) == ["evaluate", "prepare", "preprocess", "train"]
+        epochs = [("param:train.epochs" in h["from_bad"]) for h in (previous, hybrid)]
+        if epochs == [True, False]:
+            assert "Stage 'train' is cached" in log, log
+            train_back = True
+    assert train_back
+
+
+def test_a_stage_dvc_always_runs_runs_in_every_hybrid(toy: Path) -> None:
+    """`always_changed: true` makes `dvc repro` run train every time, so no hybrid may leave it out as unchanged."""
+    pipeline = yaml.safe_load((toy / "dvc.yaml").read_text())
+    pipeline["stages"]["train"]["always_changed"] = True
+    (toy / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    dvc(toy, "repro", "-q")
+    sh(toy, "git", "commit", "-q", "-am", "train always runs")
+    sh(toy, "git", "tag", "good2")
+    bad = bad_commit(toy, {"evaluate": {"postprocess": "threshold", "threshold": 0.995}})
+    code, report, _ = bisect(toy, "good2", bad)
+    assert code == 0 and report["culprit"]["stage"] == "evaluate"
+    assert all("train" in hybrid["executed"] for hybrid in report["hybrids"]), report["hybrids"]
+
+
 def test_interaction_across_stages(toy: Path) -> None:
     code, report, _ = bisect(toy, "good", bad_commit(toy, {"preprocess": {"scale": 0.5}, "evaluate": {"margin": 0.3}}))
     assert code == 0 and report["verdict"] == "interaction"

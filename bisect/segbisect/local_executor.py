@@ -40,6 +40,12 @@ class LocalExecutor:
         stages = [stage for snap in (good, bad) for stage in snap.stages]
         self._outs = sorted({out for stage in stages for out in stage.outs})
         self._locks = sorted({stage.lock_file for stage in stages})
+        self._order = [stage.name for stage in good.stages]
+        # `dvc repro --downstream` may leave a stage out only where plain `dvc repro` would have skipped it: with
+        # one dvc.yaml (a plain repro reads only the root one) and no stage DVC runs every time.
+        self._partial = all(stage.lock_file == "dvc.lock" and not stage.always_runs for stage in stages)
+        # Per worktree, the BAD units each stage read in the last hybrid `dvc repro` completed there.
+        self._reproduced: dict[Path, dict[str, frozenset[str]]] = {}
 
     def submit(self, job: Job) -> Future[tuple[Attempt, ...]]:
         return self._pool.submit(self._run, job)
@@ -60,9 +66,27 @@ class LocalExecutor:
             env = {**self.task.env, "SEGBISECT_HYBRID": job.hybrid_id}
             log = self.logs / f"{job.hybrid_id}.log"
             lock_stages = self._unchanged_stages(job) if new else ()
+            inputs = self._stage_inputs(job)
+            since = () if new else self._changed_since(workspace, inputs)
             attempts = runner.attempts(
-                self._procs, workspace, log, self.task, env, job.repeat, job.retries, lock_stages=lock_stages
+                self._procs,
+                workspace,
+                log,
+                self.task,
+                env,
+                job.repeat,
+                job.retries,
+                lock_stages=lock_stages,
+                downstream_of=since,
             )
+            first = attempts[0]
+            if since and first.status == AttemptStatus.OK:
+                in_place = tuple(stage for stage in self._order if stage not in first.executed)
+                attempts[0] = replace(first, restored=in_place)
+            if attempts[-1].status == AttemptStatus.OK:
+                self._reproduced[workspace] = inputs
+            else:
+                self._reproduced.pop(workspace, None)
             last = attempts[-1]
             if last.status == AttemptStatus.OK and self.task.plots:
                 kept = figures.keep(workspace, self.task.plots, figures.folder(self.figures_root, job.fingerprint))
@@ -71,13 +95,38 @@ class LocalExecutor:
         finally:
             self.workspaces.release(workspace)
 
+    def _stage_inputs(self, job: Job) -> dict[str, frozenset[str]]:
+        """The BAD units each stage reads in this hybrid: with its upstream stages', all that sets its outputs."""
+        return {stage: frozenset(u.id for u in job.units if stage in u.stages) for stage in self._order}
+
+    def _changed_since(self, workspace: Path, inputs: dict[str, frozenset[str]]) -> tuple[str, ...]:
+        """The stages whose units differ from those of the last hybrid reproduced in `workspace`, when DVC may
+        reproduce only them and their downstream: every other stage's inputs, and so its outputs in place, are that
+        hybrid's. Saves DVC checking the unchanged upstream against the lock (every file of its outputs on real
+        data). Nothing, so a plain `dvc repro`, when that is unknown or no stage changed.
+        """
+        last = self._reproduced.get(workspace)
+        if not self._partial or last is None:
+            return ()
+        return tuple(stage for stage in self._order if last.get(stage) != inputs[stage])
+
     def _unchanged_stages(self, job: Job) -> tuple[str, ...]:
         """The stages before the first one the hybrid changes (pipeline order), whose outputs a new worktree can
         check out from GOOD's dvc.lock: none of them is downstream of a change, so nothing is copied only to be
-        replaced. Nothing when GOOD is a params overlay: its commit's lock describes other params.
+        replaced. Nothing when GOOD is a params overlay: its commit's lock describes other params. As DVC targets:
+        a dvc.yaml all of whose stages qualify is named whole, since DVC reads the file and its lock again for every
+        stage named (0.24 s of a 0.48 s checkout of the tiny pipeline's five stages).
         """
         if self.good.ref.params:
             return ()
-        order = [stage.name for stage in self.good.stages]
         changed = {stage for unit in job.units for stage in unit.stages}
-        return tuple(order[: min((order.index(stage) for stage in changed), default=len(order))])
+        first = min((self._order.index(stage) for stage in changed), default=len(self._order))
+        before = set(self._order[:first])
+        by_file: dict[str, list[str]] = {}
+        for stage in self.good.stages:
+            by_file.setdefault(str(Path(stage.lock_file).with_suffix(".yaml")), []).append(stage.name)
+        targets: list[str] = []
+        for dvcfile, names in by_file.items():
+            wanted = [name for name in names if name in before]
+            targets += [dvcfile] if wanted == names else wanted
+        return tuple(targets)

@@ -175,21 +175,22 @@ def attempts(
     repeat: int,
     retries: int,
     lock_stages: Sequence[str] = (),
+    downstream_of: Sequence[str] = (),
 ) -> list[Attempt]:
     """A hybrid's attempts: `repeat` of them, each forcing the stages the first one executed (the check runs every
-    time), and each tried again while the environment fails it (at most `retries` more times). `lock_stages`:
-    see `attempt` (the first attempt's).
+    time), and each tried again while the environment fails it (at most `retries` more times). `lock_stages` and
+    `downstream_of`: see `attempt` (the first attempt's).
     """
 
-    def tried(force: tuple[str, ...] = (), lock: Sequence[str] = ()) -> Attempt:
-        result = attempt(procs, workspace, log, task, env, force, lock)
+    def tried(force: tuple[str, ...] = (), lock: Sequence[str] = (), downstream: Sequence[str] = ()) -> Attempt:
+        result = attempt(procs, workspace, log, task, env, force, lock, downstream)
         for _ in range(retries):
             if result.status != AttemptStatus.ERROR:
                 break
-            result = attempt(procs, workspace, log, task, env, force, lock)
+            result = attempt(procs, workspace, log, task, env, force, lock, downstream)
         return result
 
-    first = tried(lock=lock_stages)
+    first = tried(lock=lock_stages, downstream=downstream_of)
     done = [first]
     while len(done) < repeat and first.status == AttemptStatus.OK:
         done.append(tried(first.executed))
@@ -204,19 +205,22 @@ def attempt(
     env: dict[str, str],
     force: Sequence[str] = (),
     lock_stages: Sequence[str] = (),
+    downstream_of: Sequence[str] = (),
 ) -> Attempt:
     """`dvc repro` in `workspace` (forcing `force` stages when repeating), then read metrics and run the check.
 
     DVC-tracked data (`.dvc` files) is checked out from the shared cache first: a fresh worktree lacks it. The
-    outputs of `lock_stages` (in a new worktree: the stages the hybrid takes as its commit has them) are checked
-    out from the commit's dvc.lock first, in one command: those stages are then skipped in place as unchanged,
-    instead of restored one by one through the run-cache with a lock file rewrite each (about 0.5 s on the tiny
-    pipeline). What the cache lacks, and any failure of that checkout, is left to `dvc repro`: it only saves work.
+    outputs of `lock_stages` (DVC targets; in a new worktree: the stages the hybrid takes as its commit has them)
+    are checked out from the commit's dvc.lock first, in one command: those stages are then skipped in place as
+    unchanged, instead of restored one by one through the run-cache with a lock file rewrite each (about 0.5 s on
+    the tiny pipeline). What the cache lacks, and any failure of that checkout, is left to `dvc repro`: it only
+    saves work. With `downstream_of`, DVC reproduces only those stages and the ones downstream of them
+    (`--downstream`): the caller vouches that every other stage's outputs are in place for this hybrid.
     """
     start = time.monotonic()
     deadline = None if task.timeout is None else start + task.timeout
     try:
-        return _attempt(procs, workspace, log, task, env, force, deadline, lock_stages)
+        return _attempt(procs, workspace, log, task, env, force, deadline, lock_stages, downstream_of)
     except TimedOut:
         return Attempt(
             status=AttemptStatus.ERROR,
@@ -234,6 +238,7 @@ def _attempt(
     force: Sequence[str],
     deadline: float | None,
     lock_stages: Sequence[str],
+    downstream_of: Sequence[str],
 ) -> Attempt:
     start = time.monotonic()
     if lock_stages:
@@ -243,7 +248,11 @@ def _attempt(
     if present:
         events = _dvc(procs, workspace, env, log, ["checkout", "--quiet", *present], deadline)
     if events.rc == 0:
-        repro = ["repro", *task.repro_args, *(["--force", "--single-item", *force] if force else [])]
+        repro = ["repro", *task.repro_args]
+        if force:
+            repro += ["--force", "--single-item", *force]
+        elif downstream_of:
+            repro += ["--downstream", *downstream_of]
         events = _dvc(procs, workspace, env, log, repro, deadline)
     if events.rc != 0:
         return Attempt(

@@ -42,6 +42,8 @@ class StageSnap:
     outs: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     lock_file: str = "dvc.lock"
+    # DVC runs it on every `dvc repro` (`always_changed`, or a command with neither deps nor outs).
+    always_runs: bool = False
 
 
 @dataclass
@@ -238,6 +240,7 @@ def _stage_snap(
     snap = StageSnap(
         stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}",
         lock_file=Path(dvcfile).with_suffix(".lock").as_posix(),
+        always_runs=bool(stage.always_changed or stage.is_callback),
     )
     file_deps = []
     for dep in stage.deps:
