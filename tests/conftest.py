@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from filelock import FileLock
 
 from pipeline.params import SPLITS
 from pipeline.processed import SPEC_FILE, Spec, SplitWriter, batches, encode_png, example
@@ -29,6 +31,13 @@ from segbisect_toy import make_toy_repo
 def venv_on_path() -> None:
     """dvc.yaml runs `python -m ...`: make that the interpreter running the tests, activated or not."""
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The casebook's tests first. Under `--dist worksteal` (pyproject.toml) each xdist worker starts on its own half
+    of the run, so one builds the casebook's GOOD while the other starts on the rest, and a worker that runs out
+    takes tests from the end of the other's half: none waits for GOOD while there is other work."""
+    items.sort(key=lambda item: "casebook_base" not in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -111,13 +120,42 @@ def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[s
 
 
 def load_script(path: Path) -> ModuleType:
-    """A script in a folder that is no package (examples/zero-predictions has a dash in its name), by its path."""
+    """A script in a folder that is no package (examples/zero-predictions has a dash in its name), by its path.
+    Its folder goes on sys.path, as when it runs as a script, so it imports its siblings the same way."""
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
+
+
+def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This pytest run's temporary folder, the same for all its xdist workers (each worker's own is a child)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name` that `build` fills once per pytest run, by whichever xdist worker asks first: the others
+    wait on a file lock and reuse it. A build that failed is not started again by the next worker, which fails
+    with the same message: a broken build costs its minutes once."""
+    root = session_folder(tmp_path_factory)
+    folder, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with FileLock(root / f"{name}.lock"):
+        if failed.exists():
+            pytest.fail(f"{name}: built by another worker, which failed: {failed.read_text()}", pytrace=False)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                build(folder)
+            except (Exception, SystemExit) as exc:
+                failed.write_text(f"{type(exc).__name__}: {exc}")
+                raise
+            done.touch()
+    return folder
 
 
 def write_params(repo: Path, overlay: dict[str, Any]) -> None:

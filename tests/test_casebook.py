@@ -1,6 +1,7 @@
 """The zero-predictions casebook on the real pipeline: every case's BAD fails, GOOD passes, segbisect finds it.
 
-One base repository (GOOD reproduced once) serves every case, so GOOD's stages come from one shared DVC cache.
+GOOD is reproduced once per pytest run, by whichever xdist worker needs it first; each worker runs its cases in its
+own copy of that repository (git history and DVC cache included), so GOOD's stages are restored, never re-run.
 The cases mix the two kinds of BAD reference: params files overlaid on HEAD and git commits changing code.
 Every outcome must hold with a wide margin, so that other CPUs' kernels (other last bits) cannot flip it:
 CI runs this file a second time under another oneDNN ISA, and the GOOD check also with oneDNN off.
@@ -9,13 +10,14 @@ CI runs this file a second time under another oneDNN ISA, and the GOOD check als
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import load_script
+from conftest import built_once, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "examples" / "zero-predictions" / "run_casebook.py"
@@ -32,13 +34,19 @@ casebook = load_script(RUNNER)
 CASES = casebook.load_cases()
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
-    """The GOOD base repository, reproduced once for all cases, and the shared results folder."""
+@pytest.fixture(scope="session")
+def casebook_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
+    """A private copy of the GOOD base repository, reproduced once per pytest run whichever worker asks first
+    (keyed by GOOD's inputs and numeric environment), and this worker's results folder."""
+    overlay = yaml.safe_load(casebook.GOOD_PARAMS.read_text())
+
+    def build(folder: Path) -> None:
+        casebook.build_base(folder / "repo", overlay, casebook.stage_env(f"sqlite:///{folder / 'mlflow.db'}"))
+
+    good = built_once(tmp_path_factory, f"casebook-good-{casebook.good_key(overlay)}", build)
     out = tmp_path_factory.mktemp("casebook")
-    env = casebook.stage_env(f"sqlite:///{out / 'mlflow.db'}")
-    repo = casebook.build_base(out / "repo", yaml.safe_load(casebook.GOOD_PARAMS.read_text()), env)
-    return repo, env, out / "segbisect"
+    repo = Path(shutil.copytree(good / "repo", out / "repo", symlinks=True))
+    return repo, casebook.stage_env(f"sqlite:///{out / 'mlflow.db'}"), out / "segbisect"
 
 
 def test_cases_use_both_kinds_of_reference_and_patches_apply(tmp_path: Path) -> None:
@@ -51,8 +59,8 @@ def test_cases_use_both_kinds_of_reference_and_patches_apply(tmp_path: Path) -> 
         assert case.stage and case.units and case.diagnosis
 
 
-def test_good_is_a_genuinely_good_model(base: tuple[Path, dict[str, str], Path]) -> None:
-    repo, _, _ = base
+def test_good_is_a_genuinely_good_model(casebook_base: tuple[Path, dict[str, str], Path]) -> None:
+    repo, _, _ = casebook_base
     scores = json.loads((repo / "reports" / "metrics.json").read_text())
     assert scores["mean_iou"] >= MIN_GOOD_MEAN_IOU
     true, predicted = scores["true_foreground_fraction"], scores["foreground_fraction"]
@@ -61,8 +69,8 @@ def test_good_is_a_genuinely_good_model(base: tuple[Path, dict[str, str], Path])
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_case_is_found_by_segbisect_and_diagnosed(case, base: tuple[Path, dict[str, str], Path]) -> None:
-    repo, env, results = base
+def test_case_is_found_by_segbisect_and_diagnosed(case, casebook_base: tuple[Path, dict[str, str], Path]) -> None:
+    repo, env, results = casebook_base
     outcome = casebook.run_case(repo, case, results, env, jobs=2)
     assert outcome.exit_code == 0, outcome.report.get("message")
     assert outcome.report["verdict"] == "culprit"

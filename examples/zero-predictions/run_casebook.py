@@ -5,31 +5,35 @@ every case's BAD is a params file overlaid on it or a commit on a branch (a patc
 worktree), so all cases share one DVC cache and GOOD's stages are restored, never re-run.
 
     python examples/zero-predictions/run_casebook.py [--cases 01-ignore-255 ...] [--out DIR] [--jobs 2]
+    python examples/zero-predictions/run_casebook.py --record [--out DIR]
 
-writes DIR/casebook.md and DIR/casebook.csv (plus the base repo and segbisect's reports).
+writes DIR/casebook.md and DIR/casebook.csv (plus the base repo and segbisect's reports). `--record` runs every
+case under this CPU's oneDNN kernels and again under the second ISA (see margins.py), each in DIR/<ISA>, and writes
+both tables and record.yaml into measured/, which CI's second-ISA pass reads (see margins.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from pipeline.scratch import ROOT, git, make_repo
+from margins import GOOD_PARAMS, HERE, MEASURED, Record, case_folders, narrowest_cases, narrowest_hybrid, second_isa
+from pipeline.numerics import cpu_model_and_flags, numeric_environment, onednn_isa
+from pipeline.scratch import PROJECT_FILES, ROOT, git, make_repo
 from segbisect.refs import deep_merge
 
-HERE = Path(__file__).resolve().parent
-CASES_DIR = HERE / "cases"
-GOOD_PARAMS = HERE / "good.yaml"
 GOOD_BRANCH = "main"
 COLUMNS = (
     "case",
@@ -45,6 +49,8 @@ COLUMNS = (
     "hybrids",
     "stage executions",
     "seconds",
+    "margin",
+    "margin at",
 )
 
 
@@ -110,6 +116,11 @@ class Outcome:
     def category(self) -> str:
         return self.diagnosis.split("/", 1)[0]
 
+    @property
+    def margin(self) -> tuple[float, str]:
+        """The narrowest margin of any hybrid to the all-zero threshold, and which hybrid (see margins.py)."""
+        return narrowest_hybrid(self.report.get("hybrids", []))
+
     def row(self) -> dict[str, Any]:
         return dict(
             zip(
@@ -128,6 +139,8 @@ class Outcome:
                     len(self.report.get("hybrids", [])),
                     self.report.get("stage_executions"),
                     round(self.seconds, 1),
+                    round(self.margin[0], 2),
+                    self.margin[1],
                 ),
             )
         )
@@ -135,7 +148,7 @@ class Outcome:
 
 def load_cases(names: list[str] | None = None) -> list[Case]:
     """The case folders (all, or those named), in order."""
-    folders = sorted(p for p in CASES_DIR.iterdir() if (p / "case.yaml").is_file())
+    folders = case_folders()
     if names:
         unknown = set(names) - {p.name for p in folders}
         if unknown:
@@ -169,6 +182,19 @@ def stage_env(tracking_uri: str) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
+
+
+def good_key(overlay: dict[str, Any]) -> str:
+    """What GOOD's outcome depends on, hashed: the project's files, GOOD's params and the numeric environment that
+    this process hands its stages (CPU, oneDNN on or off and its ISA, library versions). GOOD built under one key
+    is the same GOOD under that key; another ISA trains another model and needs its own."""
+    digest = hashlib.sha256(json.dumps([overlay, numeric_environment()], sort_keys=True).encode())
+    for name in PROJECT_FILES:
+        path = ROOT / name
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file() and "__pycache__" not in file.parts:
+                digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def build_base(repo: Path, overlay: dict[str, Any], env: dict[str, str]) -> Path:
@@ -277,6 +303,52 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+def run_casebook(cases: list[Case], out: Path, good_params: Path, jobs: int) -> list[Outcome]:
+    """Build GOOD in `out`, run every case against it, and write casebook.csv and casebook.md there."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = stage_env(f"sqlite:///{out / 'mlflow.db'}")
+    start = time.monotonic()
+    repo = build_base(out / "repo", yaml.safe_load(good_params.read_text()), env)
+    print(f"GOOD base reproduced in {time.monotonic() - start:.0f} s: {repo}", flush=True)
+    outcomes = []
+    for case in cases:
+        outcomes.append(run_case(repo, case, out / "segbisect", env, jobs))
+        print(json.dumps(outcomes[-1].row()), flush=True)
+    table = write_table(outcomes, out, good_params, jobs)
+    print(markdown_table(table))
+    print(f"casebook: {out / 'casebook.md'}, {out / 'casebook.csv'}; {time.monotonic() - start:.0f} s in all")
+    return outcomes
+
+
+def record(out: Path, good_params: Path, jobs: int) -> None:
+    """The whole casebook under this CPU's kernels, then under the second ISA, one after the other (the seconds
+    are each run's own); measured/ is replaced only when both have finished."""
+    changed = git(ROOT, "status", "--porcelain", "--", *PROJECT_FILES, HERE.relative_to(ROOT).as_posix())
+    if changed.strip():
+        raise SystemExit(f"{ROOT}: commit first, the record names the commit it measured:\n{changed.rstrip()}")
+    model, flags = cpu_model_and_flags()
+    default = onednn_isa(flags, os.environ.get("ONEDNN_MAX_CPU_ISA"))
+    second = second_isa(flags)
+    if default is None or default == second:
+        raise SystemExit(f"{model}: oneDNN has no second instruction set to compare with {default} on this CPU")
+    cases = load_cases()
+    outcomes = run_casebook(cases, out / default, good_params, jobs)
+    os.environ["ONEDNN_MAX_CPU_ISA"] = second  # the stages inherit it (stage_env copies this environment)
+    outcomes += run_casebook(cases, out / second, good_params, jobs)
+    wrong = [o.case.name for o in outcomes if (o.stage, o.units) != (o.case.stage, o.case.units)]
+    if wrong:
+        raise SystemExit(f"not recorded: segbisect did not find the expected change in {', '.join(wrong)} ({out})")
+    shutil.rmtree(MEASURED, ignore_errors=True)
+    MEASURED.mkdir()
+    for isa in (default, second):
+        for suffix in (".csv", ".md"):
+            shutil.copyfile(out / isa / f"casebook{suffix}", MEASURED / f"{isa}{suffix}")
+    tables = {isa: f"{isa}.csv" for isa in (default, second)}
+    measured = Record(git(ROOT, "rev-parse", "HEAD").strip(), model, tables, {})
+    replace(measured, narrowest=narrowest_cases(measured.read_tables())).write()
+    print(f"recorded: {MEASURED}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="*", help="case folder names (default: all)")
@@ -288,25 +360,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--good-params", type=Path, default=GOOD_PARAMS, help="GOOD params overlay on params.yaml")
     parser.add_argument("--jobs", type=int, default=2, help="segbisect --jobs for every case")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="every case under this CPU's kernels and the second ISA, written into measured/ (commit first)",
+    )
     opts = parser.parse_args(argv)
-    cases = load_cases(opts.cases)
+    if opts.record and (opts.cases or opts.good_params != GOOD_PARAMS):
+        parser.error("--record measures the whole casebook with good.yaml: leave out --cases and --good-params")
     out = opts.out.resolve()
     if out.exists() and any(out.iterdir()):
         raise SystemExit(
             f"{out}: exists and is not empty; pass another --out (each run builds a fresh base repository)"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    env = stage_env(f"sqlite:///{out / 'mlflow.db'}")
-    start = time.monotonic()
-    repo = build_base(out / "repo", yaml.safe_load(opts.good_params.read_text()), env)
-    print(f"GOOD base reproduced in {time.monotonic() - start:.0f} s: {repo}", flush=True)
-    outcomes = []
-    for case in cases:
-        outcomes.append(run_case(repo, case, out / "segbisect", env, opts.jobs))
-        print(json.dumps(outcomes[-1].row()), flush=True)
-    table = write_table(outcomes, out, opts.good_params, opts.jobs)
-    print(markdown_table(table))
-    print(f"casebook: {out / 'casebook.md'}, {out / 'casebook.csv'}; {time.monotonic() - start:.0f} s in all")
+    if opts.record:
+        record(out, opts.good_params, opts.jobs)
+    else:
+        run_casebook(load_cases(opts.cases), out, opts.good_params, opts.jobs)
     return 0
 
 
