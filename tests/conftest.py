@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -196,16 +197,34 @@ class ThresholdBisection:
     before: dict[str, str]
     after: dict[str, str]
 
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> ThresholdBisection:
+        fields = json.loads(text)
+        return cls(**{**fields, "root": Path(fields["root"]), "repo": Path(fields["repo"])})
+
+
+BISECTION_RECORD = "bisection.json"
+
 
 @pytest.fixture(scope="session")
 def threshold_bisection(tmp_path_factory: pytest.TempPathFactory) -> ThresholdBisection:
-    """Shared by the segbisect and MLflow UI tests, so the expensive real run happens once per session.
+    """Shared by the segbisect and MLflow UI tests, and by the xdist workers (it is only read once made), so the
+    expensive real run happens once per pytest run."""
+    folder = built_once(tmp_path_factory, "threshold-bisection", run_threshold_bisection)
+    return ThresholdBisection.from_json((folder / BISECTION_RECORD).read_text())
+
+
+def run_threshold_bisection(root: Path) -> None:
+    """The bisection behind `threshold_bisection`, recorded in `root`.
 
     GOOD counts a pixel as foreground when its softmax probability reaches 1e-6 (nearly every pixel, whatever
     the one-epoch model learnt); BAD asks for 1.0, which no pixel reaches: the all-zero symptom from one
     evaluate param. `n_overlays` is a harmless second difference the search must rule out.
     """
-    root = tmp_path_factory.mktemp("threshold-bisection")
+    root.mkdir(parents=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     repo = make_pipeline_repo(root / "repo", {"evaluate": {"postprocess": "threshold", "threshold": 1e-6}})
@@ -240,6 +259,7 @@ def threshold_bisection(tmp_path_factory: pytest.TempPathFactory) -> ThresholdBi
         timeout=600,
     )
     report = json.loads(result.stdout) if result.stdout.strip() else {}
-    return ThresholdBisection(
+    bisection = ThresholdBisection(
         root, repo, uri, result.returncode, report, result.stderr[-4000:], before, tree_state(repo)
     )
+    (root / BISECTION_RECORD).write_text(bisection.to_json())
