@@ -326,6 +326,7 @@ def record(out: Path, good_params: Path, jobs: int) -> None:
     changed = git(ROOT, "status", "--porcelain", "--", *PROJECT_FILES, HERE.relative_to(ROOT).as_posix())
     if changed.strip():
         raise SystemExit(f"{ROOT}: commit first, the record names the commit it measured:\n{changed.rstrip()}")
+    commit = git(ROOT, "rev-parse", "HEAD").strip()
     model, flags = cpu_model_and_flags()
     default = onednn_isa(flags, os.environ.get("ONEDNN_MAX_CPU_ISA"))
     second = second_isa(flags)
@@ -344,7 +345,7 @@ def record(out: Path, good_params: Path, jobs: int) -> None:
         for suffix in (".csv", ".md"):
             shutil.copyfile(out / isa / f"casebook{suffix}", MEASURED / f"{isa}{suffix}")
     tables = {isa: f"{isa}.csv" for isa in (default, second)}
-    measured = Record(git(ROOT, "rev-parse", "HEAD").strip(), model, tables, {})
+    measured = Record(commit, model, tables, {})
     replace(measured, narrowest=narrowest_cases(measured.read_tables())).write()
     print(f"recorded: {MEASURED}")
 
