@@ -152,7 +152,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
             shutil.rmtree(folder, ignore_errors=True)
             try:
                 build(folder)
-            except (Exception, SystemExit) as exc:
+            except BaseException as exc:  # pytest-timeout's failure and Ctrl-C too: never rebuilt in this run
                 failed.write_text(f"{type(exc).__name__}: {exc}")
                 raise
             done.touch()

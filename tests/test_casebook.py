@@ -4,7 +4,8 @@ GOOD is reproduced once per pytest run, by whichever xdist worker needs it first
 own copy of that repository (git history and DVC cache included), so GOOD's stages are restored, never re-run.
 The cases mix the two kinds of BAD reference: params files overlaid on HEAD and git commits changing code.
 Every outcome must hold with a wide margin, so that other CPUs' kernels (other last bits) cannot flip it:
-CI runs this file a second time under another oneDNN ISA, and the GOOD check also with oneDNN off.
+CI runs GOOD's check and the cases with the narrowest recorded margins again under another oneDNN ISA
+(examples/zero-predictions/margins.py), and the GOOD check also with oneDNN off.
 """
 
 from __future__ import annotations

@@ -59,13 +59,15 @@ def test_narrowest_cases_rank_each_case_by_its_smallest_margin_under_any_isa() -
     assert chosen["a"] == "3.5x at BAD under Y; 50x at GOOD under X"
 
 
-def test_cases_whose_narrowest_is_one_shared_hybrid_count_once_through_the_quickest() -> None:
+def test_cases_whose_narrowest_is_one_shared_good_count_once_through_the_quickest() -> None:
     table = pd.DataFrame(
         {"case": list("abcd"), "margin": [18.0, 18.0, 18.0, 40.0], "margin at": "GOOD", "seconds": [190, 20, 15, 9]}
     )
     chosen = margins.narrowest_cases({"X": table}, count=2)
     assert list(chosen) == ["c", "d"]
-    assert chosen["c"] == "18x at GOOD under X (the same hybrid as in b, a)"
+    assert chosen["c"] == "18x at GOOD under X (the same GOOD as in b, a)"
+    bad = table.assign(**{"margin at": "BAD"})  # each case's own BAD: equal margins are no shared measurement
+    assert list(margins.narrowest_cases({"X": bad}, count=2)) == ["c", "b"]
 
 
 def test_the_record_lists_the_narrowest_cases_of_its_own_tables(record: Any) -> None:
@@ -110,8 +112,17 @@ def test_changed_cases_follow_git_since_the_recorded_commit(tmp_path: Path) -> N
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "a case changed")
     assert margins.changed_cases(recorded, repo) == {"02-b", "03-c"}
+    (cases / "01-a" / "bad.patch").write_text("new, not yet added\n")
+    assert margins.changed_cases(recorded, repo) == {"01-a", "02-b", "03-c"}
     good.write_text("train: {epochs: 40}\n")
     assert margins.changed_cases(recorded, repo) is None
+
+
+def test_a_second_isa_the_record_never_measured_is_said(record: Any) -> None:
+    assert any("not SSE41 as this CPU's second ISA" in line for line in margins.caveats(record, "SSE41")) == (
+        "SSE41" not in record.tables
+    )
+    assert any("not NOPE as this CPU's second ISA" in line for line in margins.caveats(record, "NOPE"))
 
 
 def test_the_command_prints_the_second_isa_pass_node_ids(record: Any) -> None:

@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 
 from pipeline.numerics import cpu_model_and_flags
+from pipeline.scratch import PROJECT_FILES
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -96,8 +97,9 @@ class Record:
 
 def narrowest_cases(tables: Mapping[str, pd.DataFrame], count: int = NARROWEST) -> dict[str, str]:
     """The `count` narrowest margins under any ISA, narrowest first, each as the case it was measured in, with the
-    case's margins. Cases whose narrowest margin is the same hybrid's (the GOOD that several cases start from) are
-    one measurement: the quickest of them represents it, and its reason names the others."""
+    case's margins. Cases whose narrowest margin is their GOOD's, one GOOD that several cases start from (the same
+    margin under the same ISA), are one measurement: the quickest of them represents it, and its reason names the
+    others."""
     found: dict[str, list[tuple[float, str]]] = {}
     seconds: dict[str, float] = {}
     for isa, table in tables.items():
@@ -105,27 +107,38 @@ def narrowest_cases(tables: Mapping[str, pd.DataFrame], count: int = NARROWEST) 
             text = f"{row['margin']:.3g}x at {row['margin at']} under {isa}"
             found.setdefault(row["case"], []).append((float(row["margin"]), text))
             seconds[row["case"]] = seconds.get(row["case"], 0.0) + float(row["seconds"])
-    shared: dict[tuple[float, str], list[str]] = {}
+    measurements: dict[tuple[float, str, str], list[str]] = {}
     for case in sorted(found, key=lambda case: (min(found[case]), seconds[case])):
-        shared.setdefault(min(found[case]), []).append(case)
+        margin, text = min(found[case])
+        measurements.setdefault((margin, text, "" if " at GOOD " in text else case), []).append(case)
     chosen = {}
-    for case, *others in list(shared.values())[:count]:
-        also = f" (the same hybrid as in {', '.join(others)})" if others else ""
+    for case, *others in list(measurements.values())[:count]:
+        also = f" (the same GOOD as in {', '.join(others)})" if others else ""
         chosen[case] = "; ".join(text for _, text in sorted(found[case])) + also
     return chosen
 
 
-def changed_cases(commit: str, root: Path = ROOT) -> set[str] | None:
-    """The case folders with files changed since `commit`, committed or not; None (all of them) when GOOD's params
-    changed too, or when `commit` is not in this clone's history."""
+def changed_since(commit: str, paths: list[str], root: Path = ROOT) -> list[str] | None:
+    """The files under `paths` that differ from `commit`: changed since, committed or not, or new and untracked.
+    None when `commit` is not in this clone's history."""
     known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=root, capture_output=True)
     if known.returncode != 0:
         return None
+
+    def git_lines(*args: str) -> list[str]:
+        return subprocess.run(
+            ["git", *args, "--", *paths], cwd=root, check=True, capture_output=True, text=True
+        ).stdout.split()
+
+    return sorted({*git_lines("diff", "--name-only", commit), *git_lines("ls-files", "--others", "--exclude-standard")})
+
+
+def changed_cases(commit: str, root: Path = ROOT) -> set[str] | None:
+    """The case folders with files changed since `commit`; None (all of them) when GOOD's params changed too, or
+    when `commit` is not in this clone's history."""
     cases, good = (path.relative_to(ROOT).as_posix() for path in (CASES_DIR, GOOD_PARAMS))
-    diff = subprocess.run(
-        ["git", "diff", "--name-only", commit, "--", cases, good], cwd=root, check=True, capture_output=True, text=True
-    ).stdout.split()
-    return None if good in diff else {Path(p).relative_to(cases).parts[0] for p in diff}
+    changed = changed_since(commit, [cases, good], root)
+    return None if changed is None or good in changed else {Path(p).relative_to(cases).parts[0] for p in changed}
 
 
 def second_isa_selection(cases: list[str], record: Record, changed: set[str] | None) -> dict[str, str]:
@@ -144,9 +157,24 @@ def second_isa_selection(cases: list[str], record: Record, changed: set[str] | N
     return why
 
 
+def caveats(record: Record, isa: str) -> list[str]:
+    """What the record cannot vouch for on this checkout and CPU, beside the cases the selection adds."""
+    found = []
+    if isa not in record.tables:
+        found.append(f"the record measured {' and '.join(record.tables)}, not {isa} as this CPU's second ISA")
+    changed = changed_since(record.commit, list(PROJECT_FILES))
+    if changed:
+        found.append(
+            f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} changed since {record.commit[:12]}: "
+            "its margins predate them (run_casebook.py --record before any casebook figure changes)"
+        )
+    return found
+
+
 def main(argv: list[str]) -> int:
+    isa = second_isa(cpu_model_and_flags()[1])
     if argv == ["isa"]:
-        print(second_isa(cpu_model_and_flags()[1]))
+        print(isa)
         return 0
     if argv:
         print(f"usage: {Path(__file__).name} [isa]", file=sys.stderr)
@@ -156,6 +184,8 @@ def main(argv: list[str]) -> int:
     selection = second_isa_selection(cases, record, changed_cases(record.commit))
     for case, why in selection.items():
         print(f"second ISA: {case}: {why}", file=sys.stderr)
+    for warning in caveats(record, isa):
+        print(f"second ISA: warning: {warning}", file=sys.stderr)
     print("\n".join([NUMERICS_TEST, GOOD_CHECK, *(f"{CASE_TEST}[{case}]" for case in selection)]))
     return 0
 

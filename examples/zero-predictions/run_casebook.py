@@ -186,9 +186,11 @@ def stage_env(tracking_uri: str) -> dict[str, str]:
 
 def good_key(overlay: dict[str, Any]) -> str:
     """What GOOD's outcome depends on, hashed: the project's files, GOOD's params and the numeric environment that
-    this process hands its stages (CPU, oneDNN on or off and its ISA, library versions). GOOD built under one key
-    is the same GOOD under that key; another ISA trains another model and needs its own."""
-    digest = hashlib.sha256(json.dumps([overlay, numeric_environment()], sort_keys=True).encode())
+    this process hands its stages (CPU, oneDNN on or off and its ISA, library versions; not the GPUs, which a
+    process only lists once it has imported TensorFlow). GOOD built under one key is the same GOOD under that key;
+    another ISA trains another model and needs its own."""
+    numeric = {k: v for k, v in numeric_environment().items() if k not in ("host", "gpus")}
+    digest = hashlib.sha256(json.dumps([overlay, numeric], sort_keys=True).encode())
     for name in PROJECT_FILES:
         path = ROOT / name
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
