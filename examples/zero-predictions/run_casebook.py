@@ -29,7 +29,17 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from margins import GOOD_PARAMS, HERE, MEASURED, Record, case_folders, narrowest_cases, narrowest_hybrid, second_isa
+from margins import (
+    GOOD_PARAMS,
+    HERE,
+    MARGIN_INPUTS,
+    MEASURED,
+    Record,
+    case_folders,
+    narrowest_cases,
+    narrowest_hybrid,
+    second_isa,
+)
 from pipeline.numerics import cpu_model_and_flags, numeric_environment, onednn_isa
 from pipeline.scratch import PROJECT_FILES, ROOT, git, make_repo
 from segbisect.refs import deep_merge
@@ -325,7 +335,7 @@ def run_casebook(cases: list[Case], out: Path, good_params: Path, jobs: int) -> 
 def record(out: Path, good_params: Path, jobs: int) -> None:
     """The whole casebook under this CPU's kernels, then under the second ISA, one after the other (the seconds
     are each run's own); measured/ is replaced only when both have finished."""
-    changed = git(ROOT, "status", "--porcelain", "--", *PROJECT_FILES, HERE.relative_to(ROOT).as_posix())
+    changed = git(ROOT, "status", "--porcelain", "--", *MARGIN_INPUTS, HERE.relative_to(ROOT).as_posix())
     if changed.strip():
         raise SystemExit(f"{ROOT}: commit first, the record names the commit it measured:\n{changed.rstrip()}")
     commit = git(ROOT, "rev-parse", "HEAD").strip()
