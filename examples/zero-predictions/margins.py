@@ -98,8 +98,8 @@ class Record:
         body = {"commit": self.commit, "cpu": self.cpu, "tables": self.tables, "second_isa_cases": self.narrowest}
         path.write_text(header + yaml.safe_dump(body, sort_keys=False, width=200))
 
-    def read_tables(self, folder: Path = MEASURED) -> dict[str, pd.DataFrame]:
-        return {isa: pd.read_csv(folder / name) for isa, name in self.tables.items()}
+    def read_tables(self) -> dict[str, pd.DataFrame]:
+        return {isa: pd.read_csv(MEASURED / name) for isa, name in self.tables.items()}
 
 
 def narrowest_cases(tables: Mapping[str, pd.DataFrame], count: int = NARROWEST) -> dict[str, str]:
@@ -116,8 +116,8 @@ def narrowest_cases(tables: Mapping[str, pd.DataFrame], count: int = NARROWEST) 
             seconds[row["case"]] = seconds.get(row["case"], 0.0) + float(row["seconds"])
     measurements: dict[tuple[float, str, str], list[str]] = {}
     for case in sorted(found, key=lambda case: (min(found[case]), seconds[case])):
-        margin, text = min(found[case])
-        measurements.setdefault((margin, text, "" if " at GOOD " in text else case), []).append(case)
+        narrow, text = min(found[case])
+        measurements.setdefault((narrow, text, "" if " at GOOD " in text else case), []).append(case)
     chosen = {}
     for case, *others in list(measurements.values())[:count]:
         also = f" (the same GOOD as in {', '.join(others)})" if others else ""
