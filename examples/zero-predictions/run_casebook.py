@@ -132,6 +132,7 @@ class Outcome:
         return narrowest_hybrid(self.report.get("hybrids", []))
 
     def row(self) -> dict[str, Any]:
+        margin, margin_at = self.margin
         return dict(
             zip(
                 COLUMNS,
@@ -149,8 +150,8 @@ class Outcome:
                     len(self.report.get("hybrids", [])),
                     self.report.get("stage_executions"),
                     round(self.seconds, 1),
-                    round(self.margin[0], 2),
-                    self.margin[1],
+                    round(margin, 2),
+                    margin_at,
                 ),
             )
         )
