@@ -16,7 +16,8 @@ Order of reasoning, given the all-zero symptom:
   3. Nothing inconsistent -> training/collapse_to_majority, unless evidence is missing
      (unknown/insufficient_evidence) or validation shows the model had learned foreground
      (unknown/collapse_only_at_evaluation: only from validation labels with foreground and a foreground IoU above
-     zero, since a mean IoU averages only the classes present and is perfect on a background-only split).
+     zero, since training's validation mean IoU (Keras' MeanIoU) averages only the classes present and is perfect
+     on a background-only split).
 Without the symptom the category is none; consistency findings are still listed as candidates.
 """
 

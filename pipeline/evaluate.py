@@ -306,7 +306,8 @@ def training_evidence(meta: TrainMeta) -> dict[str, Any]:
 def flat_metrics(scores: dict[str, Any]) -> dict[str, float]:
     """MLflow wants flat numeric keys.
 
-    per_class_iou.foreground -> iou_foreground, matrix cells -> confusion_matrix_i_j.
+    per_class_iou.foreground -> iou_foreground, matrix cells -> confusion_matrix_i_j; an undefined (null) metric
+    and the lists of names (`absent_class_names`, in metrics.json) are left out.
     """
     prefixes = {
         "per_class_iou": "iou",
@@ -317,9 +318,9 @@ def flat_metrics(scores: dict[str, Any]) -> dict[str, float]:
     for key, value in scores.items():
         if isinstance(value, dict):
             flat.update({f"{prefixes.get(key, key)}_{_metric_name(k)}": float(v) for k, v in value.items()})
-        elif isinstance(value, list):
+        elif isinstance(value, list) and all(isinstance(row, list) for row in value):
             flat.update({f"{key}_{i}_{j}": float(v) for i, row in enumerate(value) for j, v in enumerate(row)})
-        else:
+        elif isinstance(value, (int, float)):
             flat[key] = float(value)
     return flat
 

@@ -2,6 +2,8 @@
 
 Everything is derived from one confusion matrix (rows = true class, columns = predicted class), which
 can be accumulated batch by batch and summed, so the metrics of a large test set need no full copy.
+The matrix has a row and a column for every declared class, so a class the test labels lack still counts in
+every mean (see `mean_iou`), and `absent_classes` names it.
 """
 
 from __future__ import annotations
@@ -39,22 +41,53 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / np.where(union > 0, union, 1.0), np.nan)
 
 
-def mean_iou(cm: np.ndarray) -> float:
-    """Mean IoU over classes present in truth or prediction.
+def absent_classes(cm: np.ndarray) -> np.ndarray:
+    """Ids of the classes with no pixel in the test labels (a row of zeros)."""
+    return np.flatnonzero(np.asarray(cm).sum(axis=1) == 0)
 
-    A class absent from both has an undefined IoU; counting it as 0 would punish a test set for lacking
-    a class, counting it as 1 would reward it. A class that is only predicted (a false alarm) does count,
-    with IoU 0. With no valid pixels at all the result is NaN.
+
+def mean_iou(cm: np.ndarray) -> float:
+    """Mean IoU over every class of the matrix, the declared ones; a class absent from the test labels counts 0.
+
+    Averaging only the classes present would score a test set whose labels lost a class (foreground mapped to the
+    ignore index, say) 1.0 for predicting the rest, the best score of all. A class the labels lack cannot show that
+    the model segments it, so it scores 0: its IoU is 0 already when it is predicted (false alarms only) and
+    undefined (0/0) when it is not. `absent_classes` names them. With no valid pixels at all the result is NaN.
     """
-    ious = iou_per_class(cm)
-    defined = ious[~np.isnan(ious)]
-    return float(defined.mean()) if defined.size else float("nan")
+    if not np.asarray(cm).sum():
+        return float("nan")
+    return float(np.nan_to_num(iou_per_class(cm), nan=0.0).mean())
+
+
+def class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Per class, the share of its labelled pixels predicted as it (recall); NaN for a class absent from the labels."""
+    cm = np.asarray(cm, dtype=np.float64)
+    labelled = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(labelled > 0, np.diag(cm) / np.where(labelled > 0, labelled, 1.0), np.nan)
+
+
+def mean_accuracy(cm: np.ndarray) -> float:
+    """Mean over the declared classes of `class_accuracy`, a class absent from the test labels counting 0.
+
+    Unlike pixel accuracy it weighs every class alike: a model that predicts background everywhere scores
+    1 / num_classes, however rare the foreground. NaN with no valid pixels.
+    """
+    if not np.asarray(cm).sum():
+        return float("nan")
+    return float(np.nan_to_num(class_accuracy(cm), nan=0.0).mean())
 
 
 def pixel_accuracy(cm: np.ndarray) -> float:
-    """Share of valid pixels predicted correctly (NaN with no valid pixels)."""
+    """Share of valid pixels predicted correctly; NaN when a class is absent from the test labels (or none is valid).
+
+    Pooled over pixels it cannot see a class the labels lack: such a test set would score 1.0 for predicting the
+    rest, so it is left undefined rather than reported as the best score.
+    """
     total = np.asarray(cm).sum()
-    return float(np.trace(cm) / total) if total else float("nan")
+    if not total or absent_classes(cm).size:
+        return float("nan")
+    return float(np.trace(cm) / total)
 
 
 def true_histogram(cm: np.ndarray) -> np.ndarray:
@@ -79,16 +112,29 @@ def _shares(counts: np.ndarray) -> np.ndarray:
 
 
 def summarize(cm: np.ndarray, class_names: list[str]) -> dict[str, object]:
-    """The metrics.json view of a confusion matrix; classes with an undefined IoU are left out of per_class_iou."""
-    ious = iou_per_class(cm)
+    """The metrics.json view of a confusion matrix, one entry per class of the matrix in every per-class table.
+
+    `per_class_iou` holds what `mean_iou` averages (0 for a class absent from the test labels), `absent_classes`
+    counts those classes and `absent_class_names` names them; an undefined `pixel_accuracy` is null.
+    """
+    ious = np.nan_to_num(iou_per_class(cm), nan=0.0)
     true_hist = true_histogram(cm)
+    absent = absent_classes(cm)
     return {
         "mean_iou": mean_iou(cm),
-        "pixel_accuracy": pixel_accuracy(cm),
+        "pixel_accuracy": _defined(pixel_accuracy(cm)),
+        "mean_accuracy": mean_accuracy(cm),
+        "absent_classes": int(absent.size),
+        "absent_class_names": [class_names[i] for i in absent],
         "foreground_fraction": foreground_fraction(cm),
         "true_foreground_fraction": float(true_hist[1:].sum()),
-        "per_class_iou": {name: float(v) for name, v in zip(class_names, ious) if not np.isnan(v)},
+        "per_class_iou": {name: float(v) for name, v in zip(class_names, ious)},
         "predicted_class_histogram": {name: float(v) for name, v in zip(class_names, predicted_histogram(cm))},
         "true_class_histogram": {name: float(v) for name, v in zip(class_names, true_hist)},
         "confusion_matrix": [[int(v) for v in row] for row in np.asarray(cm)],
     }
+
+
+def _defined(value: float) -> float | None:
+    """NaN as JSON's null: metrics.json stays valid JSON, and a null metric is not logged."""
+    return None if np.isnan(value) else value

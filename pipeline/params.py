@@ -124,12 +124,16 @@ def _coerce(hint: Any, value: Any, where: str, path: Path) -> Any:
 
 
 def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> value view of a params dataclass, the shape MLflow's log_params wants."""
+    """Dotted key -> value view of a params dataclass or mapping, the shape MLflow's log_params wants.
+
+    Every non-empty mapping is opened, whatever its keys' type, so each entry is a key of its own
+    (`label_map: {0: 0, 255: 1}` -> `label_map.0`, `label_map.255`): a change to one entry shows as that key.
+    """
     flat: dict[str, Any] = {}
     items = dataclasses.asdict(typing.cast(Any, obj)).items() if dataclasses.is_dataclass(obj) else obj.items()
     for key, value in items:
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        if isinstance(value, dict) and value:
             flat.update(as_flat_dict(value, f"{name}."))
         else:
             flat[name] = value

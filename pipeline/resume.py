@@ -6,10 +6,17 @@ checksums, the pipeline's code, and the numeric environment: host, CPU, oneDNN s
 a changed configuration never resumes a stale backup, and backups of other keys are removed. A backup holds the
 weights with the optimizer's state, early stopping's state and the history so far; the stage removes it when the
 training has an outcome.
+
+Under a bisection the stage runs in a temporary worktree that goes with the session; segbisect names a folder that
+outlives it in `SEGBISECT_STATE_DIR`, and the backup lives there instead (`train-backup/<key>`), so a bisection
+interrupted and run again resumes its trainings. Hybrids of a session train there side by side, so backups of other
+keys stay (the session removes the folder when it has its answer), and one training at a time holds a key: a second
+training of the same inputs at once (another hybrid) keeps its backup in its own worktree rather than share it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +34,8 @@ from pipeline.io import atomic_file
 from pipeline.numerics import numeric_environment
 
 BACKUP_ROOT = Path(".train-backup")
+STATE_VARIABLE = "SEGBISECT_STATE_DIR"
+STATE_BACKUPS = "train-backup"
 LATEST = "latest.json"
 WEIGHTS = "state.weights.h5"
 BEST = "best.npz"
@@ -119,6 +128,35 @@ class Backup:
         shutil.rmtree(self.folder, ignore_errors=True)
         if self.root.is_dir() and not any(self.root.iterdir()):
             self.root.rmdir()
+
+
+@contextmanager
+def claimed(key: str) -> Iterator[Backup]:
+    """The backup of `key` for one training, held until it ends: in the bisection's state folder when there is one
+    and no other training of the same key holds it now (an exclusive lock, released by the process ending however it
+    ends), else in the workspace, where other keys' backups are stale and go.
+    """
+    state = os.environ.get(STATE_VARIABLE)
+    if state:
+        root = Path(state) / STATE_BACKUPS
+        root.mkdir(parents=True, exist_ok=True)
+        # The lock file stays: removed, a waiting process and a new one could each lock a file of that name.
+        with open(root / f"{key}.lock", "a") as lock:
+            if _locked(lock.fileno()):
+                yield Backup(key, root)
+                return
+    backup = Backup(key)
+    backup.clear_others()
+    yield backup
+
+
+def _locked(fd: int) -> bool:
+    """Whether this process now holds the exclusive lock on `fd` (False at once when another holds it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _plain(value: Any) -> Any:

@@ -9,12 +9,18 @@ Tracking never decides whether a stage succeeds:
   (`pipeline.errors.EXIT_ENVIRONMENT`), one line naming the store.
 
 Stages log through the functions here (`log_metrics`, `log_artifact`, ...), which do nothing when untracked.
+
+A stage's run holds, as params, the whole configuration it ran under (`run_params`): the params of the stage and of
+every stage upstream of it in DVC's graph, named as in dvc.yaml (`prepare.label_map.255`, `classes.num_classes`),
+and DVC's hash of every DVC-tracked output those stages read (`deps.data/processed`). Two runs of one stage then
+differ in exactly the params and data that differ between their configurations.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import re
 import sqlite3
 import ssl
 import subprocess
@@ -51,6 +57,12 @@ HTTP_DEFAULTS = {
 }
 PROBE_TIMEOUT_S = 3.0
 SQLITE_LOCK_TIMEOUT_S = 5.0  # what sqlite3 (and so MLflow) waits for a lock by default
+# The DVC-tracked outputs a stage's lineage reads are logged as params `deps.<path>` = DVC's hash of the output.
+DATA_PREFIX = "deps."
+# MLflow's limits on a param: the key's length and characters, the value's length.
+MAX_KEY_LENGTH = 250
+MAX_VALUE_LENGTH = 6000
+KEY_CHARACTERS = re.compile(r"[^/\w.\- ]")
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,8 @@ def _dvc_outputs() -> set[str]:
 
 @contextmanager
 def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[StageRun]:
-    """Start an MLflow run for `stage`, log its params, and record the run id in `run_file` (a DVC out).
+    """Start an MLflow run for `stage`, log the configuration it runs under (`run_params`; `params` is the stage's
+    own section of params.yaml, named after the stage), and record the run id in `run_file` (a DVC out).
 
     The run id file lets a result restored from DVC's cache still point at the run that produced it; it also
     holds the numeric environment (CPU, oneDNN ISA, versions), tagged `numerics.*` on the run as well, since
@@ -160,6 +173,7 @@ def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[StageRu
             _current = None
         return
 
+    logged = run_params(stage, params)
     with _store_faults(tracking_uri):
         import mlflow
 
@@ -171,7 +185,7 @@ def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[StageRu
         active = mlflow.start_run(run_name=f"{stage} {chash[:8]}", tags=tags)
     try:
         with _store_faults(tracking_uri):
-            mlflow.log_params({k: _param_value(v) for k, v in as_flat_dict(params).items()})
+            mlflow.log_params(logged)
         run = StageRun(stage, active.info.run_id, active.info.experiment_id, tracking_uri)
         write_json(run_file, {"run_id": run.run_id, "experiment_id": run.experiment_id, **record})
         _current = run
@@ -185,6 +199,85 @@ def stage_run(stage: str, params: Any, run_file: Path | str) -> Iterator[StageRu
     _current = None
     with _store_faults(tracking_uri):
         active.__exit__(None, None, None)
+
+
+def run_params(stage: str, params: Any) -> dict[str, str]:
+    """The stage run's params: its own section (`params`, a dataclass or mapping) and, from DVC, its lineage's.
+
+    Within DVC's pipeline the lineage holds the stage and every stage upstream of it (linked through deps and
+    outs, as DVC's graph links them): each one's declared params, read from the params file now, and DVC's hash of
+    each DVC-tracked output they depend on (from dvc.lock, where DVC records an output as the stage that writes it
+    finishes, and from `.dvc` files). Outside a DVC project only the stage's own section is logged. Keys and values
+    fit MLflow's limits (MLflow itself sends them in batches of its maximum size).
+    """
+    flat = {f"{stage}.{key}": value for key, value in as_flat_dict(params).items()}
+    lineage = dvc_lineage(os.environ.get("DVC_STAGE") or stage)
+    if lineage is not None:
+        flat.update(as_flat_dict(lineage.params))
+        flat.update({f"{DATA_PREFIX}{path}": digest for path, digest in lineage.data.items()})
+    return {_param_key(key): _param_value(value) for key, value in sorted(flat.items())}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """A stage and those upstream of it in DVC's pipeline: their params (dotted keys as dvc.yaml declares them,
+    current values) and the DVC-tracked outputs they read (path relative to the project -> DVC's hash)."""
+
+    params: dict[str, Any]
+    data: dict[str, str]
+
+
+def dvc_lineage(stage: str) -> Lineage | None:
+    """The lineage of `stage` (a DVC stage name, as in `DVC_STAGE`), asked of DVC in the working directory.
+
+    None outside a DVC project, or for a stage its pipeline does not declare; a pipeline DVC cannot read costs one
+    warning line (tracking never fails a stage).
+    """
+    from dvc.exceptions import DvcException, NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        with Repo() as repo:
+            return _lineage(repo, stage)
+    except NotDvcRepoError:
+        return None
+    except (DvcException, OSError, sqlite3.Error) as exc:
+        print(f"warning: DVC pipeline unreadable ({exc}): the run logs {stage}'s own params only", file=sys.stderr)
+        return None
+
+
+def _lineage(repo: Any, stage: str) -> Lineage | None:
+    """Walk from `stage` to the stages whose outputs its deps overlap, as DVC's graph links them (DVC's own graph
+    would import networkx, a third of a second more for every stage)."""
+    from dvc.dependency import ParamsDependency
+
+    stages = repo.index.stages
+    target = next((s for s in stages if s.addressing == stage), None)
+    if target is None:
+        return None
+    producers = [(out, s) for s in stages for out in s.outs]
+    params: dict[str, Any] = {}
+    data: dict[str, str] = {}
+    seen, todo = [target], [target]
+    while todo:
+        for dep in todo.pop().deps:
+            if isinstance(dep, ParamsDependency):
+                params.update(dep.read_params())
+                continue
+            for out, producer in producers:
+                if not _overlap(dep.fs_path, out.fs_path):
+                    continue
+                if out.hash_info:
+                    data[repo.fs.relpath(out.fs_path, repo.root_dir)] = str(out.hash_info.value)
+                if all(producer is not s for s in seen):
+                    seen.append(producer)
+                    todo.append(producer)
+    return Lineage(params, data)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one of two absolute paths is the other or lies inside it."""
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
 
 
 def current() -> StageRun | None:
@@ -360,6 +453,11 @@ def _tag_value(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _param_key(key: str) -> str:
+    """A key MLflow accepts: characters it rejects become '_', and it is cut to MLflow's length."""
+    return KEY_CHARACTERS.sub("_", key)[:MAX_KEY_LENGTH]
+
+
 def _param_value(value: Any) -> str:
     text = str(value)
-    return text if len(text) <= 6000 else text[:5997] + "..."
+    return text if len(text) <= MAX_VALUE_LENGTH else text[: MAX_VALUE_LENGTH - 3] + "..."

@@ -22,7 +22,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, atomic_file, file_sha256, write_json
 from pipeline.params import load_section
 from pipeline.processed import SPEC_FILE, Spec
-from pipeline.resume import Backup, Progress, backup_callback, backup_key
+from pipeline.resume import Backup, Progress, backup_callback, backup_key, claimed
 from pipeline.tracking import TRACKING_SWITCH, log_artifact, log_keras_model, log_metrics, set_tag, stage_run
 from pipeline.train_data import Batching, pixel_weight_table, read_labels, training_batches, validation_batches
 from pipeline.train_meta import FILE as META_FILE
@@ -344,12 +344,16 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
     keras.utils.set_random_seed(params.seed)
     if not params.jit_compile:
         tf.config.experimental.enable_op_determinism()
-    backup = Backup(backup_key(dataclasses.asdict(params), processed / SPEC_FILE))
-    backup.clear_others()
-    progress = backup.progress()
     batch_size = accelerate.global_batch_size(params.batch_size, strategy)
-    data = training_data(spec, processed, params, batch_size, progress.epochs_done)
-    with backup.until_outcome(), output_dir(models, chief) as out, stage_run("train", params, out / "train_run.json"):
+    key = backup_key(dataclasses.asdict(params), processed / SPEC_FILE)
+    with (
+        claimed(key) as backup,
+        backup.until_outcome(),
+        output_dir(models, chief) as out,
+        stage_run("train", params, out / "train_run.json"),
+    ):
+        progress = backup.progress()
+        data = training_data(spec, processed, params, batch_size, progress.epochs_done)
         with strategy.scope():
             model = build_model(params, (spec.image_size, spec.image_size, 3), spec.num_classes, spec.ignore_index)
         fit(model, data, params, backup, progress)

@@ -35,10 +35,16 @@ def venv_on_path() -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The casebook's tests first. Under `--dist worksteal` (pyproject.toml) each xdist worker starts on its own half
-    of the run, so one builds the casebook's GOOD while the other starts on the rest, and a worker that runs out
-    takes tests from the end of the other's half: none waits for GOOD while there is other work."""
-    items.sort(key=lambda item: "casebook_base" not in getattr(item, "fixturenames", ()))
+    """The casebook's tests first, then the README's walkthrough (the longest test). Under `--dist worksteal`
+    (pyproject.toml) each xdist worker starts on its own half of the run, so one builds the casebook's GOOD while the
+    other starts on the rest, and a worker that runs out takes tests from the end of the other's half: none waits
+    for GOOD while there is other work, and the longest test never starts last."""
+    items.sort(
+        key=lambda item: (
+            "casebook_base" not in getattr(item, "fixturenames", ()),
+            item.name != "test_the_quick_start_and_walkthrough_run_as_written",
+        )
+    )
 
 
 @pytest.fixture(scope="session")

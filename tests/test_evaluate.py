@@ -24,7 +24,10 @@ SIZE = 8
 IGNORE = 255
 METRIC_KEYS = {
     "mean_iou",
+    "mean_accuracy",
     "pixel_accuracy",
+    "absent_classes",
+    "absent_class_names",
     "foreground_fraction",
     "true_foreground_fraction",
     "per_class_iou",
@@ -77,18 +80,26 @@ def write_params(**evaluate_params) -> None:
     Path("params.yaml").write_text(yaml.safe_dump({"evaluate": section}))
 
 
+SPLIT_SIZES = {"train": (6, 0), "val": (2, 1), "test": (5, 2)}
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """Processed data, train_meta.json and params.yaml as the upstream stages would leave them (no model yet)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    splits = {
-        split: make_split(n, seed)[:2] for split, (n, seed) in {"train": (6, 0), "val": (2, 1), "test": (5, 2)}.items()
-    }
-    write_processed(Path("data/processed"), two_class_spec(SIZE, IGNORE), splits, shard_bytes=400)
+    write_splits()
     write_meta()
     write_params()
     return tmp_path
+
+
+def write_splits(test_foreground: int = 1) -> None:
+    """data/processed from `make_split`; the test masks' foreground pixels hold `test_foreground`."""
+    splits = {split: make_split(n, seed)[:2] for split, (n, seed) in SPLIT_SIZES.items()}
+    images, masks = splits["test"]
+    splits["test"] = images, np.where(masks == 1, test_foreground, masks).astype(np.uint8)
+    write_processed(Path("data/processed"), two_class_spec(SIZE, IGNORE), splits, shard_bytes=400)
 
 
 def write_meta(**fields) -> None:
@@ -146,6 +157,8 @@ def test_healthy_model_end_to_end(workspace):
     assert set(scores) >= METRIC_KEYS
     assert scores["mean_iou"] == pytest.approx(1.0)
     assert scores["per_class_iou"] == {"background": pytest.approx(1.0), "foreground": pytest.approx(1.0)}
+    assert (scores["absent_classes"], scores["absent_class_names"]) == (0, [])
+    assert scores["pixel_accuracy"] == pytest.approx(1.0) and scores["mean_accuracy"] == pytest.approx(1.0)
     assert scores["foreground_fraction"] == pytest.approx(scores["true_foreground_fraction"])
     assert scores["foreground_fraction"] == pytest.approx(5 * 9 / (5 * 62))
     assert sum(map(sum, scores["confusion_matrix"])) == 5 * (SIZE * SIZE - 2)
@@ -163,7 +176,11 @@ def assert_mlflow_run(run_id: str, diagnosis: str) -> None:
     logged = client.get_run(run_id)
     assert logged.data.tags["diagnosis"] == diagnosis
     assert logged.data.metrics["iou_foreground"] == pytest.approx(1.0)
-    assert logged.data.params["postprocess"] == "argmax"
+    # Outside a DVC project the run holds the stage's own section, named as in params.yaml.
+    section = yaml.safe_load(Path("params.yaml").read_text())["evaluate"]
+    assert logged.data.params == {f"evaluate.{key}": str(value) for key, value in section.items()} | {
+        "evaluate.overlay_names": "[]"
+    }
     folders = ("figures", "figures/overlays", "evaluate")
     artifacts = {a.path for folder in folders for a in client.list_artifacts(run_id, folder) if not a.is_dir}
     assert artifacts == {
@@ -186,6 +203,28 @@ def test_threshold_postprocessing(workspace):
     assert scores["foreground_fraction"] == 0.0
     assert scores["reference_foreground_fraction"] > 0.0
     assert (record["symptom"], record["category"], record["cause"]) == (True, "postprocessing", "threshold_too_high")
+
+
+@pytest.mark.e2e
+def test_test_labels_without_foreground_score_below_a_perfect_run(workspace):
+    """The label map sent foreground to the ignore index: the test labels hold background alone, all predicted
+    right. The run must not look perfect: foreground counts 0 in mean_iou, flagged absent, and pixel accuracy,
+    blind to a class the labels lack, is undefined (null, not logged)."""
+    write_splits(test_foreground=IGNORE)
+    save_model(red_weight=0.0)
+    scores, record = run()
+    assert scores["true_foreground_fraction"] == 0.0 and scores["confusion_matrix"][1] == [0, 0]
+    assert scores["per_class_iou"] == {"background": 1.0, "foreground": 0.0}
+    assert scores["mean_iou"] == pytest.approx(0.5) and scores["mean_accuracy"] == pytest.approx(0.5)
+    assert (scores["absent_classes"], scores["absent_class_names"]) == (1, ["foreground"])
+    assert scores["pixel_accuracy"] is None
+    assert (scores["all_zero_symptom"], record["cause"]) == (1, "no_foreground_labels")
+    import mlflow
+
+    run_id = json.loads(Path("reports/evaluate/evaluate_run.json").read_text())["run_id"]
+    logged = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id).data.metrics
+    assert (logged["mean_iou"], logged["absent_classes"], logged["all_zero_symptom"]) == (0.5, 1.0, 1.0)
+    assert "pixel_accuracy" not in logged and "absent_class_names" not in logged
 
 
 def test_collapsed_model_is_diagnosed_as_training(workspace):

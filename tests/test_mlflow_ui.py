@@ -5,16 +5,22 @@ A real tiny pipeline run (`dvc repro`) and a real `segbisect` bisection fill a S
 experiment's runs page, picks the metric columns in the UI, expands the bisection's parent run and reads the
 table. Nothing is asserted from the database alone: the store only tells the test which run ids to look for.
 
+A second store holds the README's walkthrough in small: the tiny pipeline reproduced, then reproduced again with
+the broken label map. From MLflow's Home page the test follows the README's clicks to the runs table, adds the
+README's columns, and compares the two evaluate runs.
+
 The bisection's own report.html is opened from its file in the same browser.
 
 Screenshots go to a results dir (printed; `MLFLOW_UI_RESULTS=DIR` picks it). With `SAVE_SCREENSHOT=1` they are
-also copied to docs/img/mlflow-ui.png (stage runs), docs/img/mlflow-ui-bisection.png (bisection) and
-docs/img/segbisect-report.png (report.html).
+also copied to docs/img/mlflow-ui.png (stage runs), docs/img/mlflow-ui-bisection.png (bisection),
+docs/img/mlflow-ui-compare.png (the walkthrough's two evaluate runs compared) and docs/img/segbisect-report.png
+(report.html).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,14 +33,21 @@ import pytest
 
 from conftest import ThresholdBisection
 from pipeline.scratch import ROOT
+from test_tracking_configuration import LabelMapStore, load_label_map_store, stage_runs
 from ui_server import (
     CHROMIUM,
     RUN_NAME_COL,
     MlflowServer,
     chromium_page,
     close_assistant,
+    compare_section,
+    compare_selected,
+    compared_run_ids,
     expand_parent,
+    header_ids,
     metric_col,
+    open_runs_table_from_home,
+    open_runs_table_through_overview,
     port_in_use,
     row_cell,
     runs_url,
@@ -54,6 +67,10 @@ pytestmark = [
 
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
 KEY_METRICS = ["mean_iou", "foreground_fraction"]
+# The columns the README has a user add to the runs table, and the tags its walkthrough reads.
+README_METRICS = ["mean_iou", "all_zero_symptom", "absent_classes", "foreground_fraction"]
+README_TAGS = ["diagnosis", "diagnosis.cause"]
+EXPERIMENT = "wise-deeplabv3plus"
 UI_TIMEOUT_MS = 30_000
 
 
@@ -124,6 +141,23 @@ def bisection(store: Store, threshold_bisection: ThresholdBisection) -> Bisectio
 def server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """`mlflow server` on the store; stopped (process group killed, port checked free) even when a test fails."""
     srv = MlflowServer(store.uri, tmp_path_factory.mktemp("mlflow-server") / "server.log").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def walkthrough_store(tmp_path_factory: pytest.TempPathFactory) -> LabelMapStore:
+    """The quick start's run and the walkthrough's broken one, in small (see tests/test_tracking_configuration.py)."""
+    return load_label_map_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def walkthrough_server(
+    walkthrough_store: LabelMapStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    srv = MlflowServer(walkthrough_store.uri, tmp_path_factory.mktemp("mlflow-server") / "server.log").start()
     try:
         yield srv
     finally:
@@ -318,6 +352,69 @@ def test_report_html_in_the_browser(threshold_bisection: ThresholdBisection, res
             assert row.locator("img").count() == sum(kept is not None for kept in image["kept"])
         assert page.get_by_text("evaluate.threshold", exact=True).first.is_visible()
         save(page, results_dir, "segbisect-report.png", "segbisect-report.png")
+
+
+def test_readme_clicks_lead_from_home_to_the_runs_table_and_compare(
+    walkthrough_store: LabelMapStore, walkthrough_server: MlflowServer, results_dir: Path
+) -> None:
+    """Home -> Model training -> the experiment: its runs table, without a metric column until the README's
+    columns are ticked; the README's filters; then Compare of the quick start's evaluate run and the broken one,
+    whose params differ in the label map and the data it changed, nothing else."""
+    good, bad = stage_runs(walkthrough_store.uri, "evaluate")
+    evaluations = {good.info.run_id, bad.info.run_id}
+    failing = {r.info.run_id for r in (good, bad) if r.data.metrics["all_zero_symptom"] == 1}
+    with chromium_page() as page, screenshot_on_failure(page, results_dir, "mlflow-ui-walkthrough.png"):
+        open_runs_table_from_home(page, walkthrough_server.url, EXPERIMENT, UI_TIMEOUT_MS)
+        close_assistant(page)
+        assert f"/experiments/{good.info.experiment_id}/runs" in page.url, page.url
+        row_cell(page, good.info.run_id, RUN_NAME_COL).wait_for(timeout=UI_TIMEOUT_MS)
+        shown = header_ids(page)
+        assert RUN_NAME_COL in shown and not [c for c in shown if c.startswith(("metrics.", "params.", "tags."))]
+
+        search(page, 'tags.stage = "evaluate"', evaluations)
+        missing = set_columns(page, [*README_METRICS, *README_TAGS])
+        assert not missing, f"not offered in the Columns picker: {missing}"
+        assert_headers(page, README_METRICS)
+        for run in (good, bad):
+            assert_row(page, run, metrics=README_METRICS, tags=README_TAGS)
+        assert bad.data.metrics["absent_classes"] == 1 and good.data.metrics["absent_classes"] == 0
+        search(page, 'tags.stage = "evaluate" and metrics.all_zero_symptom = 1', failing)
+        assert bad.info.run_id in failing
+        search(page, 'tags.stage = "evaluate"', evaluations)
+
+        compare_selected(page, [bad.info.run_id, good.info.run_id], UI_TIMEOUT_MS)
+        close_assistant(page)
+        order = compared_run_ids(page)
+        assert sorted(order) == sorted(evaluations), order
+        logged = {run.info.run_id: run.data.params for run in (good, bad)}
+        differing = {
+            key: [logged[run_id][key] for run_id in order]
+            for key in good.data.params
+            if good.data.params[key] != bad.data.params[key]
+        }
+        assert set(differing) == {"prepare.label_map.255", "deps.data/prepared", "deps.data/processed", "deps.models"}
+        assert len(compare_section(page, "Parameters", diff_only=False)) == len(good.data.params)
+        assert compare_section(page, "Parameters", diff_only=True) == differing
+        tags = compare_section(page, "Tags", diff_only=True)
+        assert {"config_hash", "git_commit"} <= set(tags), tags
+        # The picture: the runs and the params that differ (the tiny configuration's metrics say nothing).
+        for section in ("Metrics", "Tags"):
+            page.locator(".du-bois-light-collapse-header").filter(has_text=re.compile(f"^{section}$")).click()
+        page.locator(".du-bois-light-collapse-header").filter(has_text="Run details").evaluate(
+            "e => e.scrollIntoView()"
+        )
+        save(page, results_dir, "mlflow-ui-compare.png", "mlflow-ui-compare.png")
+
+
+def test_without_the_switch_an_overview_page_and_its_pop_up_come_first(
+    walkthrough_store: LabelMapStore, walkthrough_server: MlflowServer, results_dir: Path
+) -> None:
+    """The README's way from Home when the UI is left on GenAI: the pop-up's Got it, then Training runs."""
+    good, _ = stage_runs(walkthrough_store.uri, "evaluate")
+    with chromium_page() as page, screenshot_on_failure(page, results_dir, "mlflow-ui-overview.png"):
+        open_runs_table_through_overview(page, walkthrough_server.url, EXPERIMENT, UI_TIMEOUT_MS)
+        row_cell(page, good.info.run_id, RUN_NAME_COL).wait_for(timeout=UI_TIMEOUT_MS)
+        assert f"/experiments/{good.info.experiment_id}/runs" in page.url, page.url
 
 
 def test_server_is_stopped_and_port_freed_even_on_failure(tmp_path: Path) -> None:

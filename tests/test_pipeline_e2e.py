@@ -74,7 +74,7 @@ def test_repro_builds_everything_then_only_what_changed(repo: Path, tracking_uri
     assert sorted(by_stage) == sorted(STAGES) and len(runs) == len(STAGES)
     assert len({r.data.tags["config_hash"] for r in runs}) == 1
     assert all(r.data.tags["git_commit"] != "unknown" for r in runs)
-    assert by_stage["train"].data.params["epochs"] == "1"
+    assert by_stage["train"].data.params["train.epochs"] == "1"
     assert by_stage["evaluate"].data.metrics["mean_iou"] == pytest.approx(metrics["mean_iou"])
     artifacts = {a.path for a in client.list_artifacts(by_stage["evaluate"].info.run_id)}
     assert artifacts, "evaluate logged no artifacts"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import make_pipeline_repo
@@ -528,7 +529,7 @@ def test_gitignore_hides_temps_and_no_real_dotfile(tmp_path: Path) -> None:
         ".pre-commit-config.yaml",
         ".dvcignore",
         "data/.gitignore",
-        "models/model.keras",
+        "pipeline/train.py",
         "reports/metrics.json",
     ]
     result = subprocess.run(
@@ -543,6 +544,30 @@ def test_gitignore_hides_temps_and_no_real_dotfile(tmp_path: Path) -> None:
         matched[path] = bool(source.strip(":"))
     assert {path: matched[path] for path in temps} == dict.fromkeys(temps, True)
     assert {path: matched[path] for path in real} == dict.fromkeys(real, False)
+
+
+def test_every_dvc_output_is_ignored_by_the_committed_gitignores(tmp_path: Path) -> None:
+    """DVC adds a missing entry for each output it writes: committed, the quick start's `dvc repro` edits none."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    for name in (".gitignore", "data/.gitignore", "reports/.gitignore"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outputs = [
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for stage in stages.values()
+        for field in ("outs", "metrics", "plots")
+        for entry in stage.get(field, [])
+    ]
+    assert len(outputs) >= 8, outputs
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *outputs],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    unignored = [line.split("\t")[1] for line in result.stdout.splitlines() if line.startswith("::")]
+    assert unignored == []
 
 
 # --- whole stages, as DVC runs them ------------------------------------------------------------------------------

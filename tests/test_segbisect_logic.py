@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from segbisect import yamlfile
+from segbisect import refs, yamlfile
 from segbisect.metrics import flatten
 from segbisect.predicate import Predicate, PredicateError, UnjudgeableError
 from segbisect.search import ddmin, search
@@ -137,6 +138,16 @@ def test_predicate_rejects_anything_but_comparisons(expr: str) -> None:
 def test_unknown_key_lists_available_and_suffix_matches() -> None:
     with pytest.raises(PredicateError, match="available keys: accuracy, foreground_fraction"):
         Predicate("fg > 0").resolve_keys(["accuracy", "foreground_fraction"])
+    nested = ["iou.foreground", "dice.foreground", "loss.total"]
+    with pytest.raises(PredicateError) as caught:
+        Predicate("totl > 1").resolve_keys(nested, "eval.json")
+    assert str(caught.value) == "--fail-if names 'totl', not in eval.json; did you mean 'total'?", "a unique suffix"
+    with pytest.raises(PredicateError) as caught:
+        Predicate("foreground == 0").resolve_keys(nested, "eval.json")
+    assert str(caught.value) == (
+        "--fail-if names 'foreground', which several keys of eval.json end with (iou.foreground, dice.foreground): "
+        "write one of them whole"
+    )
     pred = Predicate("foreground_fraction == 0")
     pred.resolve_keys(["eval.foreground_fraction"])
     assert pred.metric_keys == ["eval.foreground_fraction"] and pred({"eval.foreground_fraction": 0})
@@ -154,3 +165,23 @@ def test_yaml_is_read_as_pyyaml_safe_load_reads_it_with_libyaml_where_built_in()
         yamlfile.load("!!python/object/apply:os.system ['true']")
     if yaml.__with_libyaml__:
         assert yamlfile._LOADER is yaml.CSafeLoader
+
+
+def test_an_mlflow_runs_logged_configuration_is_laid_back_where_params_yaml_has_it() -> None:
+    """Stage runs log their whole configuration with dotted keys (`prepare.label_map.255`) and DVC's hashes of
+    their data (`deps.<path>`); runs of an older pipeline logged their own section's keys alone."""
+    committed = {
+        "prepare": {"label_map": {0: 0, 255: 1}, "seed": 0},
+        "evaluate": {"threshold": 0.5, "postprocess": "argmax"},
+    }
+    params = copy.deepcopy(committed)
+    logged = {"prepare.label_map.255": "255", "evaluate.threshold": "0.75", "deps.data/prepared": "0a1b.dir"}
+    refs._set_logged(params, params["evaluate"], logged)
+    assert params == {
+        "prepare": {"label_map": {0: 0, 255: 255}, "seed": 0},
+        "evaluate": {"threshold": 0.75, "postprocess": "argmax"},
+    }
+    older = copy.deepcopy(committed)
+    refs._set_logged(older, older["evaluate"], {"threshold": "0.75", "postprocess": "threshold"})
+    assert older["evaluate"] == {"threshold": 0.75, "postprocess": "threshold"}
+    assert older["prepare"] == committed["prepare"]

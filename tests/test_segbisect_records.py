@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from segbisect import metrics
+from segbisect import metrics, render, report_html
 from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.dvc_run import Events
 from segbisect.errors import UsageError
 from segbisect.hybrid import Hybrid
-from segbisect.journal import SCHEMA, Journal, known_hybrids
+from segbisect.journal import REUSED, SCHEMA, Journal, journal_id, known_hybrids
 from segbisect.judge import Judge
 from segbisect.outcome import Outcome
 from segbisect.predicate import Predicate
 from segbisect.refs import Reference
+from segbisect.report import Findings, build
 from segbisect.runner import describe_exit, failed_status
 from segbisect.snapshot import ABSENT, Snapshot, StageSnap
 from segbisect.units import UnitKind, diff
@@ -83,10 +85,20 @@ def test_metrics_file_is_the_one_whose_keys_the_predicate_names() -> None:
     found = {"dvclive/metrics.json": {"loss": 0.1}, METRICS: {"foreground_fraction": 0, "all_zero_threshold": 0.01}}
     assert metrics.choose(files, predicate, found) == METRICS
     assert metrics.choose(files, predicate, {METRICS: found[METRICS]}) is None, "undecided until every file is read"
-    with pytest.raises(
-        UsageError, match=r"none of the metrics files hold \(dvclive/metrics\.json, eval/metrics\.json\)"
-    ):
+    with pytest.raises(UsageError) as caught:
+        metrics.choose(files, Predicate("loss > 1 and foregound_fraction == 0"), found)
+    assert (
+        str(caught.value)
+        == f"--fail-if names 'foregound_fraction', not in {METRICS}; did you mean 'foreground_fraction'?"
+    )
+    with pytest.raises(UsageError) as caught:
         metrics.choose(files, Predicate("accuracy < 0.5"), found)
+    assert str(caught.value) == (
+        f"--fail-if names 'accuracy', not in dvclive/metrics.json or {METRICS}; "
+        "available keys: all_zero_threshold, foreground_fraction, loss"
+    )
+    with pytest.raises(UsageError, match=r"which no single metrics file holds \(dvclive/metrics\.json, eval/"):
+        metrics.choose(files, Predicate("loss > 1 and foreground_fraction == 0"), found)
     assert metrics.choose(files, None, {}) == METRICS, "a --run check shows the last file as evidence"
     assert metrics.choose([], None, {}) is None
     with pytest.raises(UsageError, match="no metrics file"):
@@ -165,3 +177,54 @@ def test_a_signal_is_the_environment_however_the_shell_reports_it(
 ) -> None:
     events = Events(rc=1, command_status=status)
     assert failed_status(events) == expected and describe_exit(status) == said
+
+
+def test_the_journal_tells_what_this_sessions_runs_executed_and_keeps_its_id_until_fresh(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    run_id = journal_id(folder, fresh=False)
+    journal = Journal(folder, {"session": "s", "id": run_id})
+    journal.append({"type": "hybrid", "fingerprint": "ran-here", "attempts": []})
+    journal.append({"type": "hybrid", "fingerprint": "from-another-session", "attempts": [], REUSED: True})
+    assert journal.executed_here() == {"ran-here"}
+    assert journal_id(folder, fresh=False) == run_id != journal_id(folder, fresh=True)
+
+
+def test_reports_count_the_stage_executions_of_earlier_runs_of_the_session(tmp_path: Path) -> None:
+    """h01 ran in an earlier run of this session, h02 in another session, h03 in this run."""
+    good = snapshot(tmp_path / "good", {"prep": {"n": 1}, "train": {"lr": 0.1}})
+    bad = snapshot(tmp_path / "bad", {"prep": {"n": 2}, "train": {"lr": 2.0}})
+    ran = {"h01": ("evaluate",), "h02": ("train", "evaluate"), "h03": ("prep", "train", "evaluate")}
+    hybrids = [
+        Hybrid(
+            id=h,
+            label=h,
+            fingerprint=h,
+            from_bad=(),
+            sides={},
+            attempts=(Attempt(status=AttemptStatus.OK, executed=executed),),
+            check=None,
+            outcome=Outcome.GOOD,
+            note="",
+            reused=h != "h03",
+        )
+        for h, executed in ran.items()
+    ]
+    findings = Findings(
+        good=good.ref,
+        bad=bad.ref,
+        inventory=diff(good, bad),
+        hybrids=hybrids,
+        metrics_file=METRICS,
+        key_metrics=[],
+        folder=tmp_path,
+        tracking="off",
+        earlier=frozenset({"h01"}),
+    )
+    report = build(findings, VerdictKind.AMBIGUOUS, "undecided")
+    assert (report.stage_executions, report.stage_executions_earlier, report.stage_executions_total) == (4, 1, 6)
+    said = "4 (1 in earlier runs of this session)"
+    assert f"stage executions: {said}" in render.markdown(report, tmp_path)
+    assert f"stage executions: {said}" in report_html.page(report)
+    assert "4 stage executions (1 in earlier runs of this session);" in render.summary(report)
+    alone = build(replace(findings, earlier=frozenset()), VerdictKind.AMBIGUOUS, "undecided")
+    assert "stage executions: 3\n" in render.markdown(alone, tmp_path) and "earlier" not in render.summary(alone)

@@ -34,8 +34,9 @@ def test_no_file_or_no_table_means_no_settings(tmp_path: Path) -> None:
         ('[tool]\nsegbisect = "x"\n', "[tool.segbisect] must be a table"),
         (
             '[tool.segbisect]\nfail_if = "a == 0"\n',
-            "unknown key 'fail_if' in [tool.segbisect] (known: diagnostics, fail-if)",
+            "unknown key 'fail_if' in [tool.segbisect]; did you mean 'fail-if'?",
         ),
+        ('[tool.segbisect]\ncolour = "red"\n', "unknown key 'colour' in [tool.segbisect]; known: diagnostics, fail-if"),
         ('[tool.segbisect]\nfail-if = ""\n', "[tool.segbisect] fail-if must be a non-empty string"),
         ("[tool.segbisect]\ndiagnostics = 3\n", "[tool.segbisect] diagnostics must be a non-empty string"),
     ],

@@ -254,7 +254,7 @@ def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) 
     run_id = json.loads((workdir / "models/train_run.json").read_text())["run_id"]
     run = MlflowClient(tracking_uri).get_run(run_id)
     assert run.data.tags["stage"] == "train" and run.data.tags["model_sha256"] == meta["model_sha256"]
-    assert run.data.params["learning_rate"] == "0.01"
+    assert run.data.params["train.learning_rate"] == "0.01"
     assert len(MlflowClient(tracking_uri).get_metric_history(run_id, "val_mean_iou")) == meta["epochs_run"]
     assert "train_history.csv" in {a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id)}
     assert not list(workdir.glob(".models.*")), "temp dir left behind"

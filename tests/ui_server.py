@@ -205,6 +205,64 @@ def tag_col(key: str) -> str:
     return f"tags.`{key}`"
 
 
+def open_runs_table_from_home(page: Any, base: str, experiment: str, timeout_ms: float = 30_000) -> None:
+    """The README's clicks: MLflow's Home page, the switch from GenAI to Model training at the top left, then the
+    experiment under Recent Experiments, which opens on its runs table."""
+    page.goto(base)
+    page.get_by_role("heading", name="Welcome to MLflow").wait_for(timeout=timeout_ms)
+    page.get_by_text("Model training", exact=True).click()
+    page.get_by_role("link", name=experiment, exact=True).first.click()
+    page.get_by_role("heading", name="Runs", exact=True).wait_for(timeout=timeout_ms)
+
+
+def open_runs_table_through_overview(page: Any, base: str, experiment: str, timeout_ms: float = 30_000) -> None:
+    """The README's other way, without the switch: the experiment opens on a GenAI Overview page under a pop-up;
+    Got it closes the pop-up, Training runs in the left bar opens the runs table."""
+    page.goto(base)
+    page.get_by_role("heading", name="Welcome to MLflow").wait_for(timeout=timeout_ms)
+    page.get_by_role("link", name=experiment, exact=True).first.click()
+    page.get_by_role("dialog").filter(has_text="Detect Issues in Your Traces").wait_for(timeout=timeout_ms)
+    page.get_by_role("button", name="Got it", exact=True).click()
+    page.get_by_role("heading", name="Overview", exact=True).wait_for(timeout=timeout_ms)
+    page.get_by_role("link", name="Training runs", exact=True).click()
+    page.get_by_role("heading", name="Training runs", exact=True).wait_for(timeout=timeout_ms)
+
+
+def header_ids(page: Any) -> list[str]:
+    """The column ids of the runs table's headers, as drawn now."""
+    return page.locator(".ag-header-cell[col-id]").evaluate_all("cells => cells.map(c => c.getAttribute('col-id'))")
+
+
+def compare_selected(page: Any, run_ids: list[str], timeout_ms: float = 30_000) -> None:
+    """Tick the runs' checkboxes in the runs table and press Compare."""
+    for run_id in run_ids:
+        page.locator(f'.ag-row[row-id="{run_id}"] input.ag-checkbox-input').first.check()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_role("heading", name=re.compile(r"^Comparing \d+ Runs")).wait_for(timeout=timeout_ms)
+
+
+def compare_section(page: Any, section: str, diff_only: bool) -> dict[str, list[str]]:
+    """A section (Parameters, Metrics, Tags) of the Compare page: key -> one value per run, in the page's run
+    order, after setting its Show diff only switch."""
+    name = f"{section} - Show diff only"
+    switch = page.get_by_role("switch", name=name)
+    if (switch.get_attribute("aria-checked") == "true") != diff_only:
+        switch.click()
+    page.locator(f'[role=switch][aria-label="{name}"][aria-checked="{str(diff_only).lower()}"]').wait_for()
+    table = page.locator(".du-bois-light-collapse-item", has=switch).locator("table").first
+    rows = table.locator("tr").evaluate_all(
+        "rows => rows.map(r => [r.querySelector('th'), ...r.querySelectorAll('td')].map(cell => cell.innerText))"
+    )
+    return {row[0].strip(): [value.strip() for value in row[1:]] for row in rows}
+
+
+def compared_run_ids(page: Any) -> list[str]:
+    """The Compare page's runs, in its column order (the Run ID row of Run details)."""
+    row = page.locator("tr", has=page.locator("th", has_text="Run ID:")).first
+    row.locator("a").first.wait_for()
+    return [text.strip() for text in row.locator("a").all_inner_texts()]
+
+
 def close_assistant(page: Any) -> None:
     """The 'MLflow Assistant' side panel opens on a fresh profile and takes a third of the width."""
     close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')

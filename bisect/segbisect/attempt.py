@@ -25,7 +25,9 @@ class Attempt:
     """`metrics` holds every readable metrics file (flattened) by path; `unread` says why the others are not;
     `figures` maps each declared plot image to where it was kept (see figures.py); `placement` says where a
     cluster executor ran it (node, seconds spent fetching, running and pushing, where restored stages came from);
-    `stage_seconds` how long each executed stage took (see `dvc_run.Events`), the rest of `seconds` being overhead.
+    `stage_seconds` how long each executed stage took (see `dvc_run.Events`), the rest of `seconds` being overhead;
+    `started` when it began (Unix time; None for an attempt that never ran), so the record shows which hybrids ran
+    at once.
     """
 
     status: AttemptStatus
@@ -37,6 +39,7 @@ class Attempt:
     diagnostics: Any = None
     figures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    started: float | None = None
     reason: str = ""
     check_rc: int | None = None
     machine: dict[str, Any] = field(default_factory=machine.describe)
@@ -57,6 +60,7 @@ class Attempt:
             diagnostics=record["diagnostics"],
             figures=record.get("figures", {}),
             seconds=record["seconds"],
+            started=record.get("started"),
             reason=record["reason"],
             check_rc=record["check_rc"],
             machine=record["machine"],

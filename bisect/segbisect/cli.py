@@ -9,11 +9,13 @@ import json
 import signal
 import sys
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from segbisect import render
 from segbisect.errors import EXIT_INTERRUPTED, SegbisectError, UsageError
@@ -29,16 +31,22 @@ Exit codes:
   1    no culprit: untestable hybrids leave the answer ambiguous; or cannot
        decide: the environment failed a hybrid (after --retries), or its
        --repeat runs disagreed (verdict flaky)
-  2    usage error: unknown/ambiguous reference, bad --fail-if, no differences
-  3    precondition failed: GOOD does not pass or BAD does not fail
+  2    usage error: unknown/ambiguous reference, bad --fail-if (a metric
+       key the metrics file lacks gets the closest one), --fail-if together
+       with --run, no differences
+  3    precondition failed: GOOD does not pass or BAD does not fail; when
+       GOOD fails and BAD passes, the message says they look swapped and
+       gives both commands: GOOD and BAD the other way round, or --find-fix
   4    aborted by a --run check (exit code outside 0..127)
   130  interrupted (Ctrl-C/SIGTERM); finished hybrids are kept for resuming
 
 \b
 References: a git revision (branch, tag, commit), a DVC experiment name, a
-params YAML file overlaid on HEAD's params.yaml, or an MLflow run id (its
-git_commit tag plus its logged params). Force a kind with git:, exp:, file:
-or mlflow:.
+params YAML file overlaid on HEAD's params.yaml, an MLflow run id (its
+git_commit tag plus its logged params), or workspace: the working tree as it
+is on disk (HEAD plus uncommitted changes and the untracked files the
+pipeline reads). Force a kind with git:, exp:, file:, mlflow: or workspace:.
+A git revision or params file at HEAD leaves uncommitted changes out (warned).
 
 \b
 Project settings: the repository's pyproject.toml may hold
@@ -46,7 +54,12 @@ Project settings: the repository's pyproject.toml may hold
   fail-if = "EXPR"          # the default --fail-if
   diagnostics = "PATH"      # a JSON file the pipeline writes, shown as
                             # evidence for the failing hybrid
-Without fail-if there, --fail-if or --run is required.
+Without fail-if there, --fail-if or --run is required (one of them, not
+both).
+
+\b
+Output: on a terminal, lines fit its width; written to a pipe or a file (a
+CI log), they are never wrapped, so every table row stays one line.
 
 \b
 Outcomes: a hybrid passes (good), fails (bad), is untestable (skip: a
@@ -62,6 +75,10 @@ evidence.
 Environment of the stages: every `dvc repro` of a hybrid gets
 SEGBISECT_SESSION (the session id, the results folder's name) and
 SEGBISECT_HYBRID (h01, h02, ...), so stages may tag what they log;
+SEGBISECT_STATE_DIR, a folder that outlives the hybrid's worktree, for what
+a re-run of the session may resume (<results>/<session>/state, removed when
+the session has its answer and by --fresh; with --executor ray, one per
+session in each worker's temporary folder, on that node only);
 MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME name the bisection's store.
 With --no-mlflow, or when the store fails a probe at start (a few seconds),
 MLFLOW_TRACKING_URI is removed and SEGBISECT_TRACKING=off tells stages to
@@ -74,6 +91,16 @@ and remembered by its configuration fingerprint; re-running the same GOOD and
 BAD (the default --resume) reuses them, so an interrupted bisection continues
 where it stopped and ends with the same verdict. --fresh forgets them.
 """
+
+
+def _show_version(wanted: bool) -> None:
+    """`segbisect --version`: the version of the installed distribution that holds this package."""
+    if not wanted:
+        return
+    names = metadata.packages_distributions().get(__package__ or "segbisect", [])
+    print(f"segbisect {metadata.version(names[0]) if names else '(not installed)'}")
+    raise typer.Exit(0)
+
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -100,7 +127,8 @@ def main(
         "--run",
         metavar="CMD",
         help="Custom check run in the hybrid's workspace after `dvc repro`, as in `git bisect run`: "
-        "exit 0 good, 125 untestable, 1-127 bad, anything else aborts. Replaces --fail-if.",
+        "exit 0 good, 125 untestable, 1-127 bad, anything else aborts. Replaces the project's fail-if; "
+        "given with --fail-if, a usage error.",
     ),
     metrics: str | None = typer.Option(
         None,
@@ -188,6 +216,9 @@ def main(
     as_json: bool = typer.Option(
         False, "--json", help="Print the verdict as one JSON object on stdout; human output goes to stderr."
     ),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_show_version, help="Print segbisect's version and exit."
+    ),
 ) -> None:
     """Find the stage, then the minimal change, that makes BAD fail where GOOD passes.
 
@@ -196,7 +227,7 @@ def main(
     not re-run.
     Your working tree, index, refs, stash and DVC outputs are never modified.
     """
-    console = Console(stderr=True) if as_json else Console()
+    console = _console(stderr=as_json)
     signal.signal(signal.SIGTERM, _interrupt)
     opts = Options(good=good, bad=bad, repo=repo, fail_if=fail_if, run=run, metrics=metrics, experiment=experiment)
     opts = replace(opts, jobs=jobs, repeat=repeat, retries=retries, timeout=timeout, results=results)
@@ -205,13 +236,14 @@ def main(
     opts = replace(opts, summary_md=summary_md, executor=executor, cluster=cluster)
     verdict_out = sys.stdout
     try:
+        _one_check(fail_if, run)
         check_writable(summary_md)
         # With --json, stdout carries the verdict alone: what libraries print there (MLflow's run links, Ray's
         # task messages) goes to stderr with the rest of the human output.
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             code, result = bisect(opts, console)
     except SegbisectError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(Text.assemble(("error:", "red"), f" {exc}"))
         if as_json:
             kind = "usage-error" if isinstance(exc, UsageError) else "aborted"
             print(json.dumps({"verdict": kind, "error": str(exc), "exit_code": exc.exit_code}))
@@ -232,3 +264,20 @@ def main(
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _console(stderr: bool) -> Console:
+    """A terminal's width on a terminal; written to a pipe or a file (a CI log) nothing is wrapped, where rich
+    would otherwise break lines, table rows and paths at 80 columns.
+    """
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.soft_wrap = True
+        console.width = sys.maxsize
+    return console
+
+
+def _one_check(fail_if: str | None, run: str | None) -> None:
+    """A hybrid is judged by one check: with both, one of them would be ignored without a word."""
+    if fail_if is not None and run is not None:
+        raise UsageError("--fail-if and --run given together: hybrids are judged by one check, leave the other out")

@@ -16,7 +16,7 @@ from segbisect.attempt import Attempt
 from segbisect.errors import UndecidableError
 from segbisect.executor import Executor, Job
 from segbisect.hybrid import Hybrid
-from segbisect.journal import Journal
+from segbisect.journal import REUSED, Journal
 from segbisect.judge import Judge
 from segbisect.outcome import Outcome
 from segbisect.search import Config
@@ -84,9 +84,9 @@ class Evaluator:
             if hit:
                 raise UndecidableError(kind, f"{what} for {hit.id} ({hit.label}): {hit.note}")
 
-    def rejudge(self, config: Config) -> Hybrid:
-        """Judge `config`'s attempts again (once the judge knows its metrics file and keys)."""
-        old = self.get(config)
+    def rejudge(self, hybrid: Hybrid) -> Hybrid:
+        """Judge a finished hybrid's attempts again (once the judge knows its metrics file and keys)."""
+        old = self._memo[hybrid.fingerprint]
         outcome, note = self.judge.all(old.attempts)
         new = replace(old, outcome=outcome, note=note)
         self._memo[old.fingerprint] = new
@@ -142,7 +142,7 @@ class Evaluator:
         outcome, note = self.judge.all(attempts)
         hybrid = replace(draft, attempts=attempts, outcome=outcome, note=note)
         if hybrid.fingerprint not in self._journaled and outcome != Outcome.ERROR:
-            self.journal.append(hybrid.to_record())
+            self.journal.append({**hybrid.to_record(), **({REUSED: True} if hybrid.reused else {})})
             self._journaled.add(hybrid.fingerprint)
         self._memo[hybrid.fingerprint] = hybrid
         self.hybrids.append(hybrid)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -19,6 +21,45 @@ def rev_parse_commit(repo: Path, rev: str) -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.decode().strip() or None
+
+
+@dataclass(frozen=True)
+class Uncommitted:
+    """Where the working tree differs from HEAD: tracked paths modified, staged or deleted (`changed`), and files
+    git neither tracks nor ignores (`untracked`), relative to the repository root.
+    """
+
+    changed: tuple[str, ...]
+    untracked: tuple[str, ...]
+
+
+def uncommitted(repo: Path) -> Uncommitted:
+    """`git status` of the repository at `repo` (its root). Without `--no-optional-locks` status would refresh the
+    user's index and write it back; submodules and nested repositories are not looked into.
+    """
+    out = git(
+        repo,
+        "--no-optional-locks",
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--no-renames",
+        "--untracked-files=all",
+        "--ignore-submodules=all",
+    ).stdout
+    entries = [os.fsdecode(entry) for entry in out.split(b"\0") if entry]
+    files = [(entry[:2], entry[3:]) for entry in entries if not entry.endswith("/")]
+    changed = tuple(path for code, path in files if code != "??")
+    untracked = tuple(path for code, path in files if code == "??")
+    return Uncommitted(changed, untracked)
+
+
+def head_bytes(repo: Path, path: str) -> bytes | None:
+    """`path` as HEAD has it, as a checkout would write it (git's filters and line endings applied); None when
+    HEAD has no such file.
+    """
+    out = git(repo, "cat-file", "--filters", f"HEAD:{path}", check=False)
+    return out.stdout if out.returncode == 0 else None
 
 
 def toplevel(path: Path) -> Path:

@@ -3,7 +3,8 @@
 Appending a line only after a hybrid finishes means a killed session loses at most the hybrids in flight;
 the next run of the same GOOD/BAD reads every journal under the results folder and reuses their results.
 The header carries the journal's schema: a journal written by another version of segbisect is set aside
-(renamed, never deleted) and its hybrids run again, rather than being misread.
+(renamed, never deleted) and its hybrids run again, rather than being misread. A hybrid reused from another
+session's journal is copied in marked `reused`, so the journal also tells what this session's own runs executed.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 JOURNAL = "journal.jsonl"
 SCHEMA = 2
 UNVERSIONED = 1
+# Marks a hybrid record copied from another session's journal.
+REUSED = "reused"
 
 
 class Journal:
@@ -38,6 +42,10 @@ class Journal:
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [r for r in _read(self.path) if kind is None or r.get("type") == kind]
 
+    def executed_here(self) -> frozenset[str]:
+        """Fingerprints of the hybrids that runs of this session executed (not reused from another's journal)."""
+        return frozenset(r["fingerprint"] for r in self.records("hybrid") if not r.get(REUSED))
+
     def torn(self) -> int:
         """How many lines a kill cut short (skipped when reading)."""
         return _read_counting(self.path)[1]
@@ -54,6 +62,18 @@ class Journal:
             out.write(line.encode())
             out.flush()
             os.fsync(out.fileno())
+
+
+def journal_id(folder: Path, fresh: bool) -> str:
+    """The id in the header of the journal that `Journal(folder, ..., fresh)` appends to: the existing one's, or a
+    new one where that journal starts anew (`fresh`, none yet, or another schema's set aside). State a session keeps
+    where it cannot remove it with the journal (a cluster node's folder) is named with it, so `--fresh` never finds it.
+    """
+    path = folder / JOURNAL
+    if not fresh and schema_of(path) == SCHEMA:
+        header = next((r for r in _read(path) if r.get("type") == "session"), {})
+        return str(header.get("id", ""))
+    return uuid.uuid4().hex[:12]
 
 
 def schema_of(path: Path) -> int | None:

@@ -1,4 +1,6 @@
-"""Materialize a hybrid configuration into a checkout of GOOD's commit: GOOD's params plus the chosen BAD units."""
+"""Materialize a hybrid configuration into a checkout of GOOD's commit: GOOD's params and working-tree files plus
+the chosen BAD units.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +11,21 @@ from typing import Any
 import yaml
 
 from segbisect import yamlfile
-from segbisect.snapshot import ABSENT, Snapshot
+from segbisect.snapshot import ABSENT, Snapshot, write_file
 from segbisect.units import Unit, UnitKind
 
 
 def materialize(workspace: Path, good: Snapshot, bad: Snapshot, units: list[Unit]) -> None:
-    """Make `workspace` (a checkout of GOOD's commit) hold GOOD's configuration with `units` taken from BAD."""
+    """Make `workspace` (a checkout of GOOD's commit) hold GOOD's configuration with `units` taken from BAD.
+
+    GOOD's own files come first where GOOD is the working tree rather than its commit.
+    """
+    for path in good.ref.files:
+        write_file(workspace / path, good.file_bytes(path))
     _write_params(workspace, good, [u for u in units if u.kind == UnitKind.PARAM])
     for unit in units:
         if unit.kind in (UnitKind.FILE, UnitKind.DATA):
-            _write_file(workspace / unit.path, bad.file_bytes(unit.path))
+            write_file(workspace / unit.path, bad.file_bytes(unit.path))
     stage_units = [u for u in units if u.kind == UnitKind.STAGE]
     if stage_units:
         pipeline = copy.deepcopy(good.dvcyaml)
@@ -46,11 +53,3 @@ def _assign(tree: dict[Any, Any], keypath: tuple[Any, ...], value: Any) -> None:
         tree.pop(keypath[-1], None)
     else:
         tree[keypath[-1]] = copy.deepcopy(value)
-
-
-def _write_file(target: Path, content: bytes | None) -> None:
-    if content is None:
-        target.unlink(missing_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(content)

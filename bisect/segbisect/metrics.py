@@ -59,23 +59,30 @@ def read_json(path: Path) -> Any:
 
 def choose(files: Sequence[str], predicate: Predicate | None, found: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The file to judge: the only one, the last one for a `--run` check (evidence only), else the single file
-    whose keys the predicate names. None while `found` (the files read so far) cannot tell yet.
+    whose keys the predicate names. None while `found` (the files read so far) cannot tell yet. A key that the
+    files read lack is a usage error offering the closest key.
     """
     if predicate is None:
         return files[-1] if files else None
     if not files:
         raise UsageError("no metrics file: dvc.yaml declares none (stage or top-level metrics); pass --metrics PATH")
     if len(files) == 1:
+        if found.get(files[0]):
+            predicate.check({files[0]: list(found[files[0]])})
         return files[0]
     if any(file not in found for file in files):
         return None
+    predicate.check({file: list(found[file]) for file in files})
     fitting = [file for file in files if predicate.fits(list(found[file]))]
     if len(fitting) == 1:
         return fitting[0]
-    how_many = "several" if fitting else "none"
+    keys = ", ".join(predicate.keys)
+    if fitting:
+        raise UsageError(
+            f"--fail-if reads {keys}, which several metrics files hold ({', '.join(fitting)}); pass --metrics PATH"
+        )
     raise UsageError(
-        f"--fail-if reads {', '.join(predicate.keys)}, which {how_many} of the metrics files hold "
-        f"({', '.join(files)}); pass --metrics PATH"
+        f"--fail-if reads {keys}, which no single metrics file holds ({', '.join(files)}): a check reads one file"
     )
 
 

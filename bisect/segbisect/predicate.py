@@ -9,8 +9,10 @@ are not identifiers.
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import operator
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from segbisect.errors import UsageError
@@ -70,16 +72,26 @@ class Predicate:
         """Whether every key names exactly one of `available` metrics."""
         return all(len(_matches(key, available)) == 1 for key in self.keys)
 
-    def resolve_keys(self, available: list[str]) -> None:
-        """Map each key to a metric (a unique `*.key` suffix match counts); unknown keys are a usage error."""
-        mapping = {}
+    def resolve_keys(self, available: list[str], source: str = "the metrics file") -> None:
+        """Map each key to a metric of `source` (a unique `*.key` suffix match counts); see `check`."""
+        self.check({source: available})
+        self._aliases = {key: _matches(key, available)[0] for key in self.keys}
+
+    def check(self, files: Mapping[str, Sequence[str]]) -> None:
+        """Every key must name one metric of some file (`files`: each one's keys). A misspelt key is a usage
+        error offering the closest key, as a misspelt params key is; a suffix naming several keys asks for one.
+        """
         for key in self.keys:
-            matches = _matches(key, available)
-            if len(matches) != 1:
-                listing = ", ".join(sorted(available)) or "(none)"
-                raise PredicateError(f"--fail-if: unknown metric key '{key}'; available keys: {listing}")
-            mapping[key] = matches[0]
-        self._aliases = mapping
+            holders = {file: _matches(key, keys) for file, keys in files.items()}
+            holders = {file: matches for file, matches in holders.items() if matches}
+            if not holders:
+                raise PredicateError(_unknown(key, files))
+            [(file, matches), *others] = holders.items()
+            if not others and len(matches) > 1:
+                raise PredicateError(
+                    f"--fail-if names '{key}', which several keys of {file} end with ({', '.join(matches)}): "
+                    "write one of them whole"
+                )
 
     def __call__(self, metrics: dict[str, Any]) -> bool:
         return bool(self._eval(self._tree, metrics))
@@ -143,8 +155,24 @@ def _depth(root: ast.AST) -> int:
     return deepest
 
 
-def _matches(key: str, available: list[str]) -> list[str]:
+def _matches(key: str, available: Sequence[str]) -> list[str]:
     return [key] if key in available else [a for a in available if a.endswith("." + key)]
+
+
+def _unknown(key: str, files: Mapping[str, Sequence[str]]) -> str:
+    """The error for a key no file holds: the closest key that would resolve (and its file), else every key."""
+    names = {name: file for file, keys in files.items() for name in _spellings(keys)}
+    close = difflib.get_close_matches(key, list(names), n=1)
+    if close:
+        return f"--fail-if names '{key}', not in {names[close[0]]}; did you mean '{close[0]}'?"
+    keys = sorted({name for keys in files.values() for name in keys})
+    return f"--fail-if names '{key}', not in {' or '.join(files)}; available keys: {', '.join(keys) or '(none)'}"
+
+
+def _spellings(keys: Sequence[str]) -> list[str]:
+    """Every way a predicate can name one of `keys`: whole, or by a dotted suffix no other key ends with."""
+    suffixes = {".".join(key.split(".")[i:]) for key in keys for i in range(1, key.count(".") + 1)}
+    return [*keys, *sorted(s for s in suffixes if len(_matches(s, keys)) == 1)]
 
 
 def _key(node: ast.AST, text: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from segbisect import figures, runner, yamlfile
 from segbisect.attempt import Attempt, AttemptStatus
-from segbisect.runner import Processes, Task
+from segbisect.runner import STATE_VARIABLE, Processes, Task
 
 REMOTE_NAME = "segbisect"
 LOG_TAIL_BYTES = 256 * 1024
@@ -53,7 +53,7 @@ def run_hybrid(archive: bytes, job: WorkerJob) -> dict[str, Any]:
     try:
         unpack(archive, root)
         _prepare(root, job, node)
-        env = {**os.environ, **job.env, "SEGBISECT_HYBRID": job.hybrid_id}
+        env = stage_env(job)
         seconds: dict[str, float] = {}
         failure = _timed(seconds, "fetch", job.retries, _fetch, root, job.task.data_sources)
         if failure:
@@ -127,6 +127,25 @@ def _node() -> dict[str, str]:
 def node_caches() -> Path:
     """Where each node keeps its DVC cache, one folder per node id, shared by that node's hybrids."""
     return Path(tempfile.gettempdir()) / "segbisect-dvc-cache"
+
+
+def node_states() -> Path:
+    """Where each node keeps the sessions' state folders (`runner.STATE_VARIABLE`), one per session and journal."""
+    return Path(tempfile.gettempdir()) / "segbisect-state"
+
+
+def stage_env(job: WorkerJob) -> dict[str, str]:
+    """The worker's environment with the driver's variables, the hybrid's id, and the session's state folder on this
+    node: the driver's own folder is on another machine. A hybrid that runs again on another node finds no state
+    there and starts afresh; state is named by the journal too, so a `--fresh` session never finds an earlier one's.
+    """
+    env = {**os.environ, **job.env, "SEGBISECT_HYBRID": job.hybrid_id}
+    env.pop(STATE_VARIABLE, None)
+    if job.task.state:
+        folder = node_states() / job.task.state
+        folder.mkdir(parents=True, exist_ok=True)
+        env[STATE_VARIABLE] = str(folder)
+    return env
 
 
 def _prepare(root: Path, job: WorkerJob, node: dict[str, str]) -> None:

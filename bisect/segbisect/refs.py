@@ -1,11 +1,13 @@
-"""Resolve GOOD/BAD references (git revision, DVC experiment, params file, MLflow run) to a commit plus params."""
+"""Resolve GOOD/BAD references (git revision, DVC experiment, params file, MLflow run, the working tree) to a commit
+plus what is laid over it: params, or the working tree's files.
+"""
 
 from __future__ import annotations
 
 import ast
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +15,26 @@ import yaml
 
 from segbisect import machine, yamlfile
 from segbisect.errors import UsageError
-from segbisect.gitutil import git, rev_parse_commit
+from segbisect.gitutil import git, rev_parse_commit, uncommitted
 
 PARAMS_FILE = "params.yaml"
-PREFIXES = ("git", "exp", "file", "mlflow")
-PREFIX_OF = {"git": "git", "exp": "exp", "params-file": "file", "mlflow": "mlflow"}
+# DVC's own name for the working tree (`dvc params diff`, `dvc exp show`).
+WORKSPACE = "workspace"
+PREFIXES = ("git", "exp", "file", "mlflow", WORKSPACE)
+PREFIX_OF = {"git": "git", "exp": "exp", "params-file": "file", "mlflow": "mlflow", WORKSPACE: WORKSPACE}
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# DVC's record of the outputs it last produced, not configuration: hybrids keep the lock DVC writes for them.
+LOCK_NAME = "dvc.lock"
 
 
 @dataclass(frozen=True)
 class Reference:
-    """A full pipeline configuration: a commit, optionally with params files replaced by `params`."""
+    """A full pipeline configuration: a commit, optionally with params files replaced by `params`, or with the
+    working tree's `files` in place of the commit's (a path missing from the working tree is deleted).
+
+    `untracked`: files git neither tracks nor ignores, offered to the pipeline; those it reads join `files` once
+    its stages are known (see `snapshot.load_all`), the others are left out.
+    """
 
     text: str
     kind: str
@@ -32,14 +43,22 @@ class Reference:
     detail: str = ""
     warnings: tuple[str, ...] = ()
     overlay_keys: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    untracked: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"{self.text} ({self.kind}: {self.detail or self.commit[:10]})"
 
 
 def resolve(repo: Path, text: str, tracking_uri: str | None) -> Reference:
-    """Detect the kind of `text` and resolve it; `kind:` prefixes (git:, exp:, file:, mlflow:) force a kind."""
-    kind, _, rest = text.partition(":")
+    """Detect the kind of `text` and resolve it; `kind:` prefixes (git:, exp:, file:, mlflow:, workspace:) force a
+    kind.
+    """
+    kind, colon, rest = text.partition(":")
+    if kind == WORKSPACE and colon:
+        if rest:
+            raise UsageError(f"reference '{text}': the working tree takes no name; write 'workspace' or 'workspace:'")
+        return _working_tree(repo, text)
     if kind in PREFIXES and rest:
         ref = _RESOLVERS[kind](repo, rest, tracking_uri)
         if ref is None:
@@ -134,14 +153,41 @@ def _mlflow_ref(repo: Path, text: str, tracking_uri: str | None) -> Reference | 
     params = _commit_params(repo, commit)
     section = tags.get("stage")
     nested = params.get(section) if section else None
-    target = nested if isinstance(nested, dict) else params
-    for key, value in run.data.params.items():
-        _set_dotted(target, key.split("."), value)
+    _set_logged(params, nested if isinstance(nested, dict) else params, run.data.params)
     detail = f"MLflow run {text[:8]} (stage {section}) at {commit[:10]}" if section else f"MLflow run at {commit[:10]}"
     return Reference(text, "mlflow", commit, {PARAMS_FILE: params}, detail=detail, warnings=tuple(warnings))
 
 
-_RESOLVERS = {"git": _git_ref, "exp": _exp_ref, "file": _params_file_ref, "mlflow": _mlflow_ref}
+def _workspace_ref(repo: Path, text: str, _uri: str | None) -> Reference | None:
+    return _working_tree(repo, text) if text == WORKSPACE else None
+
+
+def _working_tree(repo: Path, text: str) -> Reference:
+    """The working tree as it is on disk: HEAD's commit with every tracked file as it is now (modified, staged or
+    deleted), and the untracked files git does not ignore on offer. Lock files stay HEAD's.
+    """
+    head = rev_parse_commit(repo, "HEAD")
+    if head is None:
+        raise UsageError(f"reference '{text}': the repository has no commit yet for the working tree to start from")
+    tree = uncommitted(repo)
+    changed = tuple(path for path in tree.changed if Path(path).name != LOCK_NAME)
+    return with_files(Reference(text, WORKSPACE, head, untracked=tree.untracked), changed)
+
+
+def with_files(ref: Reference, files: tuple[str, ...]) -> Reference:
+    """The working tree `ref` with `files` taken from disk, its detail naming them."""
+    names = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    changes = f"uncommitted: {names}" if files else "no uncommitted changes"
+    return replace(ref, files=files, detail=f"working tree over HEAD {ref.commit[:10]}, {changes}")
+
+
+_RESOLVERS = {
+    "git": _git_ref,
+    "exp": _exp_ref,
+    "file": _params_file_ref,
+    "mlflow": _mlflow_ref,
+    WORKSPACE: _workspace_ref,
+}
 
 
 def _commit_params(repo: Path, commit: str) -> dict[str, Any]:
@@ -170,15 +216,34 @@ def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _set_logged(params: dict[str, Any], section: dict[str, Any], logged: dict[str, str]) -> None:
+    """Lay a stage run's logged params over the commit's. A run that logs its whole configuration names each key
+    from its params.yaml section down; `deps.<path>` are DVC's hashes of its data, not params; a run of an older
+    pipeline logged its own section's keys alone, which go under `section`."""
+    for key, text in logged.items():
+        parts = key.split(".")
+        if parts[0] in params:
+            _set_dotted(params, parts, text)
+        elif parts[0] != "deps":
+            _set_dotted(section, parts, text)
+
+
 def _set_dotted(target: dict[str, Any], parts: list[str], text: str) -> None:
     """Put a logged (stringified) param back at its nested place, keeping the committed value's type."""
+    first = _committed_key(target, parts[0])
     joined = ".".join(parts)
-    if len(parts) > 1 and parts[0] not in target and joined not in target:
-        target[parts[0]] = {}
-    if joined in target or len(parts) == 1 or not isinstance(target.get(parts[0]), dict):
-        target[joined] = _parse_logged(text, target.get(joined))
+    if len(parts) > 1 and first not in target and joined not in target:
+        target[first] = {}
+    if joined in target or len(parts) == 1 or not isinstance(target.get(first), dict):
+        key = first if len(parts) == 1 else joined
+        target[key] = _parse_logged(text, target.get(key))
         return
-    _set_dotted(target[parts[0]], parts[1:], text)
+    _set_dotted(target[first], parts[1:], text)
+
+
+def _committed_key(target: dict[str, Any], part: str) -> Any:
+    """The key of `target` a logged part names: `255` for "255" in a mapping with number keys."""
+    return next((key for key in target if not isinstance(key, str) and str(key) == part), part)
 
 
 def _parse_logged(text: str, committed: Any) -> Any:

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from segbisect import report_html
 from segbisect.ray_worker import node_name
-from segbisect.report import Culprit, Report, time_spent
+from segbisect.report import Culprit, Report, earlier_runs, time_spent
 
 KEY_METRICS = 2
 COLOURS = {"good": "green", "bad": "red", "fixed": "green", "broken": "red"}
@@ -40,7 +41,7 @@ def summary(report: Report) -> str:
         lines += [f"| `{u['name']}` | `{u['good']}` | `{u['bad']}` |" for u in report.culprit.units]
         lines.append("")
     lines.append(
-        f"{len(report.hybrids)} hybrids, {report.stage_executions} stage executions; "
+        f"{len(report.hybrids)} hybrids, {report.stage_executions} stage executions{earlier_runs(report)}; "
         f"full report: `{report.results_dir}/report.html`"
     )
     return "\n".join(lines) + "\n"
@@ -58,7 +59,7 @@ def markdown(report: Report, folder: Path) -> str:
         lines += _culprit_markdown(report.culprit)
     lines += [
         "",
-        f"Hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}",
+        f"Hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}{earlier_runs(report)}",
         "",
         f"| hybrid | what | units from {report.terms['new']} | outcome | key metrics | executed | restored | s |"
         + (" node | restored from |" if clustered else ""),
@@ -126,23 +127,26 @@ def show(console: Console, report: Report) -> None:
     for h in report.hybrids:
         table.add_row(
             h["id"] + ("*" if h["reused"] else ""),
-            h["label"],
+            escape(h["label"]),
             f"[{COLOURS.get(h['outcome'], 'yellow')}]{h['outcome']}[/]",
-            _metrics(h["metrics"], report.key_metrics),
-            ", ".join(h["executed"]) or "-",
+            escape(_metrics(h["metrics"], report.key_metrics)),
+            escape(", ".join(h["executed"]) or "-"),
             str(len(h["restored"])),
             time_spent(h),
         )
     console.print(table)
-    console.print(f"[bold]verdict: {report.verdict}[/] — {report.message}")
+    # Names, paths and messages are the user's text, printed as they are, never read as markup.
+    console.print(f"[bold]verdict: {report.verdict}[/] — {escape(report.message)}")
     if report.culprit:
         for unit in report.culprit.units:
-            console.print(f"  [bold]{unit['name']}[/] ({unit['kind']}, {', '.join(unit['stages'])}): {unit['summary']}")
+            what = f"({unit['kind']}, {', '.join(unit['stages'])}): {unit['summary']}"
+            console.print(f"  [bold]{escape(unit['name'])}[/] {escape(what)}")
         if report.culprit.diagnostics is not None:
-            console.print(f"  diagnostics: {_diagnosis(report.culprit.diagnostics)}")
+            console.print(f"  diagnostics: {_diagnosis(report.culprit.diagnostics)}", markup=False)
     console.print(
-        f"hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}; "
-        f"report: {report.results_dir}/report.html (and report.md)"
+        f"hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}{earlier_runs(report)}; "
+        f"report: {report.results_dir}/report.html (and report.md)",
+        markup=False,
     )
 
 

@@ -32,7 +32,10 @@ class Culprit:
 
 @dataclass(frozen=True, kw_only=True)
 class Report:
-    """Everything a person (or a script, through `--json`) needs to act on a bisection."""
+    """Everything a person (or a script, through `--json`) needs to act on a bisection. `stage_executions`: the
+    stages this session's runs executed, `stage_executions_earlier` of them in runs before this one (an interrupted
+    session run again); `stage_executions_total` also counts the hybrids reused from other sessions.
+    """
 
     schema: int = SCHEMA
     verdict: VerdictKind
@@ -45,6 +48,7 @@ class Report:
     hybrids: tuple[dict[str, Any], ...]
     stage_executions: int
     stage_executions_total: int
+    stage_executions_earlier: int = 0
     results_dir: str
     key_metrics: tuple[str, ...]
     tracking: str = ""
@@ -57,7 +61,9 @@ class Report:
 
 @dataclass(frozen=True, kw_only=True)
 class Findings:
-    """What a session found, whatever its verdict: the references, the units and the hybrids it ran."""
+    """What a session found, whatever its verdict: the references, the units and the hybrids it ran; `earlier`:
+    the fingerprints of the hybrids earlier runs of this session executed (see `Journal.executed_here`).
+    """
 
     good: Reference
     bad: Reference
@@ -68,6 +74,7 @@ class Findings:
     folder: Path
     tracking: str
     terms: Terms = CULPRIT
+    earlier: frozenset[str] = frozenset()
 
 
 def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict | None = None) -> Report:
@@ -81,14 +88,26 @@ def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict 
         bad=_reference(findings.bad),
         units=tuple(u.as_dict() for u in findings.inventory.units),
         hybrids=tuple(h.row(findings.metrics_file, findings.terms) for h in hybrids),
-        stage_executions=sum(len(h.executed) for h in hybrids if not h.reused),
+        stage_executions=sum(len(h.executed) for h in hybrids if not h.reused) + _earlier(findings),
         stage_executions_total=sum(len(h.executed) for h in hybrids),
+        stage_executions_earlier=_earlier(findings),
         results_dir=str(findings.folder),
         key_metrics=tuple(findings.key_metrics),
         tracking=findings.tracking,
         terms={"old": findings.terms.old, "new": findings.terms.new},
         figures=_figures(findings, verdict),
     )
+
+
+def _earlier(findings: Findings) -> int:
+    """The stage executions of the hybrids this run reused from earlier runs of the same session."""
+    return sum(len(h.executed) for h in findings.hybrids if h.reused and h.fingerprint in findings.earlier)
+
+
+def earlier_runs(report: Report) -> str:
+    """What the reports add to the stage executions when earlier runs of the session did some of them."""
+    earlier = report.stage_executions_earlier
+    return f" ({earlier} in earlier runs of this session)" if earlier else ""
 
 
 def time_spent(row: dict[str, Any]) -> str:

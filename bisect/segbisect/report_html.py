@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segbisect.ray_worker import node_name
-from segbisect.report import Report, time_spent
+from segbisect.report import Report, earlier_runs, time_spent
 
 OUTCOME_COLOURS = {"good": "#1a7f37", "fixed": "#1a7f37", "bad": "#cf222e", "broken": "#cf222e"}
 STYLE = """
@@ -42,7 +42,7 @@ def page(report: Report) -> str:
         *_culprit(report),
         *_figures(report),
         *_timeline(report),
-        f"<p>Hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}"
+        f"<p>Hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}{earlier_runs(report)}"
         f"{'; tracking: ' + escape(report.tracking) if report.tracking else ''}</p>",
         "</body></html>",
     ]

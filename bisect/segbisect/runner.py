@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +33,9 @@ SHELL_SIGNAL_BASE = 128
 # interpreter that imports DVC to send a usage report, about 0.8 s of CPU beside the stages per command.
 OWN_DVC_ENV = {"DVC_NO_ANALYTICS": "1"}
 _SIGNALS = frozenset(int(number) for number in signal.valid_signals())
+# Names, in every hybrid's stage environment, a folder of the session's that outlives the hybrid's workspace: a stage
+# keeps there what a later run of the session may resume, such as a training's backup of its last finished epoch.
+STATE_VARIABLE = "SEGBISECT_STATE_DIR"
 
 
 class TimedOut(Exception):
@@ -154,7 +157,10 @@ def _end(proc: _Child) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
-    """What every attempt of a session needs besides its workspace and log."""
+    """What every attempt of a session needs besides its workspace and log. `state` names the folder, one per
+    session and journal, where stages keep what must outlive a hybrid's workspace (`STATE_VARIABLE`): the local
+    executor's is in the results folder (set in `env`), a cluster worker keeps one of that name on its own node.
+    """
 
     env: dict[str, str]
     metrics_files: tuple[str, ...]
@@ -164,6 +170,7 @@ class Task:
     timeout: float | None = None
     plots: tuple[str, ...] = ()
     repro_args: tuple[str, ...] = ()
+    state: str = ""
 
 
 def attempts(
@@ -217,16 +224,17 @@ def attempt(
     saves work. With `downstream_of`, DVC reproduces only those stages and the ones downstream of them
     (`--downstream`): the caller vouches that every other stage's outputs are in place for this hybrid.
     """
-    start = time.monotonic()
+    start, started = time.monotonic(), round(time.time(), 3)
     deadline = None if task.timeout is None else start + task.timeout
     try:
-        return _attempt(procs, workspace, log, task, env, force, deadline, lock_stages, downstream_of)
+        done = _attempt(procs, workspace, log, task, env, force, deadline, lock_stages, downstream_of)
     except TimedOut:
-        return Attempt(
+        done = Attempt(
             status=AttemptStatus.ERROR,
             reason=f"hybrid past its time limit (--timeout {task.timeout:g} s): its processes were ended",
             seconds=round(time.monotonic() - start, 2),
         )
+    return replace(done, started=started)
 
 
 def _attempt(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from segbisect import forked, metrics, render
 from segbisect.errors import (
@@ -25,7 +27,7 @@ from segbisect.executor import Executor
 from segbisect.forked import ForkServer
 from segbisect.gitutil import toplevel
 from segbisect.hybrid import Hybrid
-from segbisect.journal import Journal, known_hybrids
+from segbisect.journal import Journal, journal_id, known_hybrids
 from segbisect.judge import Judge
 from segbisect.local_executor import LocalExecutor
 from segbisect.options import ExecutorKind, Options
@@ -35,10 +37,10 @@ from segbisect.progress import Progress, planned
 from segbisect.ray_executor import RayExecutor, preflight
 from segbisect.refs import Reference, resolve
 from segbisect.report import Findings, Report, build
-from segbisect.runner import Task
+from segbisect.runner import STATE_VARIABLE, Task
 from segbisect.search import search
 from segbisect.settings import load as load_settings
-from segbisect.snapshot import Snapshot, load_all
+from segbisect.snapshot import Snapshot, load_all, uncommitted_warnings
 from segbisect.terms import CULPRIT, FIX, Terms
 from segbisect.tracking import BOUNDED_WAITS, QUIET, Tracker, tracking_uri, unusable
 from segbisect.units import Inventory, diff, group
@@ -47,6 +49,8 @@ from segbisect.verdict import Verdict, VerdictKind
 from segbisect.workspace import Workspaces, remove_stale
 
 RESULTS = "segbisect-results"
+# In a session's results folder: what its stages keep beyond a hybrid's worktree (see runner.STATE_VARIABLE).
+STATE = "state"
 GOOD_CONFIG: frozenset[str] = frozenset()
 
 
@@ -76,12 +80,14 @@ def _bisect(opts: Options, console: Console, repo: Path, server: ForkServer | No
     recorded = os.environ.get("MLFLOW_TRACKING_URI") or (repo / "mlflow.db").exists()
     lookup_uri = uri if recorded and (store.uri or uri.startswith("sqlite:")) else None
     for line in remove_stale(repo):
-        console.print(f"cleaned up after a killed session: {line}")
+        console.print(f"cleaned up after a killed session: {line}", markup=False)
     good_ref, bad_ref = resolve(repo, opts.good, lookup_uri), resolve(repo, opts.bad, lookup_uri)
     for warning in good_ref.warnings + bad_ref.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        _warn(console, warning)
     with Workspaces(repo, keep=opts.keep_workspaces, server=server) as workspaces:
         good, bad = load_all([(good_ref, workspaces.root / "good"), (bad_ref, workspaces.root / "bad")], repo, server)
+        for line in uncommitted_warnings(repo, good, bad, FIX if opts.find_fix else CULPRIT):
+            _warn(console, line)
         check_overlay(good_ref, good)
         check_overlay(bad_ref, bad)
         inventory = diff(good, bad)
@@ -95,7 +101,8 @@ def _bisect(opts: Options, console: Console, repo: Path, server: ForkServer | No
         finally:
             bisection.executor.close()
         if opts.keep_workspaces:
-            console.print(f"hybrid worktrees kept in {workspaces.root} (remove with `git worktree remove`)")
+            kept = f"hybrid worktrees kept in {workspaces.root} (remove with `git worktree remove`)"
+            console.print(kept, markup=False)
         return result
 
 
@@ -137,6 +144,12 @@ class _Bisection:
     evaluator: Evaluator = field(init=False)
     terms: Terms = field(init=False)
     progress: Progress = field(init=False)
+    # Finished hybrids not shown yet: their outcome waits for the judge to settle (see `_show_settled`).
+    held: list[Hybrid] = field(init=False, default_factory=list)
+    # The hybrids this session's journal held at the start (their MLflow runs exist), and those of them that earlier
+    # runs of this session executed (their stage executions count as this session's).
+    already: set[str] = field(init=False)
+    earlier: frozenset[str] = field(init=False)
 
     @classmethod
     def open(
@@ -156,8 +169,10 @@ class _Bisection:
         judge = _judge(opts, repo, files)
         session = _session_id(good.ref, bad.ref, inventory)
         folder = _ignored(opts.results or repo / RESULTS) / session
+        run_id = journal_id(folder, opts.fresh)
         task = Task(
-            env=_hybrid_env(store.uri, opts.experiment, session),
+            env=_hybrid_env(store.uri, opts.experiment, session, folder / STATE),
+            state=f"{session}-{run_id}" if run_id else session,
             metrics_files=tuple(files),
             check=opts.run,
             diagnostics=opts.diagnostics,
@@ -169,8 +184,11 @@ class _Bisection:
         # First, so that a cluster that cannot take a hybrid is reported before a journal or a run is opened.
         executor = _executor(opts, workspaces, good, bad, task, folder, remote, server)
         try:
-            header = {"session": session, "good": good.ref.text, "bad": bad.ref.text}
+            header = {"session": session, "id": run_id, "good": good.ref.text, "bad": bad.ref.text}
             journal = Journal(folder, header, fresh=opts.fresh)
+            if opts.fresh:
+                shutil.rmtree(folder / STATE, ignore_errors=True)
+            (folder / STATE).mkdir(exist_ok=True)
             torn = journal.torn()
             if torn:
                 _warn(console, f"{journal.path}: skipped {torn} line(s) cut short by a kill")
@@ -189,7 +207,8 @@ class _Bisection:
         self.console.print(
             f"GOOD {self.good.ref.describe()}\nBAD  {self.bad.ref.describe()}\n{len(self.inventory.units)} "
             f"differing unit(s) in {len(groups)} group(s): {', '.join(g.name for g in groups)}; "
-            f"results in {self.folder}"
+            f"results in {self.folder}",
+            markup=False,
         )
         plan = Plan(
             inventory=self.inventory,
@@ -199,7 +218,8 @@ class _Bisection:
             repeat=self.opts.repeat,
             retries=self.opts.retries,
         )
-        already = {r["fingerprint"] for r in self.journal.records("hybrid")}
+        self.already = {r["fingerprint"] for r in self.journal.records("hybrid")}
+        self.earlier = self.journal.executed_here()
         self.progress = Progress(self.console, self.folder / "logs", planned(groups, self.opts.jobs))
 
         def started(h: Hybrid) -> None:
@@ -208,7 +228,8 @@ class _Bisection:
 
         def done(h: Hybrid) -> None:
             self.progress.done(h)
-            _done(self.console, self.tracker, already, h, self.judge, self.terms)
+            self.held.append(h)
+            self._show_settled()
 
         self.evaluator = Evaluator(plan, self.executor, self.journal, self.judge, started, done)
 
@@ -220,6 +241,7 @@ class _Bisection:
                 verdict = search(groups, self.evaluator, self.opts.jobs)
             verdict = verdict.as_fix() if self.terms.find_fix else verdict
         except PreconditionError as exc:
+            self._forget_state()
             return EXIT_PRECONDITION, self._close(VerdictKind.PRECONDITION_FAILED, str(exc), None, "FAILED")
         except UndecidableError as exc:
             message = f"cannot decide: {exc}; finished hybrids are kept, so the same command resumes"
@@ -228,30 +250,62 @@ class _Bisection:
             stopped = build(self._findings(), VerdictKind.STOPPED, str(exc) or "interrupted")
             self.tracker.finish(stopped, "KILLED")
             raise
+        self._forget_state()
         report = self._close(verdict.kind, verdict.message(), verdict)
         return (EXIT_CULPRIT if verdict.names_a_change else EXIT_NO_CULPRIT), report
 
     def _preconditions(self) -> None:
-        """As git bisect: GOOD must pass and BAD must fail (GOOD's metrics settle the judge's file and keys)."""
+        """As git bisect: GOOD must pass and BAD must fail; both run at once when `--jobs` allows, also while the
+        judge waits for GOOD's metrics to settle its file and keys (see `_show_settled`).
+        """
         everything = frozenset(u.id for u in self.inventory.units)
         terms = self.terms
-        if self.opts.jobs >= 2 and self.judge.ready:
-            self.evaluator([(GOOD_CONFIG, terms.old), (everything, terms.new)])
-        else:
-            self.evaluator([(GOOD_CONFIG, terms.old)])
+        both = [(GOOD_CONFIG, terms.old), (everything, terms.new)]
+        try:
+            self.evaluator(both if self.opts.jobs >= 2 else both[:1])
+        finally:
+            self._show_settled(final=True)
         good_run = self.evaluator.get(GOOD_CONFIG)
-        if not self.judge.ready and good_run.attempts and good_run.attempts[-1].metrics:
-            _settle(self.judge, self.files, good_run)
-            good_run = self.evaluator.rejudge(GOOD_CONFIG)
         passes, fails = ("fail", "pass") if terms.find_fix else ("pass", "fail")
         if good_run.outcome != Outcome.GOOD:
             got = f"{terms.outcome(good_run.outcome)}: {good_run.note}"
-            raise PreconditionError(f"{terms.old} does not {passes} ({got}); nothing to bisect")
+            hint = ""
+            if good_run.outcome == Outcome.BAD:
+                # One more hybrid tells a swapped pair from a wrong check; it is journaled by content, so the
+                # corrected command (swapped, or --find-fix) reuses it and nothing is run twice.
+                self.evaluator([(everything, terms.new)])
+                bad_run = self.evaluator.get(everything)
+                if bad_run.outcome == Outcome.GOOD:
+                    hint = "; " + terms.swapped(self.good.ref.text, self.bad.ref.text, bad_run.note)
+            raise PreconditionError(f"{terms.old} does not {passes} ({got}); nothing to bisect{hint}")
         self.evaluator([(everything, terms.new)])
         bad_run = self.evaluator.get(everything)
         if bad_run.outcome != Outcome.BAD:
             got = f"{terms.outcome(bad_run.outcome)}: {bad_run.note}"
             raise PreconditionError(f"{terms.new} does not {fails} ({got}); nothing to bisect")
+
+    def _show_settled(self, final: bool = False) -> None:
+        """Show (and log to MLflow) each finished hybrid once its outcome is settled, so the line shown and the
+        report agree. A predicate whose metrics file and keys come from GOOD's metrics settles when GOOD's run
+        brings them; finished hybrids wait here until then and are judged again. `final`: nothing more can settle
+        the judge (GOOD ran without metrics, or the run stops), so they are shown as judged.
+        """
+        if not self.held:
+            return
+        good_run = self.evaluator.get(GOOD_CONFIG)
+        if not self.judge.ready and good_run.attempts and good_run.attempts[-1].metrics:
+            _settle(self.judge, self.files, good_run)
+        if not (self.judge.ready or final):
+            return
+        held, self.held = self.held, []
+        for hybrid in held:
+            _done(self.console, self.tracker, self.already, self.evaluator.rejudge(hybrid), self.judge, self.terms)
+
+    def _forget_state(self) -> None:
+        """A session with an answer has nothing left to resume: what its stages kept for a resume goes (a session
+        that could not decide, or was stopped, keeps it for the same command to resume).
+        """
+        shutil.rmtree(self.folder / STATE, ignore_errors=True)
 
     def _findings(self) -> Findings:
         return Findings(
@@ -264,6 +318,7 @@ class _Bisection:
             folder=self.folder,
             tracking=self.store.description,
             terms=self.terms,
+            earlier=self.earlier,
         )
 
     def _close(self, kind: VerdictKind, message: str, verdict: Verdict | None, status: str = "FINISHED") -> Report:
@@ -366,11 +421,11 @@ def _start_tracking(
 
 
 def _warn(console: Console, text: str) -> None:
-    console.print(f"[yellow]warning:[/] {text}")
+    console.print(f"[yellow]warning:[/] {escape(text)}")
 
 
 def _started(console: Console, h: Hybrid) -> None:
-    console.print(f"[cyan]{h.id}[/] {h.label} ... running")
+    console.print(f"[cyan]{h.id}[/] {escape(h.label)} ... running")
 
 
 def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid, judge: Judge, terms: Terms) -> None:
@@ -381,18 +436,20 @@ def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid, judg
         if h.reused
         else (f"ran {', '.join(h.executed) or 'nothing'}; restored {len(h.restored)}")
     )
-    console.print(f"[cyan]{h.id}[/] {h.label}: [{colour}]{terms.outcome(h.outcome)}[/] ({h.note}; {how}; {h.seconds}s)")
+    details = escape(f"({h.note}; {how}; {h.seconds}s)")
+    console.print(f"[cyan]{h.id}[/] {escape(h.label)}: [{colour}]{terms.outcome(h.outcome)}[/] {details}")
     if h.fingerprint not in already:
         tracker.hybrid(h.row(judge.metrics_file, terms))
 
 
-def _hybrid_env(uri: str | None, experiment: str, session: str) -> dict[str, str]:
+def _hybrid_env(uri: str | None, experiment: str, session: str, state: Path) -> dict[str, str]:
     """The stages' environment: this interpreter's tools first on PATH, one tracking store (or
-    SEGBISECT_TRACKING=off), session tags.
+    SEGBISECT_TRACKING=off), session tags, and the session's folder for state that outlives a worktree.
     """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["SEGBISECT_SESSION"] = session
+    env[STATE_VARIABLE] = str(state)
     env.pop("MLFLOW_RUN_ID", None)
     if uri:
         env["MLFLOW_TRACKING_URI"] = uri

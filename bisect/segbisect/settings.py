@@ -10,6 +10,7 @@ every user passing it on the command line:
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,9 @@ def load(repo: Path) -> Settings:
         raise UsageError(f"{path}: [tool.segbisect] must be a table")
     for key, value in table.items():
         if key not in KEYS:
-            raise UsageError(f"{path}: unknown key '{key}' in [tool.segbisect] (known: {', '.join(KEYS)})")
+            close = difflib.get_close_matches(key, KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(KEYS)}"
+            raise UsageError(f"{path}: unknown key '{key}' in [tool.segbisect]; {hint}")
         if not isinstance(value, str) or not value.strip():
             raise UsageError(f"{path}: [tool.segbisect] {key} must be a non-empty string")
     return Settings(fail_if=table.get("fail-if"), diagnostics=table.get("diagnostics"))

@@ -1,7 +1,8 @@
 """Resolve a reference to a snapshot: per dvc.yaml stage, its params keys, code/file deps and data deps.
 
-The reference's tree is exported to a temporary folder (git archive, params overlay written in) and read
-with DVC's own index, so templated `${...}` deps and whole-file params resolve exactly as `dvc repro` would.
+The reference's tree is exported to a temporary folder (git archive, params overlay or the working tree's files
+written in) and read with DVC's own index, so templated `${...}` deps and whole-file params resolve exactly as
+`dvc repro` would.
 Given the fork server (see `forked`), both references are read at once in children that have DVC imported
 already; `main` is that child's entry point.
 """
@@ -22,8 +23,9 @@ import yaml
 from segbisect import metrics, yamlfile
 from segbisect.errors import UsageError
 from segbisect.forked import ForkServer, ask
-from segbisect.gitutil import export_tree
-from segbisect.refs import Reference
+from segbisect.gitutil import export_tree, head_bytes, rev_parse_commit, uncommitted
+from segbisect.refs import WORKSPACE, Reference, with_files
+from segbisect.terms import Terms
 
 ABSENT = "<absent>"
 # A leaf's address: (kind, params file | file | stage name, key path inside a params file).
@@ -67,6 +69,10 @@ class Snapshot:
         for entry in self.dvcyaml.get("plots") or []:
             declared.extend([entry] if isinstance(entry, str) else list(entry) if isinstance(entry, dict) else [])
         return list(dict.fromkeys(declared))
+
+    @property
+    def read_paths(self) -> set[str]:
+        return _read_paths(self.stages, set(self.params_data))
 
     @cached_property
     def leaves(self) -> dict[Key, Leaf]:
@@ -155,6 +161,8 @@ def load_all(pairs: Sequence[tuple[Reference, Path]], repo: Path, server: ForkSe
             stages, param_files, sources, metrics_files = _decode(answer.get()) or _read_stages(dest)
         except UsageError as exc:
             raise UsageError(f"{ref.describe()}: {exc}") from None
+        if ref.kind == WORKSPACE:
+            ref = _settle_working_tree(ref, repo, dest, stages, param_files)
         params_data = {f: _load_yaml(dest / f) for f in sorted(param_files)}
         snapshots.append(
             Snapshot(ref, dest, stages, params_data, _load_yaml(dest / "dvc.yaml"), sources, metrics_files)
@@ -203,8 +211,91 @@ def _export(ref: Reference, repo: Path, dest: Path) -> None:
     export_tree(repo, ref.commit, dest)
     for name, data in ref.params.items():
         (dest / name).write_text(yaml.safe_dump(data, sort_keys=False))
+    for path in ref.files:
+        write_file(dest / path, _on_disk(repo, path))
+    for path in set(ref.untracked) - set(ref.files):
+        # A link, not a copy, until the pipeline is known to read it: an untracked file may be large data.
+        target = dest / path
+        target.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to((repo / path).absolute())
     if not (dest / "dvc.yaml").is_file():
         raise UsageError(f"{ref.describe()}: no dvc.yaml at commit {ref.commit[:10]}")
+
+
+def _settle_working_tree(
+    ref: Reference, repo: Path, dest: Path, stages: list[StageSnap], param_files: set[str]
+) -> Reference:
+    """The working tree's files that hybrids take: its tracked changes except stage outputs (DVC's to produce or
+    restore, as for any reference), and the untracked files the pipeline reads, copied now. The export goes back
+    to HEAD's version of the others (an untracked file: none).
+    """
+    outs = [out for stage in stages for out in stage.outs]
+    read = _read_paths(stages, param_files)
+    kept = {path for path in ref.files if not any(_under(path, out) for out in outs)}
+    taken = {path for path in ref.untracked if path in read} - kept
+    for path in taken:
+        write_file(dest / path, _on_disk(repo, path))
+    for path in {*ref.files, *ref.untracked} - kept - taken:
+        write_file(dest / path, head_bytes(repo, path))
+    return replace(with_files(ref, tuple(sorted(kept | taken))), untracked=())
+
+
+def _read_paths(stages: list[StageSnap], param_files: set[str]) -> set[str]:
+    """Every file the pipeline reads as configuration: code and file deps, `.dvc` files, params files, and the
+    `dvc.yaml` files defining the stages.
+    """
+    dvcfiles = {Path(stage.lock_file).with_suffix(".yaml").as_posix() for stage in stages}
+    return {path for stage in stages for path in stage.files | stage.data} | param_files | dvcfiles
+
+
+def uncommitted_warnings(repo: Path, good: Snapshot, bad: Snapshot, terms: Terms) -> list[str]:
+    """One line per side that is HEAD's commit (a git reference, or a params file laid over it) while the working
+    tree has uncommitted changes to files its pipeline reads, which that side leaves out. Nothing when the other
+    side is the working tree itself: the user is comparing the two already.
+    """
+    head = rev_parse_commit(repo, "HEAD")
+    sides = [
+        (role, snap)
+        for role, snap, other in ((terms.old, good, bad), (terms.new, bad, good))
+        if snap.ref.kind in ("git", "params-file") and snap.ref.commit == head and other.ref.kind != WORKSPACE
+    ]
+    if not sides:
+        return []
+    tree = uncommitted(repo)
+    lines = []
+    for role, snap in sides:
+        read = snap.read_paths
+        dirty = [path for path in (*tree.changed, *tree.untracked) if path in read and _differs(repo, path)]
+        if dirty:
+            how = "is HEAD's commit" if snap.ref.kind == "git" else "is laid over HEAD's commit"
+            lines.append(
+                f"{role} '{snap.ref.text}' {how}; uncommitted changes to {', '.join(dirty)} are not part of it "
+                f"(use '{WORKSPACE}' for the tree as it is on disk)"
+            )
+    return lines
+
+
+def _differs(repo: Path, path: str) -> bool:
+    """Whether the working tree's `path` is not HEAD's (git status also lists a file staged and then edited
+    back).
+    """
+    return _on_disk(repo, path) != head_bytes(repo, path)
+
+
+def _on_disk(repo: Path, path: str) -> bytes | None:
+    source = repo / path
+    return source.read_bytes() if source.is_file() else None
+
+
+def write_file(target: Path, content: bytes | None) -> None:
+    """Write `content` at `target` (its folders made), or delete `target` when `content` is None. A link at
+    `target` is replaced, never written through.
+    """
+    target.unlink(missing_ok=True)
+    if content is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
 
 
 def _read_stages(root: Path) -> Reading:

@@ -7,6 +7,7 @@ the verdict and the report speak of BROKEN and FIXED, and the evidence shown is 
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from segbisect.outcome import Outcome
@@ -27,6 +28,20 @@ class Terms:
         if outcome == Outcome.BAD:
             return self.new.lower() if self.find_fix else str(outcome)
         return str(outcome)
+
+    def swapped(self, old_ref: str, new_ref: str, note: str) -> str:
+        """Why there is nothing to bisect when each configuration does what the other should (`note`: how the
+        second was judged): the two were given the wrong way round, or the other question was meant.
+        """
+        does = "fails" if self.find_fix else "passes"
+        reversed_command = shlex.join(["segbisect", new_ref, old_ref, *(["--find-fix"] if self.find_fix else [])])
+        asked, other = ("fixed", "broke") if self.find_fix else ("broke", "fixed")
+        toggle = "leave out --find-fix" if self.find_fix else "add --find-fix"
+        return (
+            f"{self.new} {does} ({self.outcome(Outcome.GOOD)}: {note}): they look swapped; to find the change "
+            f"that {asked} it, give them the other way round ({reversed_command}), or to find the change that "
+            f"{other} it, {toggle}"
+        )
 
 
 CULPRIT = Terms()

@@ -7,9 +7,11 @@ worktree), so all cases share one DVC cache and GOOD's stages are restored, neve
     python examples/zero-predictions/run_casebook.py [--cases 01-ignore-255 ...] [--out DIR] [--jobs 2]
     python examples/zero-predictions/run_casebook.py --record [--out DIR]
 
-writes DIR/casebook.md and DIR/casebook.csv (plus the base repo and segbisect's reports). `--record` runs every
-case under this CPU's oneDNN kernels and again under the second ISA (see margins.py), each in DIR/<ISA>, and writes
-both tables and record.yaml into measured/, which CI's second-ISA pass reads (see margins.py).
+writes DIR/casebook.md and DIR/casebook.csv (plus the base repo and segbisect's reports). DIR records what GOOD was
+built from (casebook.json); a later run into DIR reuses GOOD when those inputs match, runs only the cases it names,
+and writes tables with every case run there against that GOOD. `--record` runs every case under this CPU's oneDNN
+kernels and again under the second ISA (see margins.py), each in DIR/<ISA>, and writes both tables and record.yaml
+into measured/, which CI's second-ISA pass reads (see margins.py).
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+import segbisect
 from margins import (
+    CASES_DIR,
     GOOD_PARAMS,
     HERE,
     MARGIN_INPUTS,
@@ -41,10 +47,20 @@ from margins import (
     second_isa,
 )
 from pipeline.numerics import cpu_model_and_flags, numeric_environment, onednn_isa
-from pipeline.scratch import PROJECT_FILES, ROOT, git, make_repo
+from pipeline.scratch import ROOT, git, make_repo
 from segbisect.refs import deep_merge
 
 GOOD_BRANCH = "main"
+SEGBISECT = Path(segbisect.__file__).resolve().parent
+# What GOOD in a casebook folder was built from, and whether its build finished: a folder holding it is one this
+# script wrote.
+MARKER = "casebook.json"
+# Each case's latest outcome, one JSON file per case: the rows of the casebook's tables.
+OUTCOMES = "outcomes"
+# Everything else this script writes into a casebook folder (MLflow puts its artifacts beside its database; the
+# temporary worktrees are left only by a run killed outright): all of it belongs to one GOOD.
+WRITTEN = ("repo", "mlflow.db", "mlruns", "segbisect", OUTCOMES, "casebook.md", "casebook.csv")
+WORKTREES = ".casebook-*"
 COLUMNS = (
     "case",
     "cause",
@@ -61,6 +77,7 @@ COLUMNS = (
     "seconds",
     "margin",
     "margin at",
+    "finished",
 )
 
 
@@ -88,6 +105,8 @@ class Outcome:
     seconds: float
     exit_code: int
     bad_ref: str
+    jobs: int
+    finished: str
 
     def hybrid(self, label: str) -> dict[str, Any]:
         return next((h for h in self.report.get("hybrids", []) if h["label"] == label), {})
@@ -152,9 +171,24 @@ class Outcome:
                     round(self.seconds, 1),
                     round(margin, 2),
                     margin_at,
+                    self.finished,
                 ),
             )
         )
+
+    def save(self, out: Path) -> None:
+        """outcomes/<case>.json in the casebook folder `out`, with what the row depends on besides GOOD (see
+        case_inputs); written whole or not at all, so a killed run leaves the earlier row."""
+        folder = out / OUTCOMES
+        folder.mkdir(exist_ok=True)
+        fields = {k: v for k, v in asdict(self).items() if k != "case"}
+        partial = folder / f".{self.case.name}.json.tmp"
+        partial.write_text(json.dumps({"inputs": case_inputs(self.case), **fields}))
+        partial.replace(folder / f"{self.case.name}.json")
+
+    @classmethod
+    def load(cls, case: Case, fields: dict[str, Any]) -> Outcome:
+        return cls(case, **{k: v for k, v in fields.items() if k != "inputs"})
 
 
 def load_cases(names: list[str] | None = None) -> list[Case]:
@@ -195,19 +229,139 @@ def stage_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def good_key(overlay: dict[str, Any]) -> str:
-    """What GOOD's outcome depends on, hashed: the project's files, GOOD's params and the numeric environment that
-    this process hands its stages (CPU, oneDNN on or off and its ISA, library versions; not the GPUs, which a
-    process only lists once it has imported TensorFlow). GOOD built under one key is the same GOOD under that key;
-    another ISA trains another model and needs its own."""
-    numeric = {k: v for k, v in numeric_environment().items() if k not in ("host", "gpus")}
-    digest = hashlib.sha256(json.dumps([overlay, numeric], sort_keys=True).encode())
-    for name in PROJECT_FILES:
-        path = ROOT / name
+def tree_digest(root: Path, names: Iterable[str]) -> str:
+    """Every file under `names` (relative to `root`), by path and content; bytecode caches left out."""
+    digest = hashlib.sha256()
+    for name in names:
+        path = root / name
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if file.is_file() and "__pycache__" not in file.parts:
-                digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0" + file.read_bytes())
+                digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def good_inputs(overlay: dict[str, Any]) -> dict[str, str]:
+    """What GOOD's outcome depends on, each part hashed on its own so that a changed one can be named: the
+    project's files (not .gitignore, which a user's `dvc repro` edits and which changes no result), GOOD's params,
+    and the numeric environment that this process hands its stages (CPU, oneDNN on or off and its ISA, library
+    versions; not the host, nor the GPUs, which a process only lists once it has imported TensorFlow). GOOD built
+    from the same inputs is the same GOOD; another ISA trains another model and needs its own."""
+    numeric = {k: v for k, v in numeric_environment().items() if k not in ("host", "gpus")}
+    return {
+        "project files": tree_digest(ROOT, MARGIN_INPUTS),
+        "GOOD params": json_digest(overlay),
+        "numeric environment": json_digest(numeric),
+    }
+
+
+def good_key(overlay: dict[str, Any]) -> str:
+    """GOOD's inputs (see good_inputs) as one name."""
+    return json_digest(good_inputs(overlay))
+
+
+def case_inputs(case: Case) -> str:
+    """What a case's row depends on besides GOOD: its folder's files and segbisect's code."""
+    return json_digest([tree_digest(CASES_DIR, [case.name]), tree_digest(SEGBISECT.parent, [SEGBISECT.name])])
+
+
+@dataclass(frozen=True)
+class GoodMarker:
+    """casebook.json: the inputs GOOD in a casebook folder was built from (good_inputs), and whether it finished."""
+
+    inputs: dict[str, str]
+    built: bool
+
+    def write(self, out: Path) -> None:
+        (out / MARKER).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def read_marker(out: Path) -> GoodMarker | None:
+    """The marker of the casebook folder `out`; None for a new or empty folder. Any other folder is refused, so
+    that nothing this script did not write is ever removed."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"{out}: not a folder; pass a new or empty folder as --out")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    path = out / MARKER
+    if not path.is_file():
+        raise SystemExit(f"{out}: not a casebook folder (not empty, and no {MARKER}); pass a new or empty --out")
+    try:
+        fields = json.loads(path.read_text())
+        return GoodMarker(dict(fields["inputs"]), bool(fields["built"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{path}: unreadable ({exc!r}), so {out} is no casebook folder; pass another --out") from None
+
+
+@dataclass(frozen=True)
+class GoodPlan:
+    """Whether GOOD in a casebook folder must be built, and the one line that says why, or that it is reused."""
+
+    build: bool
+    why: str
+
+
+def plan_good(out: Path, inputs: dict[str, str]) -> GoodPlan:
+    """Reuse GOOD in `out` when its build finished there from the same inputs; else build it."""
+    marker = read_marker(out)
+    if marker is None:
+        return GoodPlan(True, f"{out}: new casebook folder: building GOOD")
+    if not marker.built or not (out / "repo" / "dvc.lock").is_file():
+        return GoodPlan(True, f"{out}: GOOD there is incomplete (its build was interrupted or failed): rebuilding it")
+    changed = [name for name, value in inputs.items() if marker.inputs.get(name) != value]
+    if changed:
+        return GoodPlan(
+            True, f"{out}: GOOD there was built from other {' and '.join(changed)}: rebuilding it, dropping its rows"
+        )
+    return GoodPlan(False, f"{out}: reusing GOOD, built there from the same {', '.join(inputs)}")
+
+
+def prepare_good(out: Path, overlay: dict[str, Any], env: dict[str, str]) -> Path:
+    """GOOD's repository in the casebook folder `out`, reused or (re)built as plan_good says. A rebuild first
+    removes everything made from the GOOD before, so that no table mixes the rows of two GOODs."""
+    inputs = good_inputs(overlay)
+    plan = plan_good(out, inputs)
+    print(plan.why, flush=True)
+    if plan.build:
+        clear(out)
+        GoodMarker(inputs, built=False).write(out)
+        build_base(out / "repo", overlay, env)
+        GoodMarker(inputs, built=True).write(out)
+    return out / "repo"
+
+
+def clear(out: Path) -> None:
+    """Create the casebook folder `out`, or remove what this script wrote there, and nothing else."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in [*(out / name for name in WRITTEN), *out.glob(WORKTREES)]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def earlier_outcomes(out: Path, cases: list[Case]) -> list[Outcome]:
+    """The rows run earlier in the casebook folder `out` (against the GOOD there) that still describe `cases`
+    as they are now. A row whose case files or segbisect changed since, or whose case is gone, is dropped, with
+    a line saying so."""
+    by_name = {case.name: case for case in cases}
+    kept = []
+    for path in sorted((out / OUTCOMES).glob("*.json")):
+        case = by_name.get(path.stem)
+        try:
+            fields = json.loads(path.read_text())
+            if case is not None and fields["inputs"] == case_inputs(case):
+                kept.append(Outcome.load(case, fields))
+                continue
+            why = "its case is gone" if case is None else "its case files or segbisect changed since it ran"
+        except (ValueError, KeyError, TypeError) as exc:
+            why = f"unreadable ({exc!r})"
+        print(f"{out}: earlier row of {path.stem} dropped: {why}", flush=True)
+        path.unlink()
+    return kept
 
 
 def build_base(repo: Path, overlay: dict[str, Any], env: dict[str, str]) -> Path:
@@ -222,9 +376,12 @@ def build_base(repo: Path, overlay: dict[str, Any], env: dict[str, str]) -> Path
 def commit_on_branch(
     repo: Path, branch: str, start: str, message: str, params: dict[str, Any] | None = None, patch: Path | None = None
 ) -> str:
-    """Create `branch` at `start` plus one commit (params overlay and/or patch), in a temporary worktree."""
+    """(Re)create `branch` at `start` plus one commit (params overlay and/or patch), in a temporary worktree."""
     work = repo.parent / f".casebook-{branch.replace('/', '-')}"
-    git(repo, "worktree", "add", "-q", "-b", branch, str(work), start)
+    if work.exists():  # left by a run killed outright
+        shutil.rmtree(work)
+        git(repo, "worktree", "prune")
+    git(repo, "worktree", "add", "-q", "-B", branch, str(work), start)
     try:
         if params:
             path = work / "params.yaml"
@@ -254,9 +411,12 @@ def make_refs(repo: Path, case: Case) -> tuple[str, str]:
 def run_segbisect(
     repo: Path, good: str, bad: str, results: Path, env: dict[str, str], jobs: int
 ) -> tuple[dict[str, Any], int, float]:
-    """The user's one command, `segbisect GOOD BAD --json`; returns the verdict, exit code and wall seconds."""
-    segbisect = Path(sys.executable).parent / "segbisect"
-    args = [str(segbisect), good, bad, "--repo", str(repo), "--results", str(results), "--jobs", str(jobs), "--json"]
+    """The user's one command, `segbisect GOOD BAD --json`; returns the verdict, exit code and wall seconds.
+    `--fresh`: a row is its case's own whole bisection, never one resumed from the hybrids that an earlier,
+    interrupted or other case's run into the same results folder finished."""
+    command = Path(sys.executable).parent / "segbisect"
+    args = [str(command), good, bad, "--repo", str(repo), "--results", str(results), "--jobs", str(jobs)]
+    args += ["--json", "--fresh"]
     start = time.monotonic()
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - start
@@ -270,23 +430,32 @@ def run_segbisect(
 def run_case(repo: Path, case: Case, results: Path, env: dict[str, str], jobs: int = 2) -> Outcome:
     good, bad = make_refs(repo, case)
     report, code, seconds = run_segbisect(repo, good, bad, results, env, jobs)
-    return Outcome(case, report, seconds, code, _ref_label(bad))
+    finished = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Outcome(case, report, seconds, code, _ref_label(bad), jobs, finished)
 
 
-def write_table(outcomes: list[Outcome], out: Path, good_params: Path, jobs: int) -> pd.DataFrame:
-    """casebook.csv and casebook.md (how GOOD was configured, the table, then each case's description)."""
+def write_table(outcomes: list[Outcome], out: Path, good_params: Path, earlier: set[str]) -> pd.DataFrame:
+    """casebook.csv and casebook.md (how GOOD was configured, which rows an earlier run made, the table, then each
+    case's description)."""
     table = pd.DataFrame([o.row() for o in outcomes], columns=list(COLUMNS))
     table.to_csv(out / "casebook.csv", index=False)
+    jobs = " or ".join(str(n) for n in sorted({o.jobs for o in outcomes}))
     lines = [
         "# Zero-predictions casebook",
         "",
         f"GOOD: `{good_params.name}` over `params.yaml`; "
         + "".join(f"{o.case.name} overlays `{json.dumps(o.case.good)}` on it; " for o in outcomes if o.case.good)
-        + f"fg = foreground_fraction; seconds = wall time of `segbisect GOOD BAD --json --jobs {jobs}`.",
-        "",
-        markdown_table(table),
+        + "fg = foreground_fraction; seconds = wall time of "
+        + f"`segbisect GOOD BAD --json --jobs {jobs} --fresh`, finished = when it ended (UTC).",
         "",
     ]
+    if earlier:
+        lines += [
+            f"Rows from earlier runs into this folder: {', '.join(sorted(earlier))}; against this same GOOD, with "
+            "the same case files and segbisect (see `finished`).",
+            "",
+        ]
+    lines += [markdown_table(table), ""]
     for o in outcomes:
         lines += [
             f"## {o.case.name}: {o.case.cause}",
@@ -317,25 +486,44 @@ def _round(value: float | None) -> float | None:
 
 
 def run_casebook(cases: list[Case], out: Path, good_params: Path, jobs: int) -> list[Outcome]:
-    """Build GOOD in `out`, run every case against it, and write casebook.csv and casebook.md there."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Run `cases` against GOOD in the casebook folder `out` (built there, or reused: see prepare_good), and write
+    casebook.csv and casebook.md there with every case run against that GOOD, in case order. Returns this run's
+    outcomes."""
     env = stage_env(f"sqlite:///{out / 'mlflow.db'}")
     start = time.monotonic()
-    repo = build_base(out / "repo", yaml.safe_load(good_params.read_text()), env)
-    print(f"GOOD base reproduced in {time.monotonic() - start:.0f} s: {repo}", flush=True)
+    repo = prepare_good(out, yaml.safe_load(good_params.read_text()), env)
+    print(f"GOOD ready in {time.monotonic() - start:.0f} s: {repo}", flush=True)
+    rows = {o.case.name: o for o in earlier_outcomes(out, load_cases())}
     outcomes = []
     for case in cases:
         outcomes.append(run_case(repo, case, out / "segbisect", env, jobs))
+        outcomes[-1].save(out)
+        rows[case.name] = outcomes[-1]
         print(json.dumps(outcomes[-1].row()), flush=True)
-    table = write_table(outcomes, out, good_params, jobs)
+    earlier = set(rows) - {case.name for case in cases}
+    table = write_table([rows[name] for name in sorted(rows)], out, good_params, earlier)
     print(markdown_table(table))
     print(f"casebook: {out / 'casebook.md'}, {out / 'casebook.csv'}; {time.monotonic() - start:.0f} s in all")
     return outcomes
 
 
+def check_record_out(out: Path, isas: tuple[str, str]) -> None:
+    """--record writes one casebook folder per ISA into `out`: anything else there is refused before the first
+    minute is spent."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"{out}: not a folder; pass a new or empty folder as --out")
+    others = sorted(p.name for p in out.iterdir() if p.name not in isas) if out.exists() else []
+    if others:
+        raise SystemExit(f"{out}: holds {', '.join(others)}, which --record does not write; pass a new or empty --out")
+    for isa in isas:
+        read_marker(out / isa)
+
+
 def record(out: Path, good_params: Path, jobs: int) -> None:
     """The whole casebook under this CPU's kernels, then under the second ISA, one after the other (the seconds
-    are each run's own); measured/ is replaced only when both have finished."""
+    are each run's own); measured/ is replaced only when both have finished. Each ISA's GOOD is reused where an
+    earlier record into `out` built it from the same inputs (the tree is committed, so they are the commit's), but
+    every case runs again: the tables hold this run's rows only."""
     changed = git(ROOT, "status", "--porcelain", "--", *MARGIN_INPUTS, HERE.relative_to(ROOT).as_posix())
     if changed.strip():
         raise SystemExit(f"{ROOT}: commit first, the record names the commit it measured:\n{changed.rstrip()}")
@@ -345,6 +533,7 @@ def record(out: Path, good_params: Path, jobs: int) -> None:
     second = second_isa(flags)
     if default is None or default == second:
         raise SystemExit(f"{model}: oneDNN has no second instruction set to compare with {default} on this CPU")
+    check_record_out(out, (default, second))
     cases = load_cases()
     outcomes = run_casebook(cases, out / default, good_params, jobs)
     os.environ["ONEDNN_MAX_CPU_ISA"] = second  # the stages inherit it (stage_env copies this environment)
@@ -370,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=ROOT / "results" / "casebook",
-        help="results folder, new or empty (default: results/casebook)",
+        help="casebook folder: new, empty, or one this script wrote, whose GOOD is reused when built from the same "
+        "inputs (default: results/casebook)",
     )
     parser.add_argument("--good-params", type=Path, default=GOOD_PARAMS, help="GOOD params overlay on params.yaml")
     parser.add_argument("--jobs", type=int, default=2, help="segbisect --jobs for every case")
@@ -382,11 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     if opts.record and (opts.cases or opts.good_params != GOOD_PARAMS):
         parser.error("--record measures the whole casebook with good.yaml: leave out --cases and --good-params")
+    if not opts.good_params.is_file():
+        parser.error(f"--good-params {opts.good_params}: no such file")
     out = opts.out.resolve()
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(
-            f"{out}: exists and is not empty; pass another --out (each run builds a fresh base repository)"
-        )
     if opts.record:
         record(out, opts.good_params, opts.jobs)
     else:
