@@ -52,10 +52,9 @@ def mean_iou(cm: np.ndarray) -> float:
     Averaging only the classes present would score a test set whose labels lost a class (foreground mapped to the
     ignore index, say) 1.0 for predicting the rest, the best score of all. A class the labels lack cannot show that
     the model segments it, so it scores 0: its IoU is 0 already when it is predicted (false alarms only) and
-    undefined (0/0) when it is not. `absent_classes` names them. With no valid pixels at all the result is NaN.
+    undefined (0/0) when it is not. `absent_classes` names them. With no valid pixels at all every class is absent,
+    and the mean is 0: a number in metrics.json, never NaN.
     """
-    if not np.asarray(cm).sum():
-        return float("nan")
     return float(np.nan_to_num(iou_per_class(cm), nan=0.0).mean())
 
 
@@ -71,10 +70,8 @@ def mean_accuracy(cm: np.ndarray) -> float:
     """Mean over the declared classes of `class_accuracy`, a class absent from the test labels counting 0.
 
     Unlike pixel accuracy it weighs every class alike: a model that predicts background everywhere scores
-    1 / num_classes, however rare the foreground. NaN with no valid pixels.
+    1 / num_classes, however rare the foreground. 0 with no valid pixels (every class absent).
     """
-    if not np.asarray(cm).sum():
-        return float("nan")
     return float(np.nan_to_num(class_accuracy(cm), nan=0.0).mean())
 
 

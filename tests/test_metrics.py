@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -93,13 +94,16 @@ def test_all_background_prediction_has_zero_foreground_fraction():
     assert summary["confusion_matrix"] == [[2, 0], [2, 0]]
 
 
-def test_no_valid_pixels_gives_nan_not_a_crash():
+def test_no_valid_pixels_score_zero_and_metrics_json_stays_valid_json():
     cm = metrics.confusion_matrix(np.full(4, IGNORE), np.zeros(4, np.int64), 2, IGNORE)
     assert cm.sum() == 0
-    assert math.isnan(metrics.mean_iou(cm))
-    assert math.isnan(metrics.mean_accuracy(cm))
+    assert metrics.mean_iou(cm) == 0.0
+    assert metrics.mean_accuracy(cm) == 0.0
     assert math.isnan(metrics.pixel_accuracy(cm))
     assert metrics.foreground_fraction(cm) == 0.0
+    summary = metrics.summarize(cm, ["background", "foreground"])
+    assert summary["pixel_accuracy"] is None and summary["absent_classes"] == 2
+    json.loads(json.dumps(summary, allow_nan=False))
 
 
 def test_prediction_out_of_range_raises():

@@ -175,12 +175,21 @@ def test_an_mlflow_runs_logged_configuration_is_laid_back_where_params_yaml_has_
         "evaluate": {"threshold": 0.5, "postprocess": "argmax"},
     }
     params = copy.deepcopy(committed)
-    logged = {"prepare.label_map.255": "255", "evaluate.threshold": "0.75", "deps.data/prepared": "0a1b.dir"}
+    logged = {
+        "prepare.label_map.0": "0",
+        "prepare.label_map.255": "255",
+        "prepare.seed": "0",
+        "evaluate.threshold": "0.75",
+        "deps.data/prepared": "0a1b.dir",
+    }
     refs._set_logged(params, params["evaluate"], logged)
     assert params == {
         "prepare": {"label_map": {0: 0, 255: 255}, "seed": 0},
         "evaluate": {"threshold": 0.75, "postprocess": "argmax"},
     }
+    other_map = copy.deepcopy(committed)
+    refs._set_logged(other_map, other_map["evaluate"], {"prepare.label_map.0": "0", "prepare.label_map.128": "1"})
+    assert other_map["prepare"]["label_map"] == {0: 0, 128: 1}, "the run's mapping, not the commit's with it laid over"
     older = copy.deepcopy(committed)
     refs._set_logged(older, older["evaluate"], {"threshold": "0.75", "postprocess": "threshold"})
     assert older["evaluate"] == {"threshold": 0.75, "postprocess": "threshold"}

@@ -123,8 +123,8 @@ def test_swapped_good_and_bad_are_told_to_swap_or_find_the_fix(repo: Path) -> No
     verdict = (
         "verdict: precondition-failed — GOOD does not pass (bad: foreground_fraction == 0 holds); nothing to bisect; "
         "BAD passes (good: foreground_fraction == 0 does not hold): they look swapped; to find the change that broke "
-        f"it, give them the other way round (segbisect good '{collapse}'), or to find the change that fixed it, add "
-        "--find-fix"
+        f"it, give them the other way round (segbisect good '{collapse}', with your other options), or to find the "
+        "change that fixed it, add --find-fix"
     )
     assert verdict in output.splitlines()
     rows = [line for line in output.splitlines() if line.startswith("│ h0")]
@@ -135,8 +135,8 @@ def test_swapped_good_and_bad_are_told_to_swap_or_find_the_fix(repo: Path) -> No
     verdict = (
         "verdict: precondition-failed — BROKEN does not fail (fixed: foreground_fraction == 0 does not hold); nothing "
         "to bisect; FIXED fails (broken: foreground_fraction == 0 holds): they look swapped; to find the change that "
-        f"fixed it, give them the other way round (segbisect '{collapse}' good --find-fix), or to find the change that "
-        "broke it, leave out --find-fix"
+        f"fixed it, give them the other way round (segbisect '{collapse}' good --find-fix, with your other options), "
+        "or to find the change that broke it, leave out --find-fix"
     )
     assert verdict in output.splitlines()
     assert "reused earlier result" in output and "ran train" not in output, "the first run's hybrids are reused"

@@ -12,7 +12,7 @@ import yaml
 from conftest import tree_state
 from segbisect.errors import UsageError
 from segbisect.refs import resolve
-from segbisect.snapshot import load_all, uncommitted_warnings
+from segbisect.snapshot import load_all, uncommitted_warnings, write_file
 from segbisect.terms import CULPRIT, FIX
 from segbisect_toy import bisect, commit, dvc, sh, unit_names
 
@@ -30,6 +30,24 @@ def edit(repo: Path, name: str, old: str, new: str) -> None:
 
 def warnings(human: str) -> list[str]:
     return [line for line in human.splitlines() if line.startswith("warning:")]
+
+
+def test_a_written_file_keeps_its_mode_and_a_link_is_replaced_not_written_through(tmp_path: Path) -> None:
+    """A hybrid gets BAD's version of a stage's executable script: without its mode, the stage could not start,
+    and the hybrid would look untestable for a reason that is not the change."""
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    write_file(script, b"#!/bin/sh\nexit 1\n")
+    assert script.read_bytes() == b"#!/bin/sh\nexit 1\n" and script.stat().st_mode & 0o777 == 0o755
+    users = tmp_path / "users.py"
+    users.write_text("the user's own file")
+    link = tmp_path / "linked.py"
+    link.symlink_to(users)
+    write_file(link, b"hybrid's")
+    assert not link.is_symlink() and link.read_bytes() == b"hybrid's" and users.read_text() == "the user's own file"
+    write_file(link, None)
+    assert not link.exists() and users.exists()
 
 
 def test_workspace_lists_tracked_changes_and_offers_untracked_files(toy: Path) -> None:

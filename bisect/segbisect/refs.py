@@ -9,7 +9,7 @@ import copy
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -218,14 +218,51 @@ def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> tuple[str, ...]:
 
 def _set_logged(params: dict[str, Any], section: dict[str, Any], logged: dict[str, str]) -> None:
     """Lay a stage run's logged params over the commit's. A run that logs its whole configuration names each key
-    from its params.yaml section down; `deps.<path>` are DVC's hashes of its data, not params; a run of an older
-    pipeline logged its own section's keys alone, which go under `section`."""
+    from its params.yaml section down, a mapping with number keys (`label_map`) entry by entry: such a mapping is
+    the run's entries alone, not the commit's with them laid over. `deps.<path>` are DVC's hashes of its data, not
+    params; a run of an older pipeline logged its own section's keys alone, which go under `section`."""
+    mappings: dict[tuple[str, ...], dict[Any, Any]] = {}
     for key, text in logged.items():
         parts = key.split(".")
-        if parts[0] in params:
+        if parts[0] not in params:
+            if parts[0] != "deps":
+                _set_dotted(section, parts, text)
+            continue
+        depth = _number_keyed_mapping(params, parts)
+        if depth is None:
             _set_dotted(params, parts, text)
-        elif parts[0] != "deps":
-            _set_dotted(section, parts, text)
+            continue
+        committed = _at(params, parts[:depth])
+        entry = _number_key(parts[depth])
+        mappings.setdefault(tuple(parts[:depth]), {})[entry] = _parse_logged(text, committed.get(entry))
+    for path, mapping in mappings.items():
+        _at(params, list(path[:-1]))[path[-1]] = mapping
+
+
+def _number_keyed_mapping(params: dict[str, Any], parts: list[str]) -> int | None:
+    """How many parts of a logged key lead to a committed mapping with number keys whose entry the last part is."""
+    node: Any = params
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+        if isinstance(node, dict) and node and depth + 2 == len(parts) and not any(isinstance(k, str) for k in node):
+            return depth + 1
+    return None
+
+
+def _at(params: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    node: Any = params
+    for part in parts:
+        node = node[part]
+    return cast(dict[str, Any], node)
+
+
+def _number_key(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _set_dotted(target: dict[str, Any], parts: list[str], text: str) -> None:

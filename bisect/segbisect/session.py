@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -272,11 +273,13 @@ class _Bisection:
             hint = ""
             if good_run.outcome == Outcome.BAD:
                 # One more hybrid tells a swapped pair from a wrong check; it is journaled by content, so the
-                # corrected command (swapped, or --find-fix) reuses it and nothing is run twice.
-                self.evaluator([(everything, terms.new)])
-                bad_run = self.evaluator.get(everything)
-                if bad_run.outcome == Outcome.GOOD:
-                    hint = "; " + terms.swapped(self.good.ref.text, self.bad.ref.text, bad_run.note)
+                # corrected command (swapped, or --find-fix) reuses it and nothing is run twice. Only a hint: an
+                # environment that fails it leaves the answer GOOD's, without the hint.
+                with contextlib.suppress(UndecidableError):
+                    self.evaluator([(everything, terms.new)])
+                    bad_run = self.evaluator.get(everything)
+                    if bad_run.outcome == Outcome.GOOD:
+                        hint = "; " + terms.swapped(self.good.ref.text, self.bad.ref.text, bad_run.note)
             raise PreconditionError(f"{terms.old} does not {passes} ({got}); nothing to bisect{hint}")
         self.evaluator([(everything, terms.new)])
         bad_run = self.evaluator.get(everything)

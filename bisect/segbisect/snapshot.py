@@ -290,9 +290,11 @@ def _on_disk(repo: Path, path: str) -> bytes | None:
 
 def write_file(target: Path, content: bytes | None) -> None:
     """Write `content` at `target` (its folders made), or delete `target` when `content` is None. A link at
-    `target` is replaced, never written through.
+    `target` is replaced, never written through; a file is written over in place, so it keeps its mode (a stage's
+    executable script stays executable).
     """
-    target.unlink(missing_ok=True)
+    if content is None or target.is_symlink():
+        target.unlink(missing_ok=True)
     if content is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)

@@ -39,7 +39,8 @@ class Terms:
         toggle = "leave out --find-fix" if self.find_fix else "add --find-fix"
         return (
             f"{self.new} {does} ({self.outcome(Outcome.GOOD)}: {note}): they look swapped; to find the change "
-            f"that {asked} it, give them the other way round ({reversed_command}), or to find the change that "
+            f"that {asked} it, give them the other way round ({reversed_command}, with your other options), or to "
+            f"find the change that "
             f"{other} it, {toggle}"
         )
 
