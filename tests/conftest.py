@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -41,7 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for GOOD while there is other work, and the longest test never starts last."""
     items.sort(
         key=lambda item: (
-            "casebook_base" not in getattr(item, "fixturenames", ()),
+            "casebook_good" not in getattr(item, "fixturenames", ()),
             item.name != "test_the_quick_start_and_walkthrough_run_as_written",
         )
     )
@@ -126,9 +127,11 @@ def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[s
     return np.concatenate(images)[order], np.concatenate(masks)[order], [stems[i] for i in order]
 
 
+@functools.cache
 def load_script(path: Path) -> ModuleType:
     """A script in a folder that is no package (examples/zero-predictions has a dash in its name), by its path.
-    Its folder goes on sys.path, as when it runs as a script, so it imports its siblings the same way."""
+    Its folder goes on sys.path, as when it runs as a script, so it imports its siblings the same way. Loaded once
+    per process: the test modules that load the same script share its module (and its dataclasses)."""
     if str(path.parent) not in sys.path:
         sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -163,6 +166,23 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
                 raise
             done.touch()
     return folder
+
+
+CASEBOOK_RUNNER = Path(__file__).resolve().parents[1] / "examples" / "zero-predictions" / "run_casebook.py"
+
+
+@pytest.fixture(scope="session")
+def casebook_good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A casebook folder holding GOOD (its repository, MLflow store and casebook.json), built once per pytest run by
+    the casebook runner's own `prepare_good`, whichever worker asks first; keyed by GOOD's inputs and numeric
+    environment. Read-only: a test copies what it changes."""
+    casebook = load_script(CASEBOOK_RUNNER)
+    overlay = yaml.safe_load(casebook.GOOD_PARAMS.read_text())
+
+    def build(folder: Path) -> None:
+        casebook.prepare_good(folder, overlay, casebook.stage_env(f"sqlite:///{folder / 'mlflow.db'}"))
+
+    return built_once(tmp_path_factory, f"casebook-good-{casebook.good_key(overlay)}", build)
 
 
 def write_params(repo: Path, overlay: dict[str, Any]) -> None:

@@ -16,12 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import built_once, load_script
-
-ROOT = Path(__file__).resolve().parents[1]
-RUNNER = ROOT / "examples" / "zero-predictions" / "run_casebook.py"
+from conftest import CASEBOOK_RUNNER, load_script
 
 pytestmark = pytest.mark.e2e
 # GOOD must be a real model, not one on the edge of predicting nothing.
@@ -31,22 +27,16 @@ MAX_FOREGROUND_SHARE_ERROR = 0.30
 MARGIN = 3.0
 
 
-casebook = load_script(RUNNER)
+casebook = load_script(CASEBOOK_RUNNER)
 CASES = casebook.load_cases()
 
 
 @pytest.fixture(scope="session")
-def casebook_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
-    """A private copy of the GOOD base repository, reproduced once per pytest run whichever worker asks first
-    (keyed by GOOD's inputs and numeric environment), and this worker's results folder."""
-    overlay = yaml.safe_load(casebook.GOOD_PARAMS.read_text())
-
-    def build(folder: Path) -> None:
-        casebook.build_base(folder / "repo", overlay, casebook.stage_env(f"sqlite:///{folder / 'mlflow.db'}"))
-
-    good = built_once(tmp_path_factory, f"casebook-good-{casebook.good_key(overlay)}", build)
+def casebook_base(casebook_good: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
+    """A private copy of the GOOD base repository (see conftest's casebook_good), and this worker's results
+    folder."""
     out = tmp_path_factory.mktemp("casebook")
-    repo = Path(shutil.copytree(good / "repo", out / "repo", symlinks=True))
+    repo = Path(shutil.copytree(casebook_good / "repo", out / "repo", symlinks=True))
     return repo, casebook.stage_env(f"sqlite:///{out / 'mlflow.db'}"), out / "segbisect"
 
 
@@ -56,7 +46,7 @@ def test_cases_use_both_kinds_of_reference_and_patches_apply(tmp_path: Path) -> 
     assert {c.stage for c in CASES} == {"prepare", "preprocess", "train", "evaluate"}
     for case in CASES:
         if case.bad_patch is not None:
-            subprocess.run(["git", "apply", "--check", str(case.bad_patch)], cwd=ROOT, check=True)
+            subprocess.run(["git", "apply", "--check", str(case.bad_patch)], cwd=casebook.ROOT, check=True)
         assert case.stage and case.units and case.diagnosis
 
 

@@ -1,7 +1,8 @@
 """The casebook runner's folder: GOOD is reused by a later run into the same --out when it was built there from the
 same inputs, rebuilt when they differ or its build did not finish, and a folder the runner did not write is refused.
 
-The fast tests decide on real folders without training; the e2e one runs the runner twice on a tiny GOOD.
+The fast tests decide on real folders without training; the e2e one runs the runner twice into a copy of the
+casebook's GOOD folder, built once per pytest run by the runner's own code (conftest's casebook_good).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import CASEBOOK_RUNNER as RUNNER
 from conftest import load_script
-from pipeline.scratch import ROOT, TINY_PARAMS, git
-from segbisect.refs import deep_merge
+from pipeline.scratch import ROOT, git
 
-RUNNER = ROOT / "examples" / "zero-predictions" / "run_casebook.py"
 casebook = load_script(RUNNER)
 OVERLAY: dict[str, Any] = {"train": {"epochs": 1}}
 
@@ -178,10 +178,6 @@ def test_a_case_branch_is_made_again_when_the_case_runs_again(tmp_path: Path) ->
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
 
 
-# A tiny GOOD (no case retrains it): its one-epoch model, told that foreground weighs five times more, paints it
-# nearly everywhere, a GOOD whose argmax case 07 breaks; but never with the confidence that case 09's GOOD threshold
-# of 0.75 asks, so 09's GOOD fails too and segbisect says so: a row all the same.
-TINY_GOOD = deep_merge(TINY_PARAMS, {"train": {"class_weights": [1.0, 5.0]}})
 FIRST, SECOND = "07-argmax-wrong-axis", "09-rescaled-outputs"
 
 
@@ -196,21 +192,21 @@ def good_state(out: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.e2e
-def test_a_second_case_into_the_same_folder_reuses_good(tmp_path: Path) -> None:
-    good = tmp_path / "tiny.yaml"
-    good.write_text(yaml.safe_dump(TINY_GOOD))
-    out = tmp_path / "casebook"
-    first = runner("--cases", FIRST, "--out", out, "--good-params", good)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert f"{out}: new casebook folder: building GOOD" in first.stdout
+def test_a_second_case_into_the_same_folder_reuses_good(casebook_good: Path, tmp_path: Path) -> None:
+    """A folder the runner built GOOD in (conftest's casebook_good, by the runner's own prepare_good) takes one case,
+    then another: GOOD is reused both times, never rebuilt nor re-run, and the first case's row stays."""
+    out = Path(shutil.copytree(casebook_good, tmp_path / "casebook", symlinks=True))
     before = good_state(out)
     assert {"repo/dvc.lock", "repo/reports/metrics.json"} <= before.keys()
+    first = runner("--cases", FIRST, "--out", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"{out}: reusing GOOD, built there from the same" in first.stdout
     first_finished = pd.read_csv(out / "casebook.csv")["finished"].tolist()
 
-    second = runner("--cases", SECOND, "--out", out, "--good-params", good)
+    second = runner("--cases", SECOND, "--out", out)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"{out}: reusing GOOD, built there from the same" in second.stdout
-    assert "building GOOD" not in second.stdout
+    assert "building GOOD" not in first.stdout + second.stdout
     assert good_state(out) == before
 
     table = pd.read_csv(out / "casebook.csv")
