@@ -115,6 +115,14 @@ def test_a_local_ray_reaches_the_local_verdict_and_says_where_restored_stages_ca
     table = (Path(remote["results_dir"]) / "report.md").read_text()
     assert f"prepare: {origin}" in table and "fetch/run/push s:" in table
 
+    # The same command resumes: every hybrid is reused, its attempts computed in the environment a worker reports
+    # (Ray sets thread counts there that the driver lacks).
+    code_again, again, said = bisect(
+        repo, "good", "bad", "--executor", "ray", "--jobs", "2", "--results", str(tmp_path / "ray")
+    )
+    assert code_again == 0 and [h["reused"] for h in again["hybrids"]] == [True] * len(hybrids), said
+    assert "another environment" not in said
+
 
 def test_two_nodes_share_stages_only_through_the_remote(toy: Path, tmp_path: Path, two_nodes: Cluster) -> None:
     """GOOD and BAD run at once, one per node; a second bisection on new nodes (empty caches) restores every
@@ -195,7 +203,10 @@ def test_a_node_dying_mid_hybrid_changes_nothing(toy: Path, tmp_path: Path, monk
     assert len(ran_on) == 1 and doomed.node_id not in ran_on, "every hybrid finished on the new node"
 
 
-def test_ctrl_c_cancels_the_running_hybrids_and_ends_their_stages(toy: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_cancels_the_running_hybrids_and_ends_their_stages(
+    toy: Path, tmp_path: Path, sig: int
+) -> None:
     repo = with_remote(toy, str(tmp_path / "remote"))
     marker = tmp_path / "slept"
     segbisect = Path(sys.executable).parent / "segbisect"
@@ -207,10 +218,32 @@ def test_ctrl_c_cancels_the_running_hybrids_and_ends_their_stages(toy: Path, tmp
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert marker.exists(), "the first train never started"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and json.loads(out)["verdict"] == "interrupted"
     assert not stages_of(fault), "the cancelled hybrid's stage processes were ended"
+
+
+def test_a_remote_exception_is_named_in_the_reason_and_its_traceback_is_in_the_log(
+    toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file where the workers keep the sessions' state folders: the task raises on the worker (Ray's own session
+    folder stays in /tmp, where its socket paths fit).
+    """
+    repo = with_remote(toy, str(tmp_path / "remote"))
+    workers_tmp = tmp_path / "worker-tmp"
+    workers_tmp.mkdir()
+    (workers_tmp / "segbisect-state").write_text("not a folder\n")
+    monkeypatch.setenv("TMPDIR", str(workers_tmp))
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp")
+    code, report, _ = bisect(repo, "good", "bad", "--executor", "ray", "--retries", "0")
+    assert code == 1 and report["verdict"] == "cannot-decide"
+    good = by_label(report)["GOOD"]
+    assert good["outcome"] == "error"
+    assert good["note"].startswith("the Ray task failed: NotADirectoryError: [Errno 20] Not a directory: "), good
+    assert good["note"].endswith(f"(traceback in logs/{good['id']}.log)")
+    log = (Path(report["results_dir"]) / "logs" / f"{good['id']}.log").read_text()
+    assert "in stage_env" in log and "NotADirectoryError: [Errno 20] Not a directory" in log
 
 
 def stages_of(fault: str) -> list[int]:

@@ -1,16 +1,19 @@
 """What `--executor ray` refuses before it starts or joins a Ray cluster: each a one-line usage error, exit 2,
-nothing run and no results folder made. (The cluster itself is tested in tests/ray_cases.py.)
+nothing run and no results folder made. (The cluster itself is tested in tests/ray_cases.py, joining an address
+that answers something else in tests/test_ray_connect.py.)
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from segbisect.ray_executor import INSTALL_HINT
 from segbisect_toy import bad_commit, bisect, commit, dvc
+from ui_server import free_port
 
 
 def refused(repo: Path, *args: str, mlflow: bool = False) -> str:
@@ -44,3 +47,13 @@ def test_a_dvc_remote_is_required_and_must_exist(toy: Path) -> None:
     assert "needs a DVC remote that every worker reaches: pass --remote NAME" in refused(toy)
     dvc(toy, "remote", "add", "other", "/tmp/elsewhere")
     assert refused(toy, "--remote", "shared") == f"{toy}: no DVC remote named 'shared' (configured: other)"
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_at_once(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray itself would retry for minutes, printing "Failed to connect to GCS" lines; the probe says it in one."""
+    address = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    assert refused(toy, "--ray-address", address).startswith(f"--ray-address {address}: nothing answers there")
+    monkeypatch.setenv("RAY_ADDRESS", f"ray://{address}")
+    assert refused(toy).startswith(f"RAY_ADDRESS=ray://{address}: nothing answers there")
+    assert time.monotonic() - start < 10

@@ -136,7 +136,7 @@ def test_a_hybrid_survives_the_journal_round_trip(tmp_path: Path) -> None:
     )
     journal = Journal(tmp_path / "s", {"session": "s"})
     journal.append(hybrid.to_record())
-    record = known_hybrids(tmp_path)["f" * 64]
+    [record] = known_hybrids(tmp_path).hybrids["f" * 64]
     assert tuple(Attempt.from_record(a) for a in record["attempts"]) == hybrid.attempts
     assert hybrid.row("m.json")["metrics"] == {"fg": 0.1} and hybrid.row(None)["metrics"] == {}
     assert json.loads(journal.path.read_text().splitlines()[0])["schema"] == SCHEMA
@@ -147,7 +147,7 @@ def test_a_journal_of_another_schema_is_set_aside_not_misread(tmp_path: Path) ->
     folder.mkdir()
     old = [{"type": "session", "session": "s"}, {"type": "hybrid", "fingerprint": "a", "attempts": [{"status": "ok"}]}]
     (folder / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
-    assert known_hybrids(tmp_path) == {}
+    assert known_hybrids(tmp_path).hybrids == {}
     journal = Journal(folder, {"session": "s"})
     assert journal.set_aside == folder / "journal.schema1.jsonl" and journal.set_aside.is_file()
     assert journal.records("hybrid") == [] and journal.records("session")[0]["schema"] == SCHEMA
@@ -183,8 +183,19 @@ def test_the_journal_tells_what_this_sessions_runs_executed_and_keeps_its_id_unt
     folder = tmp_path / "s"
     run_id = journal_id(folder, fresh=False)
     journal = Journal(folder, {"session": "s", "id": run_id})
-    journal.append({"type": "hybrid", "fingerprint": "ran-here", "attempts": []})
-    journal.append({"type": "hybrid", "fingerprint": "from-another-session", "attempts": [], REUSED: True})
+    ran = Hybrid(
+        id="h01",
+        label="GOOD",
+        fingerprint="ran-here",
+        from_bad=(),
+        sides={},
+        attempts=(attempt(),),
+        check=None,
+        outcome=Outcome.GOOD,
+        note="",
+    )
+    journal.append(ran.to_record())
+    journal.append({**replace(ran, fingerprint="from-another-session").to_record(), REUSED: True})
     assert journal.executed_here() == {"ran-here"}
     assert journal_id(folder, fresh=False) == run_id != journal_id(folder, fresh=True)
 

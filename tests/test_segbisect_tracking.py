@@ -11,7 +11,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from segbisect.report import Culprit, Report
-from segbisect.tracking import Tracker, store_ready, unusable
+from segbisect.tracking import StageTracking, Tracker, store_ready, unusable
 from segbisect.verdict import VerdictKind
 
 SUMMARY = Report(
@@ -62,7 +62,7 @@ def open_tracker(
             gate.wait(timeout=10)
         opened.append(parent)
 
-    tracker = Tracker(uri, "segbisect", warnings.append)
+    tracker = Tracker(StageTracking(uri, warnings.append), "segbisect")
     tracker.start("s1", {"good": "g", "bad": "b"}, {"jobs": 1}, None, on_open)
     return tracker, opened
 
@@ -137,8 +137,25 @@ def test_an_unusable_store_warns_once_and_the_bisection_goes_on(tmp_path: Path) 
     tracker, opened = open_tracker(f"sqlite:///{blocker / 'mlflow.db'}", warnings)
     tracker.hybrid(HYBRID)
     tracker.finish(SUMMARY)
-    assert not opened
-    assert len(warnings) == 1 and "MLflow logging failed for the session" in warnings[0]
+    assert not opened and not tracker.tracking.on
+    assert len(warnings) == 1 and "failed while logging the session" in warnings[0]
+
+
+def test_tracking_that_fails_goes_off_once_for_every_hybrid_that_starts_afterwards() -> None:
+    warnings: list[str] = []
+    tracking = StageTracking("http://127.0.0.1:9", warnings.append)
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "PATH": "/bin"}
+    assert tracking.stage_env(env, "h01") == env
+    tracking.turn_off("under h01's stages", "unreachable (Connection refused)\nand a traceback")
+    tracking.turn_off("while logging h01", "a second failure is not news")
+    assert tracking.stage_env(env, "h02") == {"PATH": "/bin", "SEGBISECT_TRACKING": "off"}
+    tracking.stage_env(env, "h03")
+    assert len(warnings) == 1 and "under h01's stages (unreachable (Connection refused))" in warnings[0]
+    assert tracking.describe("MLflow x").endswith(
+        "went off mid-run, under h01's stages (unreachable (Connection refused)): hybrids untracked from h02 on"
+    )
+    assert tracking.store_failed("h01") and not tracking.store_failed("h01"), "h01 ran tracked: once again"
+    assert not tracking.store_failed("h02"), "h02 ran untracked: the store cannot have failed it"
 
 
 def test_a_store_is_probed_in_seconds_before_anything_runs(tmp_path: Path) -> None:

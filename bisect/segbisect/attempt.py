@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from types import NoneType
 from typing import Any
 
 from segbisect import machine
@@ -50,6 +51,7 @@ class Attempt:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Attempt:
+        """From a record `journal` has checked against `RECORD_FIELDS`."""
         return cls(
             status=AttemptStatus(record["status"]),
             executed=tuple(record["executed"]),
@@ -66,3 +68,37 @@ class Attempt:
             machine=record["machine"],
             placement=record.get("placement", {}),
         )
+
+
+@dataclass(frozen=True)
+class Field:
+    """The JSON types of a record's field (`items`: of a list's elements or a mapping's values; `choices`: the
+    strings allowed), so that a record segbisect did not write is told apart before anything relies on it.
+    """
+
+    types: tuple[type, ...]
+    items: tuple[type, ...] = ()
+    choices: tuple[str, ...] = ()
+
+
+NUMBER = (int, float)
+# An attempt's record as `to_record` writes it and JSON gives it back: required fields, then those that earlier
+# versions of the same journal schema did not write.
+RECORD_FIELDS = {
+    "status": Field((str,), choices=tuple(AttemptStatus)),
+    "executed": Field((list,), (str,)),
+    "restored": Field((list,), (str,)),
+    "metrics": Field((dict,), (dict,)),
+    "unread": Field((dict,), (str,)),
+    "diagnostics": Field((object,)),
+    "seconds": Field(NUMBER),
+    "reason": Field((str,)),
+    "check_rc": Field((int, NoneType)),
+    "machine": Field((dict,)),
+}
+OPTIONAL_RECORD_FIELDS = {
+    "stage_seconds": Field((dict,), NUMBER),
+    "figures": Field((dict,), (str,)),
+    "started": Field((*NUMBER, NoneType)),
+    "placement": Field((dict,)),
+}

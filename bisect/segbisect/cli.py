@@ -8,6 +8,7 @@ import gc
 import json
 import signal
 import sys
+import traceback
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -16,13 +17,18 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand
 
 from segbisect import render
-from segbisect.errors import EXIT_INTERRUPTED, SegbisectError, UsageError
+from segbisect.errors import EXIT_INTERRUPTED, EXIT_USAGE, SegbisectError, UsageError
 from segbisect.options import ClusterOptions, ExecutorKind, Options
 from segbisect.session import RESULTS, bisect
 from segbisect.tracking import DEFAULT_EXPERIMENT
 from segbisect.validate import check_writable
+
+# An unexpected exception (a bug) ends the command as Python's own exit status for one does.
+EXIT_UNEXPECTED = 1
+JSON_FLAG = "--json"
 
 EPILOG = """\b
 Exit codes:
@@ -30,7 +36,8 @@ Exit codes:
        --find-fix, the fix found
   1    no culprit: untestable hybrids leave the answer ambiguous; or cannot
        decide: the environment failed a hybrid (after --retries), or its
-       --repeat runs disagreed (verdict flaky)
+       --repeat runs disagreed (verdict flaky); or an unexpected error, a
+       bug in segbisect (its traceback on stderr; with --json, verdict error)
   2    usage error: unknown/ambiguous reference, bad --fail-if (a metric
        key the metrics file lacks gets the closest one), --fail-if together
        with --run, no differences
@@ -89,7 +96,20 @@ MLFLOW_HTTP_REQUEST_MAX_RETRIES=1 bound MLflow's waits unless already set.
 Resuming: every finished hybrid is appended to <results>/<session>/journal.jsonl
 and remembered by its configuration fingerprint; re-running the same GOOD and
 BAD (the default --resume) reuses them, so an interrupted bisection continues
-where it stopped and ends with the same verdict. --fresh forgets them.
+where it stopped and ends with the same verdict. --fresh forgets them. A
+journaled hybrid is reused only in the numeric environment that computed it:
+the same CPU model, kernel-selecting CPU flags and usable CPUs, GPUs, Python,
+variables that select numeric kernels (ONEDNN_MAX_CPU_ISA,
+TF_ENABLE_ONEDNN_OPTS, thread counts, ...), versions of dvc, numpy,
+tensorflow, keras, torch and the like, and every other installed package (the
+host name aside); otherwise it runs again, with one warning naming what
+differs, unless --reuse-any-environment. A journal line that is not a record
+segbisect writes is skipped with a warning naming its file and line.
+
+\b
+With --json, stdout holds one JSON object whatever ends the command: the
+report, or {"verdict", "error", "exit_code"} for a usage error (also one the
+option parser finds), an abort, an interruption or an unexpected error.
 """
 
 
@@ -102,10 +122,34 @@ def _show_version(wanted: bool) -> None:
     raise typer.Exit(0)
 
 
+def _print_error(verdict: str, error: str, exit_code: int) -> None:
+    """The JSON object of a command that ends without a report."""
+    print(json.dumps({"verdict": verdict, "error": error, "exit_code": exit_code}))
+
+
+class _Command(TyperCommand):
+    """The parser's own usage errors (a missing argument, an option's bad value) are printed as JSON as well
+    when the command line asks for --json: a script reading stdout gets its object whatever went wrong.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        as_json = JSON_FLAG in args  # read first: parsing consumes `args`
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except Exception as exc:
+            # The parser's errors (click's own, or those of the copy of click that typer carries) have a message
+            # and an exit status: 2 for a usage error.
+            message = getattr(exc, "format_message", None)
+            if as_json and message is not None:
+                code = getattr(exc, "exit_code", EXIT_USAGE)
+                _print_error("usage-error" if code == EXIT_USAGE else "error", message(), code)
+            raise
+
+
 app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
 
-@app.command(epilog=EPILOG)
+@app.command(epilog=EPILOG, cls=_Command)
 def main(
     good: str = typer.Argument(
         ..., metavar="GOOD", help="Known-good configuration (revision, DVC experiment, params file or MLflow run id)."
@@ -183,6 +227,13 @@ def main(
     resume: bool = typer.Option(
         True, "--resume/--fresh", help="Reuse finished hybrids from earlier (interrupted) runs, or start over."
     ),
+    reuse_any_environment: bool = typer.Option(
+        False,
+        "--reuse-any-environment",
+        help="Also reuse journaled hybrids computed in another numeric environment (another CPU or kernel "
+        "variables, other library versions or installed packages), with one warning listing what differs. By "
+        "default they run again.",
+    ),
     find_fix: bool = typer.Option(
         False,
         "--find-fix",
@@ -214,7 +265,9 @@ def main(
     hybrid_cpus: float = typer.Option(1.0, "--hybrid-cpus", min=0, help="Ray CPUs one hybrid asks for."),
     hybrid_gpus: float = typer.Option(0.0, "--hybrid-gpus", min=0, help="Ray GPUs one hybrid asks for."),
     as_json: bool = typer.Option(
-        False, "--json", help="Print the verdict as one JSON object on stdout; human output goes to stderr."
+        False,
+        JSON_FLAG,
+        help="Print the verdict as one JSON object on stdout, also for errors; human output goes to stderr.",
     ),
     version: bool = typer.Option(
         False, "--version", is_eager=True, callback=_show_version, help="Print segbisect's version and exit."
@@ -232,6 +285,7 @@ def main(
     opts = Options(good=good, bad=bad, repo=repo, fail_if=fail_if, run=run, metrics=metrics, experiment=experiment)
     opts = replace(opts, jobs=jobs, repeat=repeat, retries=retries, timeout=timeout, results=results)
     opts = replace(opts, keep_workspaces=keep_workspaces, mlflow=mlflow, fresh=not resume, find_fix=find_fix)
+    opts = replace(opts, reuse_any_environment=reuse_any_environment)
     cluster = ClusterOptions(address=ray_address, remote=remote, cpus=hybrid_cpus, gpus=hybrid_gpus)
     opts = replace(opts, summary_md=summary_md, executor=executor, cluster=cluster)
     verdict_out = sys.stdout
@@ -242,18 +296,23 @@ def main(
         # task messages) goes to stderr with the rest of the human output.
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             code, result = bisect(opts, console)
+        render.show(console, result)
     except SegbisectError as exc:
         console.print(Text.assemble(("error:", "red"), f" {exc}"))
         if as_json:
-            kind = "usage-error" if isinstance(exc, UsageError) else "aborted"
-            print(json.dumps({"verdict": kind, "error": str(exc), "exit_code": exc.exit_code}))
+            _print_error("usage-error" if isinstance(exc, UsageError) else "aborted", str(exc), exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: workspaces removed; run the same command again to resume")
         if as_json:
-            print(json.dumps({"verdict": "interrupted", "error": "interrupted", "exit_code": EXIT_INTERRUPTED}))
+            _print_error("interrupted", "interrupted", EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    render.show(console, result)
+    except Exception as exc:
+        if not as_json:
+            raise
+        traceback.print_exc(file=sys.stderr)
+        _print_error("error", f"{type(exc).__name__}: {exc}", EXIT_UNEXPECTED)
+        raise typer.Exit(EXIT_UNEXPECTED) from None
     if as_json:
         print(json.dumps(result.to_dict(), default=str), file=verdict_out)
     # Spares the interpreter's final collection the objects DVC and MLflow made (most of a second at exit),

@@ -2,21 +2,24 @@
 
 This is the `evaluate` callback the search calls; it owns the journal, the judging and the live progress. A
 hybrid the environment failed is never journaled (a later session runs it again) and, like disagreeing
-repeats, stops the bisection undecided rather than letting the search build on it.
+repeats, stops the bisection undecided rather than letting the search build on it. A journaled hybrid is reused
+only when its attempts ran in the numeric environment hybrids run in now (`machine.environment_differences`),
+unless the plan says to reuse any: results from before an upgrade, or from another CPU, never silently feed a verdict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from segbisect import machine
 from segbisect.attempt import Attempt
 from segbisect.errors import UndecidableError
 from segbisect.executor import Executor, Job
 from segbisect.hybrid import Hybrid
-from segbisect.journal import REUSED, Journal
+from segbisect.journal import ORIGIN, REUSED, Journal
 from segbisect.judge import Judge
 from segbisect.outcome import Outcome
 from segbisect.search import Config
@@ -25,14 +28,19 @@ from segbisect.units import Group, Inventory
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    """What the evaluator needs of a session: its units, the stages' groups, and earlier results to reuse."""
+    """What the evaluator needs of a session: its units, the stages' groups, and earlier results to reuse (by
+    fingerprint, oldest first): those computed in `environment`, the numeric environment its hybrids run in (see
+    `Executor.environment`), or with `reuse_any_environment` also those computed in another.
+    """
 
     inventory: Inventory
     groups: list[Group]
     stages: list[str]
-    known: dict[str, dict[str, Any]]
+    known: dict[str, list[dict[str, Any]]]
     repeat: int
     retries: int = 1
+    environment: dict[str, Any] = field(default_factory=dict)
+    reuse_any_environment: bool = False
 
 
 class Evaluator:
@@ -46,9 +54,11 @@ class Evaluator:
         judge: Judge,
         on_start: Callable[[Hybrid], None],
         on_done: Callable[[Hybrid], None],
+        on_warning: Callable[[str], None],
     ) -> None:
         self.plan, self.executor, self.journal, self.judge = plan, executor, journal, judge
-        self.on_start, self.on_done = on_start, on_done
+        self.on_start, self.on_done, self.on_warning = on_start, on_done, on_warning
+        self._warned: set[str] = set()
         self.hybrids: list[Hybrid] = []
         self._memo: dict[str, Hybrid] = {}
         self._units = {u.id: u for u in plan.inventory.units}
@@ -61,9 +71,9 @@ class Evaluator:
             if fingerprint in self._memo:
                 continue
             draft = self._draft(config, label, fingerprint)
-            reused = self._reusable(draft)
-            if reused is not None:
-                self._finish(replace(draft, reused=True), reused)
+            record = self._reusable(draft)
+            if record is not None:
+                self._finish(replace(draft, reused=True, origin=record[ORIGIN]), self._attempts(record))
             else:
                 pending.append(draft)
         self._run_all(pending)
@@ -112,11 +122,43 @@ class Evaluator:
         self._memo[fingerprint] = draft
         return draft
 
-    def _reusable(self, draft: Hybrid) -> tuple[Attempt, ...] | None:
-        record = self.plan.known.get(draft.fingerprint)
-        if not record or len(record["attempts"]) < self.plan.repeat or record.get("check") != draft.check:
+    def _reusable(self, draft: Hybrid) -> dict[str, Any] | None:
+        """The latest journaled record of `draft` with enough attempts of its check computed in this numeric
+        environment; failing that, with the plan's leave, the latest computed in another (warned once per session
+        and difference).
+        """
+        records = [
+            record
+            for record in self.plan.known.get(draft.fingerprint, [])
+            if len(record["attempts"]) >= self.plan.repeat and record["check"] == draft.check
+        ]
+        if not records:
             return None
+        here: dict[str, Any] | None = next((r for r in reversed(records) if not self._differences(r)), None)
+        if here is not None:
+            return here
+        latest = records[-1]
+        differences = "; ".join(self._differences(latest))
+        what = f"results of session {latest[ORIGIN]} computed in another environment ({differences})"
+        if self.plan.reuse_any_environment:
+            self._warn_once(f"--reuse-any-environment: reusing {what}")
+            return latest
+        self._warn_once(f"{what} are not reused: their hybrids run again (--reuse-any-environment reuses them)")
+        return None
+
+    def _attempts(self, record: dict[str, Any]) -> tuple[Attempt, ...]:
         return tuple(Attempt.from_record(a) for a in record["attempts"][: self.plan.repeat])
+
+    def _differences(self, record: dict[str, Any]) -> list[str]:
+        """How the numeric environments of the record's attempts differ from the plan's (each difference once)."""
+        here = self.plan.environment
+        found = (d for a in self._attempts(record) for d in machine.environment_differences(a.machine, here))
+        return list(dict.fromkeys(found))
+
+    def _warn_once(self, text: str) -> None:
+        if text not in self._warned:
+            self._warned.add(text)
+            self.on_warning(text)
 
     def _run_all(self, drafts: list[Hybrid]) -> None:
         futures: dict[Future[tuple[Attempt, ...]], Hybrid] = {}
@@ -141,8 +183,11 @@ class Evaluator:
     def _finish(self, draft: Hybrid, attempts: tuple[Attempt, ...]) -> None:
         outcome, note = self.judge.all(attempts)
         hybrid = replace(draft, attempts=attempts, outcome=outcome, note=note)
-        if hybrid.fingerprint not in self._journaled and outcome != Outcome.ERROR:
-            self.journal.append({**hybrid.to_record(), **({REUSED: True} if hybrid.reused else {})})
+        # A hybrid this session ran is journaled even where an earlier record of it was not reusable (another
+        # environment, fewer repeats), so later sessions find it; a reused one is copied in once.
+        if outcome != Outcome.ERROR and not (hybrid.reused and hybrid.fingerprint in self._journaled):
+            reused = {REUSED: True, ORIGIN: hybrid.origin} if hybrid.reused else {}
+            self.journal.append({**hybrid.to_record(), **reused})
             self._journaled.add(hybrid.fingerprint)
         self._memo[hybrid.fingerprint] = hybrid
         self.hybrids.append(hybrid)

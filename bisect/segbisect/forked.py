@@ -243,7 +243,7 @@ class Answer:
         try:
             if self.child is None or not self.child._started.wait(STARTUP_SECONDS) or self.child.wait() != 0:
                 return None
-            return json.loads(self.out.read_text()) if self.out.is_file() else None
+            return json.loads(self.out.read_text(encoding="utf-8")) if self.out.is_file() else None
         finally:
             self.out.unlink(missing_ok=True)
 
@@ -262,7 +262,7 @@ def ask(server: ForkServer | None, driver: str, args: list[str], cwd: Path, out:
 
 def serve() -> None:
     """The server's loop: requests on stdin, replies on the original stdout; ends when stdin closes."""
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)  # whatever an imported module prints goes to stderr, never into the replies
     for name in PRELOAD:
         with contextlib.suppress(ImportError):

@@ -64,7 +64,7 @@ def head_bytes(repo: Path, path: str) -> bytes | None:
 
 def toplevel(path: Path) -> Path:
     """The root of the git working tree containing `path`."""
-    return Path(git(path, "rev-parse", "--show-toplevel").stdout.decode().strip())
+    return Path(os.fsdecode(git(path, "rev-parse", "--show-toplevel").stdout).strip())
 
 
 def export_tree(repo: Path, commit: str, dest: Path) -> None:

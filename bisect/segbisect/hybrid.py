@@ -12,7 +12,9 @@ from segbisect.terms import CULPRIT, Terms
 
 @dataclass(frozen=True, kw_only=True)
 class Hybrid:
-    """As journaled (`to_record`) and reported (`row`); `reused` when its attempts came from a journal."""
+    """As journaled (`to_record`) and reported (`row`); `reused` when its attempts came from a journal, `origin`
+    then naming the session whose run computed them.
+    """
 
     id: str
     label: str
@@ -24,6 +26,7 @@ class Hybrid:
     outcome: Outcome
     note: str
     reused: bool = False
+    origin: str | None = None
 
     @property
     def executed(self) -> list[str]:
@@ -85,6 +88,7 @@ class Hybrid:
             "seconds": self.seconds,
             "stage_seconds": self.stage_seconds,
             "reused": self.reused,
+            "reused_from": self.origin,
             "fingerprint": self.fingerprint,
             "attempts": len(self.attempts),
             "figures": self.figures,

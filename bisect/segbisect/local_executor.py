@@ -5,11 +5,13 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from segbisect import figures, runner
+from segbisect import figures, machine, runner
 from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.executor import Job
 from segbisect.forked import ForkServer
+from segbisect.job_failure import guarded
 from segbisect.materialize import materialize
 from segbisect.runner import Processes, Task
 from segbisect.snapshot import Snapshot
@@ -19,6 +21,12 @@ from segbisect.workspace import PROCESSES, Workspaces
 class LocalExecutor:
     """An `Executor` over a thread pool. A repeat re-runs (forced) the stages the first attempt executed and the
     check every time, restored stages or not. DVC commands fork from `dvc_server` when given (see `forked`).
+
+    A reused worktree gets a plain `dvc repro`: DVC checks every stage's outputs in place against the lock (its
+    state database spares hashing a file whose inode, size and modification time are unchanged), so what a stage or
+    a `--run` check edited in another stage's output is restored before anything reads it, and no outcome depends on
+    the hybrid that ran there before. Reproducing only downstream of the stages whose units changed would skip that
+    check, and the check costs what skipping it saves.
     """
 
     def __init__(
@@ -41,14 +49,9 @@ class LocalExecutor:
         self._outs = sorted({out for stage in stages for out in stage.outs})
         self._locks = sorted({stage.lock_file for stage in stages})
         self._order = [stage.name for stage in good.stages]
-        # `dvc repro --downstream` may leave a stage out only where plain `dvc repro` would have skipped it: with
-        # one dvc.yaml (a plain repro reads only the root one) and no stage DVC runs every time.
-        self._partial = all(stage.lock_file == "dvc.lock" and not stage.always_runs for stage in stages)
-        # Per worktree, the BAD units each stage read in the last hybrid `dvc repro` completed there.
-        self._reproduced: dict[Path, dict[str, frozenset[str]]] = {}
 
     def submit(self, job: Job) -> Future[tuple[Attempt, ...]]:
-        return self._pool.submit(self._run, job)
+        return self._pool.submit(guarded, self._run, job, self.logs / f"{job.hybrid_id}.log")
 
     def stop(self) -> None:
         self._procs.stop_all()
@@ -59,34 +62,20 @@ class LocalExecutor:
         self._pool.shutdown(wait=True)
         self._procs.close()
 
+    def environment(self) -> dict[str, Any]:
+        """This process's: the stages it runs inherit its environment."""
+        return machine.describe()
+
     def _run(self, job: Job) -> tuple[Attempt, ...]:
         workspace, new = self.workspaces.acquire(job.hybrid_id, self.good.ref.commit, self._outs, self._locks)
         try:
             materialize(workspace, self.good, self.bad, list(job.units))
-            env = {**self.task.env, "SEGBISECT_HYBRID": job.hybrid_id}
+            env = {**job.stage_env(self.task.env), "SEGBISECT_HYBRID": job.hybrid_id}
             log = self.logs / f"{job.hybrid_id}.log"
             lock_stages = self._unchanged_stages(job) if new else ()
-            inputs = self._stage_inputs(job)
-            since = () if new else self._changed_since(workspace, inputs)
             attempts = runner.attempts(
-                self._procs,
-                workspace,
-                log,
-                self.task,
-                env,
-                job.repeat,
-                job.retries,
-                lock_stages=lock_stages,
-                downstream_of=since,
+                self._procs, workspace, log, self.task, env, job.repeat, job.retries, lock_stages=lock_stages
             )
-            first = attempts[0]
-            if since and first.status == AttemptStatus.OK:
-                in_place = tuple(stage for stage in self._order if stage not in first.executed)
-                attempts[0] = replace(first, restored=in_place)
-            if attempts[-1].status == AttemptStatus.OK:
-                self._reproduced[workspace] = inputs
-            else:
-                self._reproduced.pop(workspace, None)
             last = attempts[-1]
             if last.status == AttemptStatus.OK and self.task.plots:
                 kept = figures.keep(workspace, self.task.plots, figures.folder(self.figures_root, job.fingerprint))
@@ -94,21 +83,6 @@ class LocalExecutor:
             return tuple(attempts)
         finally:
             self.workspaces.release(workspace)
-
-    def _stage_inputs(self, job: Job) -> dict[str, frozenset[str]]:
-        """The BAD units each stage reads in this hybrid: with its upstream stages', all that sets its outputs."""
-        return {stage: frozenset(u.id for u in job.units if stage in u.stages) for stage in self._order}
-
-    def _changed_since(self, workspace: Path, inputs: dict[str, frozenset[str]]) -> tuple[str, ...]:
-        """The stages whose units differ from those of the last hybrid reproduced in `workspace`, when DVC may
-        reproduce only them and their downstream: every other stage's inputs, and so its outputs in place, are that
-        hybrid's. Saves DVC checking the unchanged upstream against the lock (every file of its outputs on real
-        data). Nothing, so a plain `dvc repro`, when that is unknown or no stage changed.
-        """
-        last = self._reproduced.get(workspace)
-        if not self._partial or last is None:
-            return ()
-        return tuple(stage for stage in self._order if last.get(stage) != inputs[stage])
 
     def _unchanged_stages(self, job: Job) -> tuple[str, ...]:
         """The stages before the first one the hybrid changes (pipeline order), whose outputs a new worktree can

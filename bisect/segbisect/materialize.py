@@ -8,8 +8,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from segbisect import yamlfile
 from segbisect.snapshot import ABSENT, Snapshot, write_file
 from segbisect.units import Unit, UnitKind
@@ -31,7 +29,7 @@ def materialize(workspace: Path, good: Snapshot, bad: Snapshot, units: list[Unit
         pipeline = copy.deepcopy(good.dvcyaml)
         for unit in stage_units:
             _assign(pipeline.setdefault("stages", {}), (unit.path.split("@")[0],), unit.bad)
-        (workspace / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        (workspace / "dvc.yaml").write_text(yamlfile.dump(pipeline), encoding="utf-8")
 
 
 def _write_params(workspace: Path, good: Snapshot, units: list[Unit]) -> None:
@@ -40,9 +38,9 @@ def _write_params(workspace: Path, good: Snapshot, units: list[Unit]) -> None:
         _assign(params.setdefault(unit.path, {}), unit.keypath, unit.bad)
     for file, data in params.items():
         target = workspace / file
-        current = yamlfile.load(target.read_text()) if target.is_file() else None
+        current = yamlfile.load(target.read_text(encoding="utf-8")) if target.is_file() else None
         if current != data:
-            target.write_text(yaml.safe_dump(data, sort_keys=False))
+            target.write_text(yamlfile.dump(data), encoding="utf-8")
 
 
 def _assign(tree: dict[Any, Any], keypath: tuple[Any, ...], value: Any) -> None:

@@ -29,8 +29,8 @@ def read(path: Path) -> tuple[dict[str, Any], str]:
     if not path.is_file():
         return {}, f"metrics file {path.name} is missing"
     try:
-        data = yamlfile.load(path.read_text())
-    except yaml.YAMLError as exc:
+        data = yamlfile.load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         return {}, f"metrics file {path.name} is unreadable: {str(exc).splitlines()[0]}"
     flat = flatten(data)
     return flat, "" if flat else f"metrics file {path.name} is empty"
@@ -52,7 +52,7 @@ def read_all(root: Path, files: Sequence[str]) -> tuple[dict[str, dict[str, Any]
 def read_json(path: Path) -> Any:
     """A JSON evidence file (the project's diagnostics); None if it is missing or unreadable."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

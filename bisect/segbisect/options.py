@@ -30,7 +30,9 @@ class ClusterOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class Options:
-    """Completed by the project's `[tool.segbisect]` settings where the command line is silent."""
+    """Completed by the project's `[tool.segbisect]` settings where the command line is silent.
+    `reuse_any_environment`: reuse journaled hybrids computed in another numeric environment too (see machine.py).
+    """
 
     good: str
     bad: str
@@ -45,6 +47,7 @@ class Options:
     keep_workspaces: bool = False
     mlflow: bool = True
     fresh: bool = False
+    reuse_any_environment: bool = False
     results: Path | None = None
     experiment: str = DEFAULT_EXPERIMENT
     diagnostics: str | None = None

@@ -4,26 +4,37 @@ A task receives the hybrid as a small archive of tracked files (code, params, `d
 files; never git history, data or the user's untracked files) and works against the shared DVC remote (see
 ray_worker.py). Ray retries a task whose node died; anything else the worker's environment does wrong comes back
 as an environment error naming the node, never as a pass or a fail.
+
+Joining a cluster is bounded and interruptible: an address where nothing listens is refused by a TCP probe before
+Ray is asked (Ray itself retries for minutes), and `ray.init` runs in a thread of its own while this one waits, so
+Ctrl-C and SIGTERM end segbisect at once; Python runs signal handlers in the main thread only, between bytecodes,
+and Ray's connection blocks in native code. That thread lives until Ray is shut down: the processes of a local
+instance die with the thread that started them (Ray sets their parent-death signal).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from segbisect import figures
-from segbisect.attempt import Attempt, AttemptStatus
+from segbisect import figures, job_failure
+from segbisect.archive import pack
+from segbisect.attempt import Attempt
 from segbisect.errors import UsageError
 from segbisect.executor import Job
 from segbisect.materialize import materialize
 from segbisect.options import ClusterOptions
-from segbisect.ray_worker import WorkerJob, node_name, pack, run_hybrid
+from segbisect.ray_worker import WorkerJob, node_name, numeric_environment, run_hybrid
 from segbisect.runner import Task
 from segbisect.snapshot import Snapshot
 
@@ -34,6 +45,44 @@ NODE_RETRIES = 3
 DRIVER_VARIABLES = ("MLFLOW_", "SEGBISECT_")
 LOCAL_STORES = ("", "file", "sqlite")
 STOP_GRACE_SECONDS = 15.0
+# A head that takes no TCP connection in this long is not there (where nothing listens, the refusal is immediate).
+PROBE_SECONDS = 5.0
+# Joining a cluster takes seconds; what answers and is still not joined after this is no Ray head (Ray would go on
+# retrying for minutes). With the probe, an address that does not answer fails within 30 s.
+JOIN_SECONDS = 20.0
+# Ray colours the task's name in its error text.
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class Address:
+    """The cluster the driver joins as `ray.init` reads it (None: a local instance this session starts) and how the
+    user gave it, for messages.
+    """
+
+    value: str | None
+    named: str
+
+    @classmethod
+    def of(cls, option: str | None) -> Address:
+        """--ray-address, else RAY_ADDRESS, which Ray also reads in place of "auto"."""
+        env = os.environ.get("RAY_ADDRESS")
+        if env and option in (None, "auto"):
+            return cls(env, f"RAY_ADDRESS={env}")
+        return cls(option, f"--ray-address {option}" if option else "a local Ray instance")
+
+    def endpoint(self) -> tuple[str, int] | None:
+        """The host and port Ray connects to first (a Ray Client server for ray://, else the head's GCS, which
+        listens on every interface of the head); None where Ray finds the cluster itself or starts one.
+        """
+        if self.value is None or self.value in ("auto", "local"):
+            return None
+        parsed = urlparse(self.value if "://" in self.value else f"//{self.value}")
+        try:
+            port = parsed.port
+        except ValueError:
+            raise UsageError(f"{self.named}: not an address of the form HOST:PORT or ray://HOST:PORT") from None
+        return (parsed.hostname, port) if parsed.hostname and port else None
 
 
 def preflight(repo: Path, options: ClusterOptions, tracking: str | None) -> dict[str, str]:
@@ -44,7 +93,24 @@ def preflight(repo: Path, options: ClusterOptions, tracking: str | None) -> dict
             f"--executor ray: the MLflow store {tracking} lives on this machine, where workers cannot log: start "
             "`mlflow server` and set MLFLOW_TRACKING_URI to its http:// address, or pass --no-mlflow"
         )
+    probe(Address.of(options.address))
     return remote_options(repo, options.remote)
+
+
+def probe(address: Address) -> None:
+    """One TCP connection to the cluster's address, bounded by PROBE_SECONDS."""
+    endpoint = address.endpoint()
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=PROBE_SECONDS):
+            return
+    except OSError as exc:
+        why = f"no answer in {PROBE_SECONDS:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise UsageError(
+            f"{address.named}: nothing answers there ({why}); start the cluster's head (`ray start --head`) or "
+            "pass the address it printed"
+        ) from None
 
 
 def import_ray() -> Any:
@@ -99,7 +165,7 @@ class RayExecutor:
         self._ray = import_ray()
         self._started = not self._ray.is_initialized()
         if self._started:
-            self._ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+            self._joined = _join(self._ray, Address.of(options.address))
         try:
             _check_resources(self._ray, options)
         except UsageError:
@@ -108,6 +174,7 @@ class RayExecutor:
         self._run = self._ray.remote(run_hybrid).options(
             num_cpus=options.cpus, num_gpus=options.gpus, max_retries=NODE_RETRIES
         )
+        self._probe = self._ray.remote(numeric_environment).options(num_cpus=options.cpus, num_gpus=options.gpus)
         self._env = {k: v for k, v in task.env.items() if k.startswith(DRIVER_VARIABLES)}
         self._lock = threading.Lock()
         self._pending: set[Any] = set()
@@ -117,7 +184,7 @@ class RayExecutor:
         work = WorkerJob(
             hybrid_id=job.hybrid_id,
             remote=self.remote,
-            env=self._env,
+            env=job.stage_env(self._env),
             task=self.task,
             repeat=job.repeat,
             retries=job.retries,
@@ -143,6 +210,14 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:
             self._ray.shutdown()
+            self._joined.set()
+
+    def environment(self) -> dict[str, Any]:
+        """A worker's, as a task asking for a hybrid's resources finds it: the driver's own differs (Ray sets thread
+        counts per task; the workers may be other machines). A cluster of unlike nodes answers with one of them:
+        hybrids from the others run again.
+        """
+        return dict(self._ray.get(self._probe.remote()))
 
     def _archive(self, job: Job) -> bytes:
         """GOOD's exported tree with the job's units from BAD written in, packed."""
@@ -157,10 +232,10 @@ class RayExecutor:
             self._pending.discard(ref)
         try:
             result = done.result()
-        except Exception as exc:  # the task itself failed: its node kept dying, or it was cancelled
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            reason = f"the Ray task failed ({type(exc).__name__}): {first}"
-            out.set_result((Attempt(status=AttemptStatus.ERROR, reason=reason),))
+        except Exception as exc:  # the task itself failed: it raised, its node kept dying, or it was cancelled
+            text = ANSI_CODES.sub("", str(exc))
+            log = self.logs / f"{job.hybrid_id}.log"
+            out.set_result(job_failure.failed("the Ray task failed", _remote_cause(exc, text), text, log))
             return
         try:
             out.set_result(self._received(job, result))
@@ -187,6 +262,59 @@ class RayExecutor:
         last = attempts[-1]
         attempts[-1] = replace(last, figures=kept, placement={**last.placement, "restored_from": origin})
         return tuple(attempts)
+
+
+def _remote_cause(exc: Exception, text: str) -> str:
+    """The exception the task raised, type and message: as Ray rebuilt it here, else the last line of the traceback
+    Ray sent (a class this machine cannot import); Ray's own errors (a node lost, a cancelled task) as they are.
+    """
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return job_failure.summary(cause)
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if len(lines) > 1 else job_failure.summary(exc)
+
+
+def _join(ray: Any, address: Address) -> threading.Event:
+    """`ray.init` in a thread of its own, waited for here, where a signal interrupts the wait (see the module's
+    docstring); at most JOIN_SECONDS for a cluster's address. Returns the event that ends the thread, for after
+    `ray.shutdown`. Outside the main thread Ray also leaves segbisect's SIGTERM handler in place, where its own
+    would end the process with status 15 and no clean-up.
+    """
+    joined: Future[None] = Future()
+    done = threading.Event()
+
+    def hold() -> None:
+        try:
+            ray.init(address=address.value, include_dashboard=False, log_to_driver=False)
+        except BaseException as exc:
+            joined.set_exception(exc)
+            return
+        joined.set_result(None)
+        done.wait()
+
+    quiet = _OwnSigterm()
+    logging.getLogger("ray._private.worker").addFilter(quiet)
+    threading.Thread(target=hold, name="segbisect-ray", daemon=True).start()
+    try:
+        joined.result(timeout=None if address.value is None else JOIN_SECONDS)
+    except TimeoutError:
+        raise UsageError(
+            f"{address.named}: something answers there, but no Ray cluster joined in {JOIN_SECONDS:g} s (is it the "
+            "head's GCS port, or ray:// and its client server's?)"
+        ) from None
+    except ConnectionError as exc:
+        raise UsageError(f"{address.named}: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        logging.getLogger("ray._private.worker").removeFilter(quiet)
+    return done
+
+
+class _OwnSigterm(logging.Filter):
+    """Drops Ray's warning that, started outside the main thread, it sets no SIGTERM handler: that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
 
 
 def _check_resources(ray: Any, options: ClusterOptions) -> None:

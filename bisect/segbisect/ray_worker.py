@@ -9,20 +9,19 @@ pushed with its run-cache entries, so later hybrids on any node restore it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from segbisect import figures, runner, yamlfile
+from segbisect import figures, machine, runner, yamlfile
+from segbisect.archive import unpack
 from segbisect.attempt import Attempt, AttemptStatus
 from segbisect.runner import STATE_VARIABLE, Processes, Task
 
@@ -43,6 +42,12 @@ class WorkerJob:
     task: Task
     repeat: int
     retries: int
+
+
+def numeric_environment() -> dict[str, Any]:
+    """What a hybrid's attempts record on a worker taking the resources a hybrid takes (Ray sets thread counts, such
+    as OMP_NUM_THREADS, by the CPUs a task asks for)."""
+    return machine.describe()
 
 
 def run_hybrid(archive: bytes, job: WorkerJob) -> dict[str, Any]:
@@ -78,20 +83,6 @@ def run_hybrid(archive: bytes, job: WorkerJob) -> dict[str, Any]:
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def pack(root: Path) -> bytes:
-    """A tree (the hybrid's tracked files only) as a gzipped tar."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(root, arcname=".")
-    return buffer.getvalue()
-
-
-def unpack(archive: bytes, root: Path) -> None:
-    root.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        tar.extractall(root, filter="data")
 
 
 def stage_keys(root: Path) -> dict[str, str]:

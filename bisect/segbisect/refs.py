@@ -109,7 +109,9 @@ def _params_file_ref(repo: Path, text: str, _uri: str | None) -> Reference | Non
     if not path.is_file():
         return None
     try:
-        overlay = yamlfile.load(path.read_text())
+        overlay = yamlfile.load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"params file '{text}' is not UTF-8 text ({exc.reason} at offset {exc.start})") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"params file '{text}' is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(overlay, dict):

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from segbisect import report_html
 from segbisect.ray_worker import node_name
-from segbisect.report import Culprit, Report, earlier_runs, time_spent
+from segbisect.report import Culprit, Report, earlier_runs, reuse, time_spent
 
 KEY_METRICS = 2
 COLOURS = {"good": "green", "bad": "red", "fixed": "green", "broken": "red"}
@@ -28,7 +28,7 @@ def write(folder: Path, report: Report) -> list[Path]:
         "report.html": report_html.page(report),
     }
     for name, text in files.items():
-        (folder / name).write_text(text)
+        (folder / name).write_text(text, encoding="utf-8")
     return [folder / name for name in files]
 
 
@@ -67,7 +67,7 @@ def markdown(report: Report, folder: Path) -> str:
     ]
     for h in report.hybrids:
         lines.append(
-            f"| {h['id']}{' (reused)' if h['reused'] else ''} | {h['label']} | {len(h['from_bad'])} | "
+            f"| {h['id']}{reuse(h)} | {h['label']} | {len(h['from_bad'])} | "
             f"{h['outcome']} | {_metrics(h['metrics'], report.key_metrics)} | {', '.join(h['executed']) or '-'} | "
             f"{', '.join(h['restored']) or '-'} | {time_spent(h)} |" + (_placement(h) if clustered else "")
         )

@@ -110,6 +110,13 @@ def earlier_runs(report: Report) -> str:
     return f" ({earlier} in earlier runs of this session)" if earlier else ""
 
 
+def reuse(row: dict[str, Any]) -> str:
+    """What the reports add to a hybrid's id when its result was reused: which session's run computed it."""
+    if not row["reused"]:
+        return ""
+    return f" (reused from {row['reused_from']})" if row.get("reused_from") else " (reused)"
+
+
 def time_spent(row: dict[str, Any]) -> str:
     """A hybrid row's seconds, and how many of them its stages took (the rest went to restoring and bookkeeping)."""
     stages = row.get("stage_seconds") or {}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segbisect.ray_worker import node_name
-from segbisect.report import Report, earlier_runs, time_spent
+from segbisect.report import Report, earlier_runs, reuse, time_spent
 
 OUTCOME_COLOURS = {"good": "#1a7f37", "fixed": "#1a7f37", "bad": "#cf222e", "broken": "#cf222e"}
 STYLE = """
@@ -113,7 +113,7 @@ def _timeline(report: Report) -> list[str]:
         units = ", ".join(names.get(u, u) for u in h["from_bad"])
         width = round(BAR_PIXELS * h["seconds"] / longest)
         cells = [
-            escape(h["id"] + (" (reused)" if h["reused"] else "")),
+            escape(h["id"] + reuse(h)),
             escape(h["label"]),
             escape(units) or "-",
             f"<b style='color:{colour}' title='{escape(h['note'])}'>{escape(h['outcome'])}</b>",

@@ -21,7 +21,7 @@ from typing import Protocol
 from segbisect import forked
 from segbisect import metrics as metrics_files
 from segbisect.attempt import Attempt, AttemptStatus
-from segbisect.dvc_run import Events, running_file
+from segbisect.dvc_run import Events, remove_temporaries, running_file, temporaries_file
 
 OWN_WORDS = 300
 GRACE_SECONDS = 5.0
@@ -182,22 +182,21 @@ def attempts(
     repeat: int,
     retries: int,
     lock_stages: Sequence[str] = (),
-    downstream_of: Sequence[str] = (),
 ) -> list[Attempt]:
     """A hybrid's attempts: `repeat` of them, each forcing the stages the first one executed (the check runs every
-    time), and each tried again while the environment fails it (at most `retries` more times). `lock_stages` and
-    `downstream_of`: see `attempt` (the first attempt's).
+    time), and each tried again while the environment fails it (at most `retries` more times). `lock_stages`: see
+    `attempt` (the first attempt's).
     """
 
-    def tried(force: tuple[str, ...] = (), lock: Sequence[str] = (), downstream: Sequence[str] = ()) -> Attempt:
-        result = attempt(procs, workspace, log, task, env, force, lock, downstream)
+    def tried(force: tuple[str, ...] = (), lock: Sequence[str] = ()) -> Attempt:
+        result = attempt(procs, workspace, log, task, env, force, lock)
         for _ in range(retries):
             if result.status != AttemptStatus.ERROR:
                 break
-            result = attempt(procs, workspace, log, task, env, force, lock, downstream)
+            result = attempt(procs, workspace, log, task, env, force, lock)
         return result
 
-    first = tried(lock=lock_stages, downstream=downstream_of)
+    first = tried(lock=lock_stages)
     done = [first]
     while len(done) < repeat and first.status == AttemptStatus.OK:
         done.append(tried(first.executed))
@@ -212,7 +211,6 @@ def attempt(
     env: dict[str, str],
     force: Sequence[str] = (),
     lock_stages: Sequence[str] = (),
-    downstream_of: Sequence[str] = (),
 ) -> Attempt:
     """`dvc repro` in `workspace` (forcing `force` stages when repeating), then read metrics and run the check.
 
@@ -221,13 +219,12 @@ def attempt(
     are checked out from the commit's dvc.lock first, in one command: those stages are then skipped in place as
     unchanged, instead of restored one by one through the run-cache with a lock file rewrite each (about 0.5 s on
     the tiny pipeline). What the cache lacks, and any failure of that checkout, is left to `dvc repro`: it only
-    saves work. With `downstream_of`, DVC reproduces only those stages and the ones downstream of them
-    (`--downstream`): the caller vouches that every other stage's outputs are in place for this hybrid.
+    saves work.
     """
     start, started = time.monotonic(), round(time.time(), 3)
     deadline = None if task.timeout is None else start + task.timeout
     try:
-        done = _attempt(procs, workspace, log, task, env, force, deadline, lock_stages, downstream_of)
+        done = _attempt(procs, workspace, log, task, env, force, deadline, lock_stages)
     except TimedOut:
         done = Attempt(
             status=AttemptStatus.ERROR,
@@ -246,7 +243,6 @@ def _attempt(
     force: Sequence[str],
     deadline: float | None,
     lock_stages: Sequence[str],
-    downstream_of: Sequence[str],
 ) -> Attempt:
     start = time.monotonic()
     if lock_stages:
@@ -254,13 +250,12 @@ def _attempt(
     present = [d for d in task.data_sources if (workspace / d).is_file()]
     events = Events()
     if present:
-        events = _dvc(procs, workspace, env, log, ["checkout", "--quiet", *present], deadline)
+        # Not --quiet: that silences DVC's logger, and with it the error that says why the checkout failed.
+        events = _dvc(procs, workspace, env, log, ["checkout", *present], deadline)
     if events.rc == 0:
         repro = ["repro", *task.repro_args]
         if force:
             repro += ["--force", "--single-item", *force]
-        elif downstream_of:
-            repro += ["--downstream", *downstream_of]
         events = _dvc(procs, workspace, env, log, repro, deadline)
     if events.rc != 0:
         return Attempt(
@@ -291,7 +286,8 @@ def _dvc(
 ) -> Events:
     """One DVC command under the events driver; a driver that died unreported gets its exit status alone.
 
-    The events file sits beside the log, in the results folder: a full disk under the worktree cannot lose it.
+    The events file sits beside the log, in the results folder: a full disk under the worktree cannot lose it. The
+    temporary files a driver listed and left (it was killed mid-transfer) go once it has ended, however it ended.
     """
     events_file = _events_file(log)
     try:
@@ -300,6 +296,7 @@ def _dvc(
     finally:
         events_file.unlink(missing_ok=True)
         running_file(events_file).unlink(missing_ok=True)
+        remove_temporaries(temporaries_file(events_file))
     if events is None:
         why = f"dvc {args[0]} ended without a report ({describe_exit(rc)})"
         return Events(rc=rc, environment="dvc died", errors=[why])
@@ -319,12 +316,17 @@ def running_stage(log: Path) -> str | None:
 
 
 def failed_status(events: Events) -> AttemptStatus:
-    """ERROR when the environment failed (a signal, a stage's exit 75, a full disk), else the stage's own CRASH."""
+    """CRASH (a skip) only for the hybrid's own failure: a stage's command exiting non-zero by itself, or DVC
+    rejecting the hybrid's configuration. ERROR for everything else: a signal, a stage's exit 75, the machine (a
+    full disk), and DVC failing in any other way (its own errors, a missing cache object, no word at all).
+    """
     status = events.command_status
+    if events.environment or events.rc < 0:
+        return AttemptStatus.ERROR
     if status is not None:
         killed = status < 0 or status - SHELL_SIGNAL_BASE in _SIGNALS
         return AttemptStatus.ERROR if killed or status == EXIT_ENVIRONMENT else AttemptStatus.CRASH
-    return AttemptStatus.ERROR if events.environment or events.rc < 0 else AttemptStatus.CRASH
+    return AttemptStatus.CRASH if events.configuration else AttemptStatus.ERROR
 
 
 def describe_exit(rc: int) -> str:

@@ -24,11 +24,11 @@ from segbisect.errors import (
     UsageError,
 )
 from segbisect.evaluator import Evaluator, Plan
-from segbisect.executor import Executor
+from segbisect.executor import Executor, Tracked
 from segbisect.forked import ForkServer
 from segbisect.gitutil import toplevel
 from segbisect.hybrid import Hybrid
-from segbisect.journal import Journal, journal_id, known_hybrids
+from segbisect.journal import Journal, Known, journal_id, known_hybrids
 from segbisect.judge import Judge
 from segbisect.local_executor import LocalExecutor
 from segbisect.options import ExecutorKind, Options
@@ -43,7 +43,16 @@ from segbisect.search import search
 from segbisect.settings import load as load_settings
 from segbisect.snapshot import Snapshot, load_all, uncommitted_warnings
 from segbisect.terms import CULPRIT, FIX, Terms
-from segbisect.tracking import BOUNDED_WAITS, QUIET, Tracker, tracking_uri, unusable
+from segbisect.tracking import (
+    BOUNDED_WAITS,
+    QUIET,
+    TRACKING_SWITCH,
+    StageTracking,
+    Tracker,
+    tracking_uri,
+    untracked,
+    unusable,
+)
 from segbisect.units import Inventory, diff, group
 from segbisect.validate import check_command, check_overlay
 from segbisect.verdict import Verdict, VerdictKind
@@ -182,20 +191,18 @@ class _Bisection:
             plots=tuple(dict.fromkeys([*good.plot_paths, *bad.plot_paths])),
         )
         (folder / "logs").mkdir(parents=True, exist_ok=True)
+        tracking = StageTracking(store.uri, lambda text: _warn(console, text))
         # First, so that a cluster that cannot take a hybrid is reported before a journal or a run is opened.
-        executor = _executor(opts, workspaces, good, bad, task, folder, remote, server)
+        executor = Tracked(_executor(opts, workspaces, good, bad, task, folder, remote, server), tracking)
         try:
             header = {"session": session, "id": run_id, "good": good.ref.text, "bad": bad.ref.text}
             journal = Journal(folder, header, fresh=opts.fresh)
             if opts.fresh:
                 shutil.rmtree(folder / STATE, ignore_errors=True)
             (folder / STATE).mkdir(exist_ok=True)
-            torn = journal.torn()
-            if torn:
-                _warn(console, f"{journal.path}: skipped {torn} line(s) cut short by a kill")
             if journal.set_aside:
                 _warn(console, f"{journal.set_aside} was written by another segbisect version; its hybrids run again")
-            tracker = Tracker(store.uri, opts.experiment, lambda text: _warn(console, text))
+            tracker = Tracker(tracking, opts.experiment)
             _start_tracking(tracker, journal, session, *_describe(opts, good, bad, inventory, judge))
         except BaseException:
             executor.close()
@@ -211,13 +218,19 @@ class _Bisection:
             f"results in {self.folder}",
             markup=False,
         )
+        known = Known() if self.opts.fresh else known_hybrids(self.folder.parent)
+        for line in known.skipped:
+            _warn(self.console, line)
         plan = Plan(
             inventory=self.inventory,
             groups=groups,
             stages=[s.name for s in self.good.stages],
-            known={} if self.opts.fresh else known_hybrids(self.folder.parent),
+            known=known.hybrids,
+            # Asked only when there is something to compare: a cluster answers with a task of its own.
+            environment=self.executor.environment() if known.hybrids else {},
             repeat=self.opts.repeat,
             retries=self.opts.retries,
+            reuse_any_environment=self.opts.reuse_any_environment,
         )
         self.already = {r["fingerprint"] for r in self.journal.records("hybrid")}
         self.earlier = self.journal.executed_here()
@@ -232,7 +245,9 @@ class _Bisection:
             self.held.append(h)
             self._show_settled()
 
-        self.evaluator = Evaluator(plan, self.executor, self.journal, self.judge, started, done)
+        self.evaluator = Evaluator(
+            plan, self.executor, self.journal, self.judge, started, done, lambda text: _warn(self.console, text)
+        )
 
     def run(self) -> tuple[int, Report]:
         groups = self.evaluator.plan.groups
@@ -319,7 +334,7 @@ class _Bisection:
             metrics_file=self.judge.metrics_file,
             key_metrics=self.judge.keys(),
             folder=self.folder,
-            tracking=self.store.description,
+            tracking=self.tracker.tracking.describe(self.store.description),
             terms=self.terms,
             earlier=self.earlier,
         )
@@ -328,7 +343,7 @@ class _Bisection:
         report = build(self._findings(), kind, message, verdict)
         files = render.write(self.folder, report)
         if self.opts.summary_md:
-            self.opts.summary_md.write_text(render.summary(report))
+            self.opts.summary_md.write_text(render.summary(report), encoding="utf-8")
         self.tracker.finish(report, status, attachments=files)
         return report
 
@@ -366,7 +381,7 @@ def _ignored(results: Path) -> Path:
     results.mkdir(parents=True, exist_ok=True)
     marker = results / ".gitignore"
     if not marker.exists():
-        marker.write_text("# Created by segbisect: journals, logs and reports of bisections.\n*\n")
+        marker.write_text("# Created by segbisect: journals, logs and reports of bisections.\n*\n", encoding="utf-8")
     return results
 
 
@@ -454,13 +469,11 @@ def _hybrid_env(uri: str | None, experiment: str, session: str, state: Path) -> 
     env["SEGBISECT_SESSION"] = session
     env[STATE_VARIABLE] = str(state)
     env.pop("MLFLOW_RUN_ID", None)
-    if uri:
-        env["MLFLOW_TRACKING_URI"] = uri
-        env["MLFLOW_EXPERIMENT_NAME"] = experiment
-        env.pop("SEGBISECT_TRACKING", None)
-    else:
-        env.pop("MLFLOW_TRACKING_URI", None)
-        env["SEGBISECT_TRACKING"] = "off"
+    if not uri:
+        return untracked(env)
+    env["MLFLOW_TRACKING_URI"] = uri
+    env["MLFLOW_EXPERIMENT_NAME"] = experiment
+    env.pop(TRACKING_SWITCH, None)
     return env
 
 

@@ -35,7 +35,7 @@ def load(repo: Path) -> Settings:
     if not path.is_file():
         return Settings()
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from None
     table = document.get("tool", {}).get("segbisect", {})

@@ -18,8 +18,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from segbisect import metrics, yamlfile
 from segbisect.errors import UsageError
 from segbisect.forked import ForkServer, ask
@@ -28,6 +26,9 @@ from segbisect.refs import WORKSPACE, Reference, with_files
 from segbisect.terms import Terms
 
 ABSENT = "<absent>"
+# `json.dumps(value, sort_keys=True, default=str)` without building an encoder per call: a params file of many
+# keys digests every value on both sides.
+_DIGEST_JSON = json.JSONEncoder(sort_keys=True, default=str)
 # A leaf's address: (kind, params file | file | stage name, key path inside a params file).
 Key = tuple[str, str, tuple[Any, ...]]
 
@@ -79,11 +80,14 @@ class Snapshot:
         """Everything the pipeline reads, flattened once: each stage definition, each params value down to its
         leaves, each code file and each `.dvc` data file, with the stages that read it (pipeline order).
         """
-        found: dict[Key, Leaf] = {}
+        readers: dict[Key, list[str]] = {}
         for stage in self.stages:
             for key in self._keys_read_by(stage):
-                known = found.get(key) or self.leaf_at(key)
-                found[key] = replace(known, readers=(*known.readers, stage.name))
+                readers.setdefault(key, []).append(stage.name)
+        found: dict[Key, Leaf] = {}
+        for key, names in readers.items():
+            leaf = self.leaf_at(key)
+            found[key] = Leaf(readers=tuple(names), value=leaf.value, digest=leaf.digest)
         return found
 
     def _keys_read_by(self, stage: StageSnap) -> list[Key]:
@@ -176,7 +180,7 @@ def main(argv: list[str]) -> int:
     try:
         stages, param_files, sources, metrics_files = _read_stages(root)
     except UsageError as exc:
-        out.write_text(json.dumps({"error": str(exc)}))
+        out.write_text(json.dumps({"error": str(exc)}), encoding="utf-8")
         return 0
     encoded = [
         {
@@ -188,7 +192,7 @@ def main(argv: list[str]) -> int:
         for s in stages
     ]
     found = {"stages": encoded, "param_files": sorted(param_files), "sources": sources, "metrics_files": metrics_files}
-    out.write_text(json.dumps(found))
+    out.write_text(json.dumps(found), encoding="utf-8")
     return 0
 
 
@@ -210,7 +214,7 @@ def _export(ref: Reference, repo: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     export_tree(repo, ref.commit, dest)
     for name, data in ref.params.items():
-        (dest / name).write_text(yaml.safe_dump(data, sort_keys=False))
+        (dest / name).write_text(yamlfile.dump(data), encoding="utf-8")
     for path in ref.files:
         write_file(dest / path, _on_disk(repo, path))
     for path in set(ref.untracked) - set(ref.files):
@@ -376,12 +380,12 @@ def _rel(root: Path, path: str) -> str:
 def _load_yaml(path: Path) -> Any:
     if not path.is_file():
         return {}
-    return yamlfile.load(path.read_text()) or {}
+    return yamlfile.load(path.read_text(encoding="utf-8")) or {}
 
 
 def digest(value: Any) -> str:
     """A stable digest of a params value or stage definition."""
-    return hashlib.sha256(json.dumps(_canonical(value), sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(_DIGEST_JSON.encode(_canonical(value)).encode()).hexdigest()
 
 
 def _canonical(value: Any) -> Any:

@@ -91,11 +91,11 @@ def diff(good: Snapshot, bad: Snapshot) -> Inventory:
     order = {n: i for i, n in enumerate(good_names)}
     base, bad_digests, units = {}, {}, []
     for key, readers in _keys(good, bad).items():
-        g, b = good.leaf_at(key), bad.leaf_at(key)
-        unit = _unit(good, bad, key, tuple(sorted(readers, key=order.__getitem__)), g, b)
-        base[unit.id], bad_digests[unit.id] = g.digest, b.digest
+        g, b = _leaf(good, key), _leaf(bad, key)
+        ident = _unit_id(key)
+        base[ident], bad_digests[ident] = g.digest, b.digest
         if g.digest != b.digest:
-            units.append(unit)
+            units.append(_unit(good, bad, key, tuple(sorted(readers, key=order.__getitem__)), g, b))
     units.sort(key=lambda u: (order[u.stages[0]], len(u.stages) > 1, u.kind != UnitKind.STAGE, u.id))
     return Inventory(base, bad_digests, units)
 
@@ -109,6 +109,11 @@ def group(units: list[Unit]) -> list[Group]:
     return list(groups.values())
 
 
+def _leaf(snap: Snapshot, key: Key) -> Leaf:
+    """The value and digest at `key`: as flattened already where this side reads it, else looked up."""
+    return snap.leaves.get(key) or snap.leaf_at(key)
+
+
 def _keys(good: Snapshot, bad: Snapshot) -> dict[Key, set[str]]:
     """Every key either side reads, with the stages that read it on either side.
 
@@ -119,15 +124,29 @@ def _keys(good: Snapshot, bad: Snapshot) -> dict[Key, set[str]]:
     for snap in (good, bad):
         for key, leaf in snap.leaves.items():
             keys.setdefault(key, set()).update(leaf.readers)
+    enclosing = _enclosing(keys)
     merged: dict[Key, set[str]] = {}
     for key, readers in keys.items():
-        target = _target(key, keys, good, bad)
+        target = _target(key, enclosing, good, bad)
         if target is not None:
             merged.setdefault(target, set()).update(readers)
     return merged
 
 
-def _target(key: Key, keys: dict[Key, set[str]], good: Snapshot, bad: Snapshot) -> Key | None:
+def _enclosing(keys: dict[Key, set[str]]) -> set[Key]:
+    """The params keys read with other keys below them: one pass over each key's prefixes, so that a section of
+    many keys costs as many set lookups, not a comparison with every other key.
+    """
+    prefixes = {
+        (kind, path, keypath[:length])
+        for kind, path, keypath in keys
+        if kind == "param"
+        for length in range(1, len(keypath))
+    }
+    return prefixes & keys.keys()
+
+
+def _target(key: Key, enclosing: set[Key], good: Snapshot, bad: Snapshot) -> Key | None:
     """The key `key` is compared under: itself, an enclosing key that one side holds as a single value, or none
     (an empty mapping whose other side has values below it).
     """
@@ -135,7 +154,7 @@ def _target(key: Key, keys: dict[Key, set[str]], good: Snapshot, bad: Snapshot) 
         return key
     for length in range(1, len(key[2]) + 1):
         prefix = (key[0], key[1], key[2][:length])
-        if prefix not in keys or not any(_below(other, prefix) for other in keys):
+        if prefix not in enclosing:
             continue
         if not all(isinstance(snap.param(key[1], prefix[2]), dict) for snap in (good, bad)):
             return prefix
@@ -144,25 +163,30 @@ def _target(key: Key, keys: dict[Key, set[str]], good: Snapshot, bad: Snapshot) 
     return key
 
 
-def _below(key: Key, prefix: Key) -> bool:
-    return key[:2] == prefix[:2] and len(key[2]) > len(prefix[2]) and key[2][: len(prefix[2])] == prefix[2]
+def _unit_id(key: Key) -> str:
+    """A unit's id: its kind, then its params key (dotted; after its file unless params.yaml), path or stage."""
+    kind, path, keypath = UnitKind(key[0]), key[1], key[2]
+    if kind != UnitKind.PARAM:
+        return f"{kind}:{path}"
+    dotted = ".".join(str(p) for p in keypath)
+    return f"{kind}:{dotted}" if path == "params.yaml" else f"{kind}:{path}:{dotted}"
 
 
 def _unit(good: Snapshot, bad: Snapshot, key: Key, stages: tuple[str, ...], g: Leaf, b: Leaf) -> Unit:
     kind, path, keypath = UnitKind(key[0]), key[1], key[2]
+    ident = _unit_id(key)
     values, detail = (g.value, b.value), ""
     if kind == UnitKind.PARAM:
-        dotted = ".".join(str(p) for p in keypath)
-        name = ident = dotted if path == "params.yaml" else f"{path}:{dotted}"
+        name = ident.removeprefix(f"{kind}:")
         summary = f"{_short(g.value)} -> {_short(b.value)}"
     elif kind == UnitKind.STAGE:
-        name, ident, summary = f"dvc.yaml stages.{path}", path, "stage definition changed"
+        name, summary = f"dvc.yaml stages.{path}", "stage definition changed"
     else:
-        name = ident = path
+        name = path
         values = (g.digest[:12], b.digest[:12])
         summary, detail = _file_change(good.file_bytes(path), bad.file_bytes(path))
     return Unit(
-        id=f"{kind}:{ident}",
+        id=ident,
         kind=kind,
         name=name,
         stages=stages,

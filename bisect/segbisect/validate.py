@@ -23,7 +23,7 @@ def check_overlay(ref: Reference, snap: Snapshot) -> None:
     declared = {
         ".".join(map(str, keypath)) for stage in snap.stages for file, keypath in stage.params if file == PARAMS_FILE
     }
-    templated = set(TEMPLATE.findall((snap.root / "dvc.yaml").read_text()))
+    templated = set(TEMPLATE.findall((snap.root / "dvc.yaml").read_text(encoding="utf-8")))
     used = declared | templated
     for key in ref.overlay_keys:
         if not any(key == u or key.startswith(u + ".") or u.startswith(key + ".") for u in used):

@@ -20,6 +20,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from segbisect.forked import ForkServer, ask
 from segbisect.gitutil import git
@@ -40,7 +41,7 @@ class Workspaces:
     ) -> None:
         self.repo, self.keep = repo, keep
         self.root = Path(tempfile.mkdtemp(prefix="segbisect-ws-", dir=parent))
-        (self.root / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "repo": str(repo)}))
+        (self.root / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "repo": str(repo)}), encoding="utf-8")
         # The user's DVC cache folder (honours cache.dir in their config), asked now, needed by the first worktree.
         self._cache_answer = ask(server, "segbisect.workspace", [str(repo)], repo, self.root / "cache-dir.json")
         self._cache: Path | None = None
@@ -79,7 +80,8 @@ class Workspaces:
     def close(self) -> None:
         """Remove every worktree this session made, then the temporary folder (or mark them kept)."""
         if self.keep:
-            (self.root / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "repo": str(self.repo), "keep": True}))
+            owner = {"pid": os.getpid(), "repo": str(self.repo), "keep": True}
+            (self.root / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
             return
         for path in list(self._live):
             self._remove(path)
@@ -125,7 +127,8 @@ def _reset(worktree: Path, commit: str, outs: list[str], locks: list[str]) -> No
 
 def _share_cache(repo: Path, worktree: Path, cache_dir: Path) -> None:
     """The user's local DVC config (remotes, credentials) with `cache.dir` set to their cache. Edited with
-    configobj, DVC's own config reader, which keeps every other setting as written.
+    configobj, DVC's own config reader, which keeps every other setting as written; as UTF-8, which DVC reads,
+    where configobj would write ASCII and fail on a path that is not.
     """
     from configobj import ConfigObj
 
@@ -133,14 +136,14 @@ def _share_cache(repo: Path, worktree: Path, cache_dir: Path) -> None:
     target = worktree / ".dvc" / "config.local"
     if local.is_file():
         shutil.copyfile(local, target)
-    conf = ConfigObj(str(target))
+    conf = ConfigObj(str(target), encoding="utf-8")
     conf.setdefault("cache", {})["dir"] = str(cache_dir)
     conf.write()
 
 
 def main(argv: list[str]) -> int:
     """A fork server child: write the DVC cache folder of the repository `argv[1]` as JSON to `argv[0]`."""
-    Path(argv[0]).write_text(json.dumps(str(_cache_dir(Path(argv[1])))))
+    Path(argv[0]).write_text(json.dumps(str(_cache_dir(Path(argv[1])))), encoding="utf-8")
     return 0
 
 
@@ -157,22 +160,22 @@ def remove_stale(repo: Path) -> list[str]:
     """
     removed = []
     for root in Path(tempfile.gettempdir()).glob("segbisect-ws-*"):
-        info = json.loads((root / OWNER_FILE).read_text()) if (root / OWNER_FILE).is_file() else {}
+        info = _owner(root / OWNER_FILE)
         if info.get("repo") == str(repo) and not info.get("keep") and not _alive(info.get("pid", -1)):
             removed += [f"stage process group {pgid} of a killed session" for pgid in _end_groups(root)]
-    listing = git(repo, "worktree", "list", "--porcelain", check=False).stdout.decode()
+    listing = os.fsdecode(git(repo, "worktree", "list", "--porcelain", check=False).stdout)
     for line in listing.splitlines():
         if not line.startswith("worktree "):
             continue
         path = Path(line.removeprefix("worktree "))
         owner = path.parent / OWNER_FILE
-        info = json.loads(owner.read_text()) if owner.is_file() else {}
+        info = _owner(owner)
         if info and not info.get("keep") and not _alive(info.get("pid", -1)):
             git(repo, "worktree", "remove", "--force", str(path), check=False)
             shutil.rmtree(path.parent, ignore_errors=True)
             removed.append(f"workspace {path} of a killed session")
     for root in Path(tempfile.gettempdir()).glob("segbisect-ws-*"):
-        info = json.loads((root / OWNER_FILE).read_text()) if (root / OWNER_FILE).is_file() else {}
+        info = _owner(root / OWNER_FILE)
         if info.get("repo") == str(repo) and not info.get("keep") and not _alive(info.get("pid", -1)):
             shutil.rmtree(root, ignore_errors=True)
     git(repo, "worktree", "prune", check=False)
@@ -200,7 +203,7 @@ def _members(pgid: int) -> list[int]:
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat.read_text(encoding="utf-8", errors="replace").rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid:
                 members.append(int(stat.parent.name))
     return members
@@ -221,3 +224,8 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _owner(marker: Path) -> dict[str, Any]:
+    """What a session's owner file says (nothing where there is none)."""
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
