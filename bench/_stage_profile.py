@@ -101,6 +101,6 @@ try:
 except SystemExit as exc:
     code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 finally:
-    with open(OUT, "w") as fh:
+    with open(OUT, "w", encoding="utf-8") as fh:
         json.dump({"stage": STAGE, "start": T0, "end": time.time(), **{k: round(v, 3) for k, v in TIMES.items()}}, fh)
 sys.exit(code)

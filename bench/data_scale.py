@@ -328,7 +328,9 @@ def gpu_count() -> int:
 def last_epoch_step_s(log: Path) -> float | None:
     """Seconds per step of the last epoch, as Keras' epoch line reports it (validation included)."""
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-    steps = [float(m[3]) * scale[m[4]] for m in map(EPOCH_LINE.match, log.read_text().splitlines()) if m]
+    steps = [
+        float(m[3]) * scale[m[4]] for m in map(EPOCH_LINE.match, log.read_text(encoding="utf-8").splitlines()) if m
+    ]
     return steps[-1] if steps else None
 
 

@@ -132,7 +132,9 @@ def prepare_base(work: Path, tracking_uri: str) -> tuple[Path, dict[str, Any]]:
 
 def bad_params(base: Path, overlay: dict[str, Any], dest: Path) -> Path:
     params = yaml.safe_load((base / "params.yaml").read_text())
-    dest.write_text(yaml.safe_dump(deep_merge(deep_merge(params, overlay), HARMLESS), sort_keys=False))
+    dest.write_text(
+        yaml.safe_dump(deep_merge(deep_merge(params, overlay), HARMLESS), sort_keys=False), encoding="utf-8"
+    )
     return dest
 
 

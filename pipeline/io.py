@@ -79,7 +79,7 @@ def write_json(target: Path | str, obj: Any) -> None:
 def read_json(path: Path | str, producer: str) -> Any:
     """A JSON input written by the `producer` stage; missing or malformed is a one-line PipelineError."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found (run the {producer} stage first)") from None
     except ValueError as exc:

@@ -45,7 +45,7 @@ def cpu_model_and_flags(cpuinfo: Path = CPU_INFO) -> tuple[str, set[str]]:
     model = platform.processor() or platform.machine()
     flags: set[str] = set()
     try:
-        lines = cpuinfo.read_text().splitlines()
+        lines = cpuinfo.read_text(encoding="utf-8").splitlines()
     except OSError:
         return model, flags
     for line in lines:

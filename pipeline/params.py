@@ -23,7 +23,7 @@ T = TypeVar("T")
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """The whole params file as a dict; a missing or malformed file is a PipelineError."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:

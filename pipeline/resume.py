@@ -141,7 +141,7 @@ def claimed(key: str) -> Iterator[Backup]:
         root = Path(state) / STATE_BACKUPS
         root.mkdir(parents=True, exist_ok=True)
         # The lock file stays: removed, a waiting process and a new one could each lock a file of that name.
-        with open(root / f"{key}.lock", "a") as lock:
+        with open(root / f"{key}.lock", "a", encoding="utf-8") as lock:
             if _locked(lock.fileno()):
                 yield Backup(key, root)
                 return

@@ -186,7 +186,7 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
     """One row per epoch; epoch, loss, val_loss, val_mean_iou first so DVC plots find them."""
     extra = sorted(k for k in history if k not in HISTORY_COLUMNS)
     columns = list(HISTORY_COLUMNS) + extra
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         for i in range(len(history["loss"])):

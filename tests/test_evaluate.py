@@ -77,7 +77,7 @@ def save_model(red_weight: float, size: int = SIZE, path: Path = Path("models/mo
 
 def write_params(**evaluate_params) -> None:
     section = {"postprocess": "argmax", "threshold": 0.5, "batch_size": 3, "n_overlays": 2, **evaluate_params}
-    Path("params.yaml").write_text(yaml.safe_dump({"evaluate": section}))
+    Path("params.yaml").write_text(yaml.safe_dump({"evaluate": section}), encoding="utf-8")
 
 
 SPLIT_SIZES = {"train": (6, 0), "val": (2, 1), "test": (5, 2)}
@@ -146,8 +146,8 @@ def iou_per_class(masks: np.ndarray, pred: np.ndarray) -> list[float]:
 
 def run() -> tuple[dict, dict]:
     evaluate.main()
-    return json.loads(Path("reports/metrics.json").read_text()), json.loads(
-        Path("reports/evaluate/diagnostics.json").read_text()
+    return json.loads(Path("reports/metrics.json").read_text(encoding="utf-8")), json.loads(
+        Path("reports/evaluate/diagnostics.json").read_text(encoding="utf-8")
     )
 
 
@@ -166,7 +166,9 @@ def test_healthy_model_end_to_end(workspace):
     assert (record["symptom"], record["category"], scores["all_zero_symptom"]) == (False, "none", 0)
     figures = {p.relative_to("reports/figures").as_posix() for p in Path("reports/figures").rglob("*.png")}
     assert figures == {"confusion_matrix.png", "class_shares.png", "overlays/test000.png", "overlays/test001.png"}
-    assert_mlflow_run(json.loads(Path("reports/evaluate/evaluate_run.json").read_text())["run_id"], "none")
+    assert_mlflow_run(
+        json.loads(Path("reports/evaluate/evaluate_run.json").read_text(encoding="utf-8"))["run_id"], "none"
+    )
 
 
 def assert_mlflow_run(run_id: str, diagnosis: str) -> None:
@@ -177,7 +179,7 @@ def assert_mlflow_run(run_id: str, diagnosis: str) -> None:
     assert logged.data.tags["diagnosis"] == diagnosis
     assert logged.data.metrics["iou_foreground"] == pytest.approx(1.0)
     # Outside a DVC project the run holds the stage's own section, named as in params.yaml.
-    section = yaml.safe_load(Path("params.yaml").read_text())["evaluate"]
+    section = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["evaluate"]
     assert logged.data.params == {f"evaluate.{key}": str(value) for key, value in section.items()} | {
         "evaluate.overlay_names": "[]"
     }
@@ -221,7 +223,7 @@ def test_test_labels_without_foreground_score_below_a_perfect_run(workspace):
     assert (scores["all_zero_symptom"], record["cause"]) == (1, "no_foreground_labels")
     import mlflow
 
-    run_id = json.loads(Path("reports/evaluate/evaluate_run.json").read_text())["run_id"]
+    run_id = json.loads(Path("reports/evaluate/evaluate_run.json").read_text(encoding="utf-8"))["run_id"]
     logged = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id).data.metrics
     assert (logged["mean_iou"], logged["absent_classes"], logged["all_zero_symptom"]) == (0.5, 1.0, 1.0)
     assert "pixel_accuracy" not in logged and "absent_class_names" not in logged
@@ -282,7 +284,7 @@ def test_training_labels_without_foreground_are_diagnosed_not_found_foreground(w
 def test_train_meta_without_the_label_fields_still_diagnoses(workspace):
     """A train_meta.json from before the label fields: read as unknown, the collapse diagnosis still stands."""
     save_model(red_weight=0.0)
-    meta = json.loads(Path("models/train_meta.json").read_text())
+    meta = json.loads(Path("models/train_meta.json").read_text(encoding="utf-8"))
     for key in ("train_foreground_share", "val_foreground_share", "val_iou_per_class"):
         del meta[key]
     write_json("models/train_meta.json", meta)
@@ -350,7 +352,7 @@ def test_missing_model_exits_2_naming_the_file(workspace):
 
 
 def test_corrupted_spec_exits_2_naming_the_file(workspace):
-    Path("data/processed/spec.json").write_text('{"num_classes": 2, ')
+    Path("data/processed/spec.json").write_text('{"num_classes": 2, ', encoding="utf-8")
     done = run_module(workspace)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -56,12 +56,12 @@ def test_dvc_gitignore_entries_after_a_first_repro_are_not_dirty(clone: Path) ->
 
 
 def test_a_real_change_is_dirty_even_beside_dvc_entries(clone: Path) -> None:
-    with open(clone / "make.py", "a") as handle:
+    with open(clone / "make.py", "a", encoding="utf-8") as handle:
         handle.write("# changed\n")
     assert git_commit().endswith("-dirty")
 
 
 def test_a_line_of_the_users_own_in_a_gitignore_is_dirty(clone: Path) -> None:
-    with open(clone / ".gitignore", "a") as handle:
+    with open(clone / ".gitignore", "a", encoding="utf-8") as handle:
         handle.write("/notes\n")
     assert git_commit().endswith("-dirty")

@@ -251,7 +251,7 @@ def ended(marker: str, within: float = 10.0) -> bool:
 
 
 def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[1])
 
 
 def test_a_forked_command_runs_in_its_workspace_with_its_environment_and_log(

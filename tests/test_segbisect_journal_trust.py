@@ -79,7 +79,7 @@ def test_invalid_journal_records_are_skipped_each_with_a_warning_naming_its_line
     slow["attempts"][0]["seconds"] = "1.5"
     journal.append(slow)
     journal.append({"type": "hybrid", "attempts": []})
-    with open(journal.path, "a") as out:
+    with open(journal.path, "a", encoding="utf-8") as out:
         out.write('["not", "a", "record"]\n{"type": "verdict"}\n{"type": "hybrid", "fingerprint": "torn", "att')
     known = known_hybrids(tmp_path)
     assert list(known.hybrids) == ["valid"] and known.hybrids["valid"][0]["origin"] == "s"

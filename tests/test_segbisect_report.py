@@ -33,7 +33,7 @@ def test_report_html_shows_the_same_plot_under_good_bad_and_the_culprit(
     html = (folder / "report.html").read_text()
     assert "Verdict: culprit" in html and "train.lr" in html
     drawn = [base64.b64decode(data).decode() for _, data in IMAGE.findall(html)]
-    assert drawn == [Path(kept).read_text() for kept in image["kept"]]
+    assert drawn == [Path(kept).read_text(encoding="utf-8") for kept in image["kept"]]
     widths = [re.search(r'rect width="(\d+)"', svg).group(1) for svg in drawn]  # type: ignore[union-attr]
     assert widths[0] != "0" and widths[1:] == ["0", "0"], "GOOD draws foreground, BAD and the culprit none"
     assert [h["id"] for h in report["hybrids"]] == re.findall(r"<tr><td>(h\d+)", html)

@@ -243,7 +243,7 @@ def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) 
     assert tuple(model.output.shape) == (None, SIZE, SIZE, 2)
     assert_label_fields(meta, model, workdir / "data" / "processed")
 
-    with open(workdir / "reports/train_history.csv") as fh:
+    with open(workdir / "reports/train_history.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[:4] == ["epoch", "loss", "val_loss", "val_mean_iou"]
     assert [r["epoch"] for r in rows] == [str(i + 1) for i in range(meta["epochs_run"])]

@@ -92,7 +92,7 @@ def stage_keys(root: Path) -> dict[str, str]:
     lock = root / "dvc.lock"
     if not lock.is_file():
         return {}
-    stages = (yamlfile.load(lock.read_text()) or {}).get("stages", {})
+    stages = (yamlfile.load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
     keys = {}
     for name, entry in stages.items():
         inputs = {k: entry.get(k) for k in ("cmd", "deps", "params")}
@@ -149,7 +149,7 @@ def _prepare(root: Path, job: WorkerJob, node: dict[str, str]) -> None:
     cache = node_caches() / node["id"]
     lines = ["[core]", f"    remote = {REMOTE_NAME}", "[cache]", f"    dir = {cache}", f"['remote \"{REMOTE_NAME}\"']"]
     lines += [f"    {key} = {value}" for key, value in job.remote.items()]
-    (root / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
+    (root / ".dvc" / "config.local").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _fetch(root: Path, data_sources: tuple[str, ...]) -> None:

@@ -105,7 +105,7 @@ class Processes:
             self._procs.add(proc)
             marker = self.registry / str(proc.pid) if self.registry else None
             if marker:
-                marker.write_text(str(cwd))
+                marker.write_text(str(cwd), encoding="utf-8")
         try:
             return _wait(proc, deadline)
         except BaseException:
@@ -310,7 +310,7 @@ def _events_file(log: Path) -> Path:
 def running_stage(log: Path) -> str | None:
     """The stage the hybrid logging to `log` is running now (None between stages or when none runs)."""
     try:
-        return running_file(_events_file(log)).read_text() or None
+        return running_file(_events_file(log)).read_text(encoding="utf-8") or None
     except OSError:
         return None
 

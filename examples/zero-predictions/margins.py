@@ -90,13 +90,13 @@ class Record:
                 "`.venv/bin/python examples/zero-predictions/run_casebook.py --record --out results/record` "
                 "(the whole casebook twice, about 40 minutes on 2 cores) and commit measured/"
             )
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return cls(data["commit"], data["cpu"], data["tables"], data["second_isa_cases"])
 
     def write(self, path: Path = RECORD) -> None:
         header = "# Written by `run_casebook.py --record`; .ci/run's second-ISA pass reads it (see margins.py).\n"
         body = {"commit": self.commit, "cpu": self.cpu, "tables": self.tables, "second_isa_cases": self.narrowest}
-        path.write_text(header + yaml.safe_dump(body, sort_keys=False, width=200))
+        path.write_text(header + yaml.safe_dump(body, sort_keys=False, width=200), encoding="utf-8")
 
     def read_tables(self) -> dict[str, pd.DataFrame]:
         return {isa: pd.read_csv(MEASURED / name) for isa, name in self.tables.items()}

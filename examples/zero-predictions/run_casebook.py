@@ -491,7 +491,7 @@ def run_casebook(cases: list[Case], out: Path, good_params: Path, jobs: int) -> 
     outcomes."""
     env = stage_env(f"sqlite:///{out / 'mlflow.db'}")
     start = time.monotonic()
-    repo = prepare_good(out, yaml.safe_load(good_params.read_text()), env)
+    repo = prepare_good(out, yaml.safe_load(good_params.read_text(encoding="utf-8")), env)
     print(f"GOOD ready in {time.monotonic() - start:.0f} s: {repo}", flush=True)
     rows = {o.case.name: o for o in earlier_outcomes(out, load_cases())}
     outcomes = []
