@@ -188,7 +188,7 @@ def test_a_torn_journal_line_is_skipped_with_a_warning_and_later_records_stay_re
     journal.write_text("".join(lines[:4]) + lines[4][:25])
     code, again, human = bisect(repo, "good", "threshold", "--results", str(results))
     assert code == 0 and unit_names(again) == unit_names(first)
-    assert "skipped 1 line(s) cut short by a kill" in human
+    assert "skipped 1 line(s) not JSON, cut short by a kill or edited" in human
     records = journal.read_text().splitlines()
     assert len(records) > 5 and sum(1 for line in records if not _parses(line)) == 1
 

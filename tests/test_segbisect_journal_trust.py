@@ -90,7 +90,7 @@ def test_invalid_journal_records_are_skipped_each_with_a_warning_naming_its_line
         f"{path}:5: invalid journal record, skipped (fingerprint: missing)",
         f"{path}:6: invalid journal record, skipped (not a JSON object)",
         f"{path}:7: invalid journal record, skipped (type: 'verdict' is not one of session, hybrid, mlflow)",
-        f"{path}: skipped 1 line(s) cut short by a kill (line 8)",
+        f"{path}: skipped 1 line(s) not JSON, cut short by a kill or edited (line 8)",
     ]
     assert [r["fingerprint"] for r in journal.records("hybrid")] == ["valid"]
 
@@ -219,3 +219,17 @@ def test_a_foreign_record_in_the_journal_is_skipped_with_a_warning_never_a_trace
     assert len(said) == 1 and "'passed' is not one of ok, crash, error" in said[0]
     assert [h["reused"] for h in report["hybrids"] if h["fingerprint"] in edited] == [False]
     assert all(h["reused"] for h in report["hybrids"] if h["fingerprint"] not in edited)
+
+
+@pytest.mark.e2e
+def test_a_session_run_again_says_its_results_came_from_an_earlier_run(first_run: FirstRun, tmp_path: Path) -> None:
+    """The same GOOD and BAD again: every hybrid is reused from the session's own journal, which the reports say
+    in words (the session's own name would tell nothing), and the console table explains its mark."""
+    results = first_run.results_copy(tmp_path / "same")
+    code, again, human = bisect(first_run.repo, "good", "bad", "--results", str(results))
+    assert code == 0 and all(h["reused"] for h in again["hybrids"])
+    first = again["hybrids"][0]["id"]
+    folder = Path(again["results_dir"])
+    assert f"| {first} (reused from an earlier run) |" in (folder / "report.md").read_text(encoding="utf-8")
+    assert f"{first} (reused from an earlier run)" in (folder / "report.html").read_text(encoding="utf-8")
+    assert f"{first}*" in human and "* reused from a journal, not run again" in human

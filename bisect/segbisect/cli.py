@@ -103,8 +103,11 @@ variables that select numeric kernels (ONEDNN_MAX_CPU_ISA,
 TF_ENABLE_ONEDNN_OPTS, thread counts, ...), versions of dvc, numpy,
 tensorflow, keras, torch and the like, and every other installed package (the
 host name aside); otherwise it runs again, with one warning naming what
-differs, unless --reuse-any-environment. A journal line that is not a record
-segbisect writes is skipped with a warning naming its file and line.
+differs, unless --reuse-any-environment. Running again, a hybrid is judged
+here, but DVC still restores the stages its cache holds (its run-cache is not
+keyed by the environment): to recompute them, give the repository a DVC cache
+of this environment's own (dvc cache dir). A journal line that is not a
+record segbisect writes is skipped with a warning naming its file and line.
 
 \b
 With --json, stdout holds one JSON object whatever ends the command: the

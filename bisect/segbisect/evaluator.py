@@ -143,7 +143,10 @@ class Evaluator:
         if self.plan.reuse_any_environment:
             self._warn_once(f"--reuse-any-environment: reusing {what}")
             return latest
-        self._warn_once(f"{what} are not reused: their hybrids run again (--reuse-any-environment reuses them)")
+        self._warn_once(
+            f"{what} are not reused: their hybrids run and are judged again here (DVC still restores the stages its "
+            "cache holds: its run-cache is not keyed by the environment; --reuse-any-environment reuses the results)"
+        )
         return None
 
     def _attempts(self, record: dict[str, Any]) -> tuple[Attempt, ...]:

@@ -156,7 +156,7 @@ class _Lines:
         said = [f"{path}:{number}: invalid journal record, skipped ({problem})" for number, problem in self.invalid]
         if self.torn:
             numbers = f"line{'s' if len(self.torn) > 1 else ''} {', '.join(map(str, self.torn))}"
-            said.append(f"{path}: skipped {len(self.torn)} line(s) cut short by a kill ({numbers})")
+            said.append(f"{path}: skipped {len(self.torn)} line(s) not JSON, cut short by a kill or edited ({numbers})")
         return said
 
 

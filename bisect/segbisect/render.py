@@ -67,7 +67,7 @@ def markdown(report: Report, folder: Path) -> str:
     ]
     for h in report.hybrids:
         lines.append(
-            f"| {h['id']}{reuse(h)} | {h['label']} | {len(h['from_bad'])} | "
+            f"| {h['id']}{reuse(report, h)} | {h['label']} | {len(h['from_bad'])} | "
             f"{h['outcome']} | {_metrics(h['metrics'], report.key_metrics)} | {', '.join(h['executed']) or '-'} | "
             f"{', '.join(h['restored']) or '-'} | {time_spent(h)} |" + (_placement(h) if clustered else "")
         )
@@ -121,7 +121,8 @@ def _culprit_markdown(culprit: Culprit) -> list[str]:
 
 
 def show(console: Console, report: Report) -> None:
-    table = Table(title="evidence", show_lines=False)
+    reused = any(h["reused"] for h in report.hybrids)
+    table = Table(title="evidence", caption="* reused from a journal, not run again" if reused else None)
     for column in ("id", "hybrid (units from BAD)", "outcome", "metrics", "ran", "restored", "s"):
         table.add_column(column, overflow="fold")
     for h in report.hybrids:

@@ -110,11 +110,15 @@ def earlier_runs(report: Report) -> str:
     return f" ({earlier} in earlier runs of this session)" if earlier else ""
 
 
-def reuse(row: dict[str, Any]) -> str:
-    """What the reports add to a hybrid's id when its result was reused: which session's run computed it."""
+def reuse(report: Report, row: dict[str, Any]) -> str:
+    """What the reports add to a hybrid's id when its result was reused: which session's run computed it (an
+    earlier run of this one: the same GOOD and BAD resumed)."""
     if not row["reused"]:
         return ""
-    return f" (reused from {row['reused_from']})" if row.get("reused_from") else " (reused)"
+    origin = row.get("reused_from")
+    if not origin:
+        return " (reused)"
+    return " (reused from an earlier run)" if origin == Path(report.results_dir).name else f" (reused from {origin})"
 
 
 def time_spent(row: dict[str, Any]) -> str:

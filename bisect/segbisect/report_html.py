@@ -113,7 +113,7 @@ def _timeline(report: Report) -> list[str]:
         units = ", ".join(names.get(u, u) for u in h["from_bad"])
         width = round(BAR_PIXELS * h["seconds"] / longest)
         cells = [
-            escape(h["id"] + reuse(h)),
+            escape(h["id"] + reuse(report, h)),
             escape(h["label"]),
             escape(units) or "-",
             f"<b style='color:{colour}' title='{escape(h['note'])}'>{escape(h['outcome'])}</b>",
