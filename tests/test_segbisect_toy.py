@@ -189,7 +189,7 @@ def test_preconditions_and_usage_errors(toy: Path) -> None:
         (("bad", "good"), 3, "GOOD does not pass"),
         (("good", harmless), 3, "BAD does not fail"),
         (("good", "good"), 2, "no differences"),
-        (("good", "no-such-ref"), 2, "is not a git revision, DVC experiment, params file or MLflow run id"),
+        (("good", "no-such-ref"), 2, "params file, MLflow run id or `workspace` (the working tree)"),
         (("good", bad, "--fail-if", "__import__('os').system('true')"), 2, "is not allowed"),
         (
             ("good", bad, "--fail-if", "fg == 0"),

@@ -66,7 +66,10 @@ def resolve(repo: Path, text: str, tracking_uri: str | None) -> Reference:
         return ref
     found = [ref for k in PREFIXES if (ref := _RESOLVERS[k](repo, text, tracking_uri)) is not None]
     if not found:
-        raise UsageError(f"reference '{text}' is not a git revision, DVC experiment, params file or MLflow run id")
+        raise UsageError(
+            f"reference '{text}' is not a git revision, DVC experiment, params file, MLflow run id or `workspace` "
+            "(the working tree)"
+        )
     kinds = {ref.kind for ref in found}
     if len(found) > 1 and not (kinds == {"git", "exp"} and len({r.commit for r in found}) == 1):
         prefixes = ", ".join(f"'{PREFIX_OF[k]}:'" for k in sorted(kinds))
