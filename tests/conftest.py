@@ -26,7 +26,7 @@ from pipeline.params import SPLITS
 from pipeline.processed import SPEC_FILE, Spec, SplitWriter, batches, encode_png, example
 from pipeline.scratch import TINY_PARAMS, git, make_repo
 from segbisect.refs import deep_merge
-from segbisect_toy import make_toy_repo
+from segbisect_toy import bad_commit, commit, dvc, make_toy_repo
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -57,6 +57,15 @@ def toy_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def toy(toy_template: Path, tmp_path: Path) -> Path:
     """A private copy of the reproduced toy repository (git history, dvc.lock and DVC cache included)."""
     return Path(shutil.copytree(toy_template, tmp_path / "toy", symlinks=True))
+
+
+@pytest.fixture
+def toy_with_remote(toy: Path, tmp_path: Path) -> Path:
+    """The toy with a default DVC remote folder, committed (GOOD carries it), and BAD beside it: training collapses."""
+    dvc(toy, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    commit(toy, "shared DVC remote")
+    bad_commit(toy, params={"train": {"lr": 2.0}})
+    return toy
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from segbisect_toy import bad_commit, commit, dvc
-
 pytestmark = pytest.mark.e2e
 
 SEGBISECT = Path(sys.executable).parent / "segbisect"
@@ -60,22 +58,16 @@ def head() -> Iterator[SilentHead]:
         silent.close()
 
 
-@pytest.fixture
-def shared(toy: Path, tmp_path: Path) -> Path:
-    dvc(toy, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
-    commit(toy, "shared DVC remote")
-    bad_commit(toy, params={"train": {"lr": 2.0}})
-    return toy
-
-
 def command(repo: Path, address: str) -> list[str]:
     return [str(SEGBISECT), "good", "bad", "--repo", str(repo), "--executor", "ray", "--ray-address", address, "--json"]
 
 
-def test_an_address_that_answers_but_is_no_ray_head_fails_within_30_s(shared: Path, head: SilentHead) -> None:
+def test_an_address_that_answers_but_is_no_ray_head_fails_within_30_s(toy_with_remote: Path, head: SilentHead) -> None:
     address = f"127.0.0.1:{head.port}"
     start = time.monotonic()
-    done = subprocess.run([*command(shared, address), "--no-mlflow"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*command(toy_with_remote, address), "--no-mlflow"], capture_output=True, text=True, timeout=120
+    )
     took = time.monotonic() - start
     report = json.loads(done.stdout)
     assert done.returncode == 2 and report["verdict"] == "usage-error", done.stderr[-3000:]
@@ -85,9 +77,11 @@ def test_an_address_that_answers_but_is_no_ray_head_fails_within_30_s(shared: Pa
     assert errors == [f"error: {report['error']}"]
 
 
-def test_sigterm_ends_segbisect_while_ray_is_connecting(shared: Path, head: SilentHead) -> None:
+def test_sigterm_ends_segbisect_while_ray_is_connecting(toy_with_remote: Path, head: SilentHead) -> None:
     with subprocess.Popen(
-        [*command(shared, f"127.0.0.1:{head.port}"), "--no-mlflow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*command(toy_with_remote, f"127.0.0.1:{head.port}"), "--no-mlflow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as proc:
         deadline = time.monotonic() + 60
         # The first connection is segbisect's probe, the next Ray's.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from segbisect.ray_executor import INSTALL_HINT
-from segbisect_toy import bad_commit, bisect, commit, dvc
+from segbisect_toy import bad_commit, bisect, dvc
 from ui_server import free_port
 
 
@@ -23,21 +23,15 @@ def refused(repo: Path, *args: str, mlflow: bool = False) -> str:
     return str(report["error"])
 
 
-@pytest.fixture
-def shared(toy: Path, tmp_path: Path) -> Path:
-    dvc(toy, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
-    commit(toy, "shared DVC remote")
-    bad_commit(toy, params={"train": {"lr": 2.0}})
-    return toy
-
-
-def test_without_ray_installed_the_error_says_how_to_install_it(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_ray_installed_the_error_says_how_to_install_it(
+    toy_with_remote: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the package is absent
-    assert refused(shared) == INSTALL_HINT
+    assert refused(toy_with_remote) == INSTALL_HINT
 
 
-def test_a_tracking_store_on_this_machine_is_refused(shared: Path, tracking_uri: str) -> None:
-    error = refused(shared, mlflow=True)
+def test_a_tracking_store_on_this_machine_is_refused(toy_with_remote: Path, tracking_uri: str) -> None:
+    error = refused(toy_with_remote, mlflow=True)
     assert error.startswith(f"--executor ray: the MLflow store {tracking_uri} lives on this machine")
     assert "start `mlflow server`" in error and "--no-mlflow" in error
 

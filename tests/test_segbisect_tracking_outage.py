@@ -14,22 +14,22 @@ from typing import Any
 import pytest
 
 from segbisect.tracking import BOUNDED_WAITS
-from segbisect_toy import bad_commit, bisect, commit, dvc, sh, unit_names
+from segbisect_toy import STAGES, bad_commit, bisect, commit, dvc, sh, unit_names
 from ui_server import MlflowServer
 
 pytestmark = pytest.mark.e2e
 
-# evaluate.py of the toy, logging as the pipeline's stages do: a run per execution, metrics logged inside it, exit 75
-# for a store that fails mid-run. TOY_KILL_STORE=<hybrid>:<pid file> kills the server's process group once, inside
-# that hybrid's stage run (the stage's probe has passed by then).
-TRACKED_EVALUATE = """import math
-import os
+# evaluate.py of the toy, then its metrics logged as the pipeline's stages log theirs: a run per execution, metrics
+# logged inside it, exit 75 for a store that fails mid-run. TOY_KILL_STORE=<hybrid>:<pid file> kills the server's
+# process group once, inside that hybrid's stage run (the stage's probe has passed by then).
+TRACKED_EVALUATE = (
+    STAGES["evaluate"]
+    + """
 import signal
 import socket
 import time
 import urllib.parse
 
-from common import params, read, write
 from pipeline.errors import run_stage
 from pipeline.tracking import log_metrics, stage_run
 
@@ -50,27 +50,15 @@ def store_dies():
         time.sleep(0.05)
 
 
-def main():
-    p = params("evaluate")
-    d = read("data/processed.json")
-    m = read("model/model.json")
-    scores = [x - m["threshold"] for x in d["x"]]
-    if p["postprocess"] == "argmax":
-        pred = [1 if s > p["margin"] else 0 for s in scores]
-    else:
-        pred = [1 if 1 / (1 + math.exp(-10 * s)) > p["threshold"] else 0 for s in scores]
-    fg = sum(pred) / len(pred)
-    acc = sum(int(a == b) for a, b in zip(pred, d["y"])) / len(pred)
-    os.makedirs("eval", exist_ok=True)
+def log():
     with stage_run("evaluate", p, "eval/evaluate_run.json"):
         store_dies()
         log_metrics({"foreground_fraction": fg, "accuracy": acc})
-    write("metrics.json", {"foreground_fraction": fg, "accuracy": acc, "per_class": {"foreground": fg}})
-    write("eval/diagnostics.json", {"cause": "collapsed model" if m["collapsed"] else ("none" if fg else "threshold")})
 
 
-run_stage(main)
+run_stage(log)
 """
+)
 # BAD: training collapses (train.lr), among harmless changes to prepare, preprocess and train, so that hybrids keep
 # running after the one that kills the store.
 BAD = {"prepare": {"n": 42}, "preprocess": {"scale": 1.0001}, "train": {"lr": 2.0, "epochs": 7}}
