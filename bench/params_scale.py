@@ -1,6 +1,6 @@
 """Params scale: how long segbisect takes to start its first hybrid when a stage reads a params section of many keys.
 
-On the tests' toy pipeline (tests/segbisect_toy.py: four stdlib-only stages, each `dvc repro` about a second), the
+On the tests' toy pipeline (bisect/tests/segbisect_toy.py: four stdlib-only stages, each `dvc repro` about a second), the
 train stage's params section gets N extra keys (`train.k00000`...: the stage reads the whole section, uses none of
 them); GOOD is that configuration reproduced, BAD = GOOD with one changed key, `train.lr: 2.0` (the toy's collapse),
 so the verdict is the same at every N. For each N and repetition, in its own copy of the reproduced repository and
@@ -34,7 +34,7 @@ from segbisect.units import diff
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bisect" / "tests"))
 from _common import RESULTS, VENV_BIN, loadavg, machine, md_table, now, stage_env, write_results  # noqa: E402
 from segbisect_toy import PARAMS, bad_commit, commit, dvc, make_toy_repo, sh, write_params  # noqa: E402
 

@@ -24,8 +24,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from conftest import make_pipeline_repo
 from segbisect_toy import bad_commit, bisect, commit, dvc, sh, unit_names, write_params
+from support import make_pipeline_repo
 from ui_server import MlflowServer, free_port
 
 pytestmark = pytest.mark.e2e

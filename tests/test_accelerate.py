@@ -22,11 +22,11 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from conftest import two_class_spec, write_processed
 from pipeline.accelerate import dtype_policy, global_batch_size, is_chief, make_strategy
 from pipeline.errors import PipelineError
 from pipeline.model import build_deeplabv3plus
 from pipeline.tracking import TRACKING_SWITCH
+from support import two_class_spec, write_processed
 from test_train import TINY_PARAMS as TINY_TRAIN
 from test_train import squares
 

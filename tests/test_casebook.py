@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CASEBOOK_RUNNER, load_script
+from support import CASEBOOK_RUNNER, load_script
 
 pytestmark = pytest.mark.e2e
 # GOOD must be a real model, not one on the edge of predicting nothing.

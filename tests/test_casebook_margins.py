@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from conftest import load_script
 from pipeline.scratch import ROOT, git
+from support import load_script
 
 margins = load_script(ROOT / "examples" / "zero-predictions" / "margins.py")
 CASES = [p.name for p in margins.case_folders()]

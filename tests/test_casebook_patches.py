@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_script
 from pipeline.scratch import ROOT
+from support import load_script
 
 make_patches = load_script(ROOT / "examples" / "zero-predictions" / "make_patches.py")
 FOLDERS = make_patches.case_folders()

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CASEBOOK_RUNNER as RUNNER
-from conftest import load_script
 from pipeline.scratch import ROOT, git
+from support import CASEBOOK_RUNNER as RUNNER
+from support import load_script
 
 casebook = load_script(RUNNER)
 OVERLAY: dict[str, Any] = {"train": {"epochs": 1}}

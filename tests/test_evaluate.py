@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import read_split, two_class_spec, write_processed
 from pipeline import evaluate, normalization
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
 from pipeline.stats import ChannelStats
+from support import read_split, two_class_spec, write_processed
 from test_diagnostics import assert_evidence_from_fields
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from conftest import ThresholdBisection
 from pipeline.scratch import ROOT
+from support import ThresholdBisection
 from test_tracking_configuration import LabelMapStore, load_label_map_store, stage_runs
 from ui_server import (
     CHROMIUM,

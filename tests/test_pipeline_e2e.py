@@ -11,8 +11,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import dvc_repro, make_pipeline_repo, write_params
 from pipeline.numerics import numeric_environment
+from support import dvc_repro, make_pipeline_repo, write_params
 
 pytestmark = pytest.mark.e2e
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]

@@ -28,13 +28,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import make_pipeline_repo
 from pipeline import tracking
 from pipeline.errors import EXIT_ENVIRONMENT, EXIT_INPUT, INSTALL_TENSORFLOW, PipelineError, run_stage
 from pipeline.io import atomic_dir, atomic_file, remove_stale_temps
 from pipeline.params import load_section
 from pipeline.scratch import ROOT
 from pipeline.synthesize import SynthesizeParams
+from support import make_pipeline_repo
 
 PYTHON = sys.executable
 HTTP_SETTINGS = tuple(tracking.HTTP_DEFAULTS)

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from PIL import Image, ImageFile
 
-from conftest import run_stage, write_params
 from pipeline.errors import PipelineError
 from pipeline.params import ClassesParams
 from pipeline.prepare import check_label_map, class_frequencies, load_pair, map_labels, split_stems
 from pipeline.scratch import ROOT
+from support import run_stage, write_params
 
 CLASSES = ClassesParams(num_classes=2, names=["background", "foreground"], ignore_index=255)
 

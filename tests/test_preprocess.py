@@ -11,7 +11,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import read_split, run_stage, two_class_spec, write_processed
 from pipeline import normalization
 from pipeline.errors import PipelineError
 from pipeline.params import SPLITS, ClassesParams, load_section
@@ -19,6 +18,7 @@ from pipeline.preprocess import PreprocessParams, resize_image, resize_mask
 from pipeline.processed import Spec, batches
 from pipeline.scratch import ROOT
 from pipeline.train_data import read_labels, validation_batches
+from support import read_split, run_stage, two_class_spec, write_processed
 
 
 def test_nearest_resize_never_invents_class_ids() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ThresholdBisection
+from support import ThresholdBisection
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.evaluate import EVAL_DIR
 from segbisect.errors import UsageError
-from segbisect.predicate import Predicate
+from segbisect.predicate import Predicate, UnjudgeableError
 from segbisect.settings import Settings, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,16 @@ def test_this_project_names_the_all_zero_check_and_its_diagnostics_file() -> Non
     assert settings.diagnostics == (EVAL_DIR / "diagnostics.json").as_posix()
     assert settings.fail_if is not None
     assert set(Predicate(settings.fail_if).metric_keys) == {"foreground_fraction", "all_zero_threshold"}
+
+
+def test_project_predicate_compares_the_share_with_the_recorded_tolerance() -> None:
+    pred = Predicate(load(ROOT).fail_if or "")
+    assert pred.metric_keys == ["foreground_fraction", "all_zero_threshold"]
+    assert pred({"foreground_fraction": 0.0004, "all_zero_threshold": 0.001})
+    assert pred({"foreground_fraction": 0.0, "all_zero_threshold": 0.001})
+    assert not pred({"foreground_fraction": 0.08, "all_zero_threshold": 0.004})
+    with pytest.raises(UnjudgeableError, match="all_zero_threshold"):
+        pred({"foreground_fraction": 0.0})
 
 
 def test_no_file_or_no_table_means_no_settings(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import built_once, session_folder
+from support import built_once, session_folder
 
 
 def test_a_folder_is_built_once_and_then_reused(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ThresholdBisection, built_once, make_pipeline_repo, write_params
 from pipeline.params import as_flat_dict
 from pipeline.scratch import ROOT, git
 from pipeline.tracking import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, run_params
+from support import ThresholdBisection, built_once, make_pipeline_repo, write_params
 
 STAGES = ["synthesize", "prepare", "preprocess", "train", "evaluate"]
 # The walkthrough's broken configuration: the label map sends the masks' foreground (255) to the ignore index.

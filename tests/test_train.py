@@ -19,7 +19,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import read_split, two_class_spec, write_processed
 from pipeline import normalization, train
 from pipeline.errors import PipelineError
 from pipeline.io import file_sha256
@@ -31,6 +30,7 @@ from pipeline.scratch import make_repo
 from pipeline.tracking import TRACKING_SWITCH
 from pipeline.train_data import Batching, check_mask_values, pixel_weight_table, training_batches
 from segbisect.refs import deep_merge
+from support import read_split, two_class_spec, write_processed
 
 SIZE = 32
 IGNORE = 255

@@ -21,9 +21,8 @@ from typing import Any
 
 import pytest
 
-from conftest import tree_state
 from segbisect.tracking import BOUNDED_WAITS
-from segbisect_toy import bad_commit, bisect, unit_names
+from segbisect_toy import bad_commit, bisect, tree_state, unit_names
 
 pytestmark = pytest.mark.e2e
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")

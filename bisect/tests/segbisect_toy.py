@@ -14,6 +14,7 @@ Harmless changes: prepare.n up to 45, train.epochs, comments in stage scripts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -252,3 +253,23 @@ def bad_commit(
     sh(repo, "git", "tag", tag)
     sh(repo, "git", "checkout", "-q", "main")
     return sha
+
+
+def tree_state(repo: Path, skip: tuple[str, ...] = (".git/", ".dvc/cache/")) -> dict[str, str]:
+    """Every file's bytes (hashed) outside .git and the DVC cache (shared on purpose, it only grows),
+    plus git's view: status, index, refs, stash, worktrees."""
+    state = {}
+    for path in sorted(repo.rglob("*")):
+        rel = path.relative_to(repo).as_posix()
+        if path.is_file() and not rel.startswith(skip):
+            state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for name, args in {
+        "status": ["status", "--porcelain", "--ignored"],
+        "index": ["ls-files", "-s"],
+        "refs": ["for-each-ref"],
+        "stash": ["stash", "list"],
+        "head": ["rev-parse", "HEAD"],
+        "worktrees": ["worktree", "list", "--porcelain"],
+    }.items():
+        state[f"git {name}"] = sh(repo, "git", *args)
+    return state

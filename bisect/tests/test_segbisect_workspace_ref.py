@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tree_state
 from segbisect.errors import UsageError
 from segbisect.refs import resolve
 from segbisect.snapshot import load_all, uncommitted_warnings, write_file
 from segbisect.terms import CULPRIT, FIX
-from segbisect_toy import bisect, commit, dvc, sh, unit_names
+from segbisect_toy import bisect, commit, dvc, sh, tree_state, unit_names
 
 # evaluate.py predicting nothing: the toy's all-zero symptom, from code alone.
 EVALUATE_BUG = ('pred = [1 if s > p["margin"] else 0 for s in scores]', "pred = [0 for s in scores]")

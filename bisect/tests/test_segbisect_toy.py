@@ -19,10 +19,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from conftest import tree_state
 from segbisect import machine
 from segbisect.workspace import Workspaces
-from segbisect_toy import bad_commit, bisect, dvc, sh, unit_names
+from segbisect_toy import bad_commit, bisect, dvc, sh, tree_state, unit_names
 
 pytestmark = pytest.mark.e2e
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")

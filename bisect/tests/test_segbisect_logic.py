@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,10 +12,7 @@ from segbisect import refs, yamlfile
 from segbisect.metrics import flatten
 from segbisect.predicate import Predicate, PredicateError, UnjudgeableError
 from segbisect.search import ddmin, search
-from segbisect.settings import load as load_settings
 from segbisect.units import Group, Unit, UnitKind
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def groups_of(spec: dict[str, int]) -> list[Group]:
@@ -114,16 +110,6 @@ def test_predicate_language() -> None:
     assert pred(metrics)
     assert not Predicate("iou['1'] > 0.3")(metrics)
     assert Predicate("0.3 < mean_iou <= 0.5")(metrics)
-
-
-def test_project_predicate_compares_the_share_with_the_recorded_tolerance() -> None:
-    pred = Predicate(load_settings(ROOT).fail_if or "")
-    assert pred.metric_keys == ["foreground_fraction", "all_zero_threshold"]
-    assert pred({"foreground_fraction": 0.0004, "all_zero_threshold": 0.001})
-    assert pred({"foreground_fraction": 0.0, "all_zero_threshold": 0.001})
-    assert not pred({"foreground_fraction": 0.08, "all_zero_threshold": 0.004})
-    with pytest.raises(UnjudgeableError, match="all_zero_threshold"):
-        pred({"foreground_fraction": 0.0})
 
 
 @pytest.mark.parametrize(
