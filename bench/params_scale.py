@@ -1,10 +1,10 @@
 """Params scale: how long segbisect takes to start its first hybrid when a stage reads a params section of many keys.
 
-On the tests' toy pipeline (bisect/tests/segbisect_toy.py: four stdlib-only stages, each `dvc repro` about a second), the
-train stage's params section gets N extra keys (`train.k00000`...: the stage reads the whole section, uses none of
-them); GOOD is that configuration reproduced, BAD = GOOD with one changed key, `train.lr: 2.0` (the toy's collapse),
-so the verdict is the same at every N. For each N and repetition, in its own copy of the reproduced repository and
-results folder:
+On the tests' toy pipeline (bisect/tests/segbisect_toy.py: four stdlib-only stages, each `dvc repro` about a
+second), the train stage's params section gets N extra keys (`train.k00000`...: the stage reads the whole section,
+uses none of them); GOOD is that configuration reproduced, BAD = GOOD with one changed key, `train.lr: 2.0` (the
+toy's collapse), so the verdict is the same at every N. For each N and repetition, in its own copy of the reproduced
+repository and results folder:
 
 - `first hybrid s`: from starting `segbisect good bad --no-mlflow --json` to the first hybrid's log file appearing
   (the hybrid has its worktree and starts `dvc repro`): everything before any stage runs, interpreter start,

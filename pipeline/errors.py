@@ -38,7 +38,7 @@ ENVIRONMENT_ERRNOS = frozenset(
 )
 # The project installs TensorFlow through an extra, chosen by the machine: a stage without it says which.
 TENSORFLOW_MODULES = frozenset({"tensorflow", "tf_keras"})
-INSTALL_TENSORFLOW = "pip install -e '.[cpu]', or '.[gpu]' on a machine with NVIDIA GPUs"
+INSTALL_TENSORFLOW = "pip install -r requirements/cpu.txt, or requirements/gpu.txt on a machine with NVIDIA GPUs"
 _RESOURCE = {
     errno.ENOSPC: "filesystem",
     errno.EDQUOT: "filesystem",

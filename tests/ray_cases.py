@@ -2,7 +2,8 @@
 
 Ray binds the machine's interface address, so these cases run inside a private network namespace where only
 loopback exists: tests/test_ray_executor.py starts them there (`unshare -n`). Every node keeps its own DVC cache
-(keyed by Ray's node id), so only the remote can carry a stage from one node to another.
+(keyed by Ray's node id), so only the remote can carry a stage from one node to another. The cases that join a
+cluster by its address share one head per session (`cluster`), each with worker nodes of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
+from ray._common.utils import reset_ray_address
 from ray.cluster_utils import Cluster
 
 from segbisect_toy import bad_commit, bisect, commit, dvc, sh, unit_names, write_params
@@ -64,17 +66,38 @@ def moto_s3(tmp_path: Path) -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture
-def two_nodes() -> Iterator[Cluster]:
-    """A head without CPUs (it schedules nothing) and two one-CPU worker nodes, all on loopback."""
+@pytest.fixture(scope="session")
+def loopback_head() -> Iterator[Cluster]:
+    """A Ray head without CPUs (it schedules nothing) on loopback, started once per session: the cases add their
+    worker nodes to it. Ray's test cluster makes itself the machine's current cluster, which a plain `ray.init()`
+    (segbisect without --ray-address) would join: forgotten here, so such a case starts a local instance of its own
+    whatever ran before it."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    reset_ray_address()
     try:
         yield cluster
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture
+def cluster(loopback_head: Cluster) -> Iterator[Cluster]:
+    """The shared head, with no worker node; the nodes a case adds are removed after it."""
+    assert not loopback_head.worker_nodes, "an earlier case left worker nodes behind"
+    try:
+        yield loopback_head
+    finally:
+        for node in list(loopback_head.worker_nodes):
+            loopback_head.remove_node(node)
+
+
+@pytest.fixture
+def two_nodes(cluster: Cluster) -> Cluster:
+    """The head and two one-CPU worker nodes, all on loopback."""
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    return cluster
 
 
 def by_label(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -174,29 +197,27 @@ def test_an_unreachable_remote_is_an_environment_error_never_evidence(toy: Path,
     assert not (Path(report["results_dir"]) / "journal.jsonl").read_text().count('"type": "hybrid"')
 
 
-def test_a_node_dying_mid_hybrid_changes_nothing(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_node_dying_mid_hybrid_changes_nothing(
+    toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: Cluster
+) -> None:
     """The first train of the bisection sleeps; its node is removed meanwhile; Ray runs the task again on a new
     node (where the marker file already exists, so it does not sleep) and the verdict is the local one.
     """
     repo = with_remote(toy, str(tmp_path / "remote"))
     marker = tmp_path / "slept"
     monkeypatch.setenv("TOY_FAULT", f"train:slow:{marker}")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        doomed = cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        segbisect = Path(sys.executable).parent / "segbisect"
-        command = [str(segbisect), "good", "bad", "--repo", str(repo), "--executor", "ray", "--no-mlflow", "--json"]
-        with subprocess.Popen([*command, "--ray-address", cluster.address], stdout=subprocess.PIPE) as proc:
-            deadline = time.monotonic() + 120
-            while not marker.exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert marker.exists(), "the first train never started"
-            cluster.remove_node(doomed)
-            cluster.add_node(num_cpus=1)
-            out, _ = proc.communicate(timeout=300)
-    finally:
-        cluster.shutdown()
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    segbisect = Path(sys.executable).parent / "segbisect"
+    command = [str(segbisect), "good", "bad", "--repo", str(repo), "--executor", "ray", "--no-mlflow", "--json"]
+    with subprocess.Popen([*command, "--ray-address", cluster.address], stdout=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the first train never started"
+        cluster.remove_node(doomed)
+        cluster.add_node(num_cpus=1)
+        out, _ = proc.communicate(timeout=300)
     report = json.loads(out)
     assert proc.returncode == 0 and unit_names(report) == ["train.lr"]
     ran_on = {h["placement"]["node"] for h in report["hybrids"]}
@@ -228,14 +249,14 @@ def test_a_remote_exception_is_named_in_the_reason_and_its_traceback_is_in_the_l
     toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file where the workers keep the sessions' state folders: the task raises on the worker (Ray's own session
-    folder stays in /tmp, where its socket paths fit).
+    folder stays where it was, in a short path where its socket paths fit).
     """
     repo = with_remote(toy, str(tmp_path / "remote"))
     workers_tmp = tmp_path / "worker-tmp"
     workers_tmp.mkdir()
     (workers_tmp / "segbisect-state").write_text("not a folder\n")
     monkeypatch.setenv("TMPDIR", str(workers_tmp))
-    monkeypatch.setenv("RAY_TMPDIR", "/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", "/tmp"))
     code, report, _ = bisect(repo, "good", "bad", "--executor", "ray", "--retries", "0")
     assert code == 1 and report["verdict"] == "cannot-decide"
     good = by_label(report)["GOOD"]

@@ -161,6 +161,8 @@ class ThresholdBisection:
 
 
 BISECTION_RECORD = "bisection.json"
+# The shared bisection's GOOD: the tiny pipeline, its evaluate counting a pixel as foreground from probability 1e-6.
+THRESHOLD_GOOD: dict[str, Any] = {"evaluate": {"postprocess": "threshold", "threshold": 1e-6}}
 
 
 def run_threshold_bisection(root: Path) -> None:
@@ -173,7 +175,7 @@ def run_threshold_bisection(root: Path) -> None:
     root.mkdir(parents=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    repo = make_pipeline_repo(root / "repo", {"evaluate": {"postprocess": "threshold", "threshold": 1e-6}})
+    repo = make_pipeline_repo(root / "repo", THRESHOLD_GOOD)
     subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=repo, env=env, check=True, capture_output=True)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "GOOD: tiny pipeline, reproduced")

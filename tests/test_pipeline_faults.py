@@ -34,7 +34,7 @@ from pipeline.io import atomic_dir, atomic_file, remove_stale_temps
 from pipeline.params import load_section
 from pipeline.scratch import ROOT
 from pipeline.synthesize import SynthesizeParams
-from support import make_pipeline_repo
+from support import THRESHOLD_GOOD, ThresholdBisection, make_pipeline_repo
 
 PYTHON = sys.executable
 HTTP_SETTINGS = tuple(tracking.HTTP_DEFAULTS)
@@ -113,7 +113,7 @@ def test_a_missing_tensorflow_exits_75_saying_how_to_install_it(capsys: pytest.C
     assert exit_info.value.code == EXIT_ENVIRONMENT
     line = capsys.readouterr().err.strip()
     assert line == f"error: tensorflow: not installed ({INSTALL_TENSORFLOW}) (environment fault)"
-    assert "'.[cpu]'" in line and "'.[gpu]'" in line
+    assert "requirements/cpu.txt" in line and "requirements/gpu.txt" in line
 
 
 def test_out_of_memory_exits_75(capsys: pytest.CaptureFixture[str]) -> None:
@@ -598,10 +598,13 @@ def test_stages_run_untracked_when_the_sqlite_store_is_readonly(tmp_path: Path) 
 
 
 @pytest.mark.e2e
-def test_the_whole_pipeline_untracked_trains_the_same_model(tmp_path: Path) -> None:
-    """`SEGBISECT_TRACKING=off dvc repro`: no MLflow store, run files with a null run id; then the train stage
-    again, tracked, gives the same training history and logs its run."""
-    repo = make_pipeline_repo(tmp_path / "repo")
+def test_the_whole_pipeline_untracked_trains_the_same_model(
+    tmp_path: Path, threshold_bisection: ThresholdBisection
+) -> None:
+    """`SEGBISECT_TRACKING=off dvc repro`: no MLflow store, run files with a null run id, and the training history
+    of the same configuration reproduced tracked (the shared bisection's GOOD, built once per run), which logged
+    its train run."""
+    repo = make_pipeline_repo(tmp_path / "repo", THRESHOLD_GOOD)
     env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db", "SEGBISECT_TRACKING": "off"}
     result = subprocess.run([PYTHON, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -617,13 +620,11 @@ def test_the_whole_pipeline_untracked_trains_the_same_model(tmp_path: Path) -> N
         record = json.loads((repo / run_file).read_text())
         assert record["run_id"] is None and record["numerics"]["tensorflow"], run_file
     assert json.loads((repo / "reports/metrics.json").read_text())["mean_iou"] >= 0
-    untracked_history = (repo / "reports/train_history.csv").read_text()
 
-    tracked = stage(repo, "train", {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"})
-    assert tracked.returncode == 0, tracked.stderr
-    assert (repo / "reports/train_history.csv").read_text() == untracked_history
-    run_id = json.loads((repo / "models/train_run.json").read_text())["run_id"]
-    client = MlflowClient("sqlite:///" + str(repo / "mlflow.db"))
+    tracked = threshold_bisection.repo
+    assert (tracked / "reports/train_history.csv").read_text() == (repo / "reports/train_history.csv").read_text()
+    run_id = json.loads((tracked / "models/train_run.json").read_text())["run_id"]
+    client = MlflowClient(threshold_bisection.uri)
     assert client.get_run(run_id).data.tags["stage"] == "train"
     assert "train_history.csv" in {a.path for a in client.list_artifacts(run_id)}
 

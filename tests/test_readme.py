@@ -75,8 +75,9 @@ def test_the_readme_commands_are_marked() -> None:
     assert install_steps() == [
         "python3 -m venv .venv",
         ". .venv/bin/activate",
-        "pip install -e '.[cpu]'",
-        ".venv/bin/pip install -e '.[test]'",
+        "pip install -r requirements/cpu.txt",
+        "pip install --no-deps -e ./bisect -e .",
+        ".venv/bin/pip install -r requirements/test.txt",
     ]
     assert suite_command() == ".venv/bin/python -m pytest -n 2"
 

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.evaluate import EVAL_DIR
+from pipeline.tracking import DEFAULT_TRACKING_URI
 from segbisect.errors import UsageError
 from segbisect.predicate import Predicate, UnjudgeableError
 from segbisect.settings import Settings, load
+from segbisect.tracking import tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +21,14 @@ def test_this_project_names_the_all_zero_check_and_its_diagnostics_file() -> Non
     assert settings.diagnostics == (EVAL_DIR / "diagnostics.json").as_posix()
     assert settings.fail_if is not None
     assert set(Predicate(settings.fail_if).metric_keys) == {"foreground_fraction", "all_zero_threshold"}
+
+
+def test_this_project_tracks_bisections_where_its_stages_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MLFLOW_TRACKING_URI, segbisect's store is the one a stage run in the repository logs to."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(ROOT / "docs")
+    assert load(ROOT).tracking_uri == DEFAULT_TRACKING_URI
+    assert tracking_uri(ROOT, load(ROOT).tracking_uri) == f"sqlite:///{ROOT / 'mlflow.db'}"
 
 
 def test_project_predicate_compares_the_share_with_the_recorded_tolerance() -> None:

@@ -61,8 +61,18 @@ Project settings: the repository's pyproject.toml may hold
   fail-if = "EXPR"          # the default --fail-if
   diagnostics = "PATH"      # a JSON file the pipeline writes, shown as
                             # evidence for the failing hybrid
+  tracking-uri = "URI"      # the MLflow store, e.g. sqlite:///mlflow.db
+                            # (a relative file: from the repository)
 Without fail-if there, --fail-if or --run is required (one of them, not
 both).
+
+\b
+Tracking: the bisection is recorded in MLflow only in a store you name,
+MLFLOW_TRACKING_URI or else tracking-uri; with neither, it runs untracked
+and writes nothing into the repository but its results folder. It needs
+the mlflow extra (pip install 'segbisect[mlflow]'); without MLflow a named
+store is warned about and the bisection runs untracked. MLflow's own log
+lines go to <results>/<session>/logs/mlflow.log.
 
 \b
 Output: on a terminal, lines fit its width; written to a pipe or a file (a
@@ -87,10 +97,11 @@ a re-run of the session may resume (<results>/<session>/state, removed when
 the session has its answer and by --fresh; with --executor ray, one per
 session in each worker's temporary folder, on that node only);
 MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME name the bisection's store.
-With --no-mlflow, or when the store fails a probe at start (a few seconds),
-MLFLOW_TRACKING_URI is removed and SEGBISECT_TRACKING=off tells stages to
-run untracked. MLFLOW_HTTP_REQUEST_TIMEOUT=10 and
-MLFLOW_HTTP_REQUEST_MAX_RETRIES=1 bound MLflow's waits unless already set.
+Untracked (--no-mlflow, no store named, no MLflow, or a store that fails a
+probe at start, a few seconds), MLFLOW_TRACKING_URI is removed and
+SEGBISECT_TRACKING=off tells stages to run untracked.
+MLFLOW_HTTP_REQUEST_TIMEOUT=10 and MLFLOW_HTTP_REQUEST_MAX_RETRIES=1 bound
+MLflow's waits unless already set.
 
 \b
 Resuming: every finished hybrid is appended to <results>/<session>/journal.jsonl
@@ -117,11 +128,15 @@ option parser finds), an abort, an interruption or an unexpected error.
 
 
 def _show_version(wanted: bool) -> None:
-    """`segbisect --version`: the version of the installed distribution that holds this package."""
+    """`segbisect --version`: the version of the installed `segbisect` distribution, read from its metadata (an
+    editable install's files do not name the package, so the distribution is looked up by its own name)."""
     if not wanted:
         return
-    names = metadata.packages_distributions().get(__package__ or "segbisect", [])
-    print(f"segbisect {metadata.version(names[0]) if names else '(not installed)'}")
+    try:
+        version = metadata.version("segbisect")
+    except metadata.PackageNotFoundError:
+        version = "(not installed)"
+    print(f"segbisect {version}")
     raise typer.Exit(0)
 
 
@@ -219,10 +234,12 @@ def main(
         help="Give every hybrid a worktree of its own and keep them for inspection "
         "(by default worktrees are reused and removed).",
     ),
-    mlflow: bool = typer.Option(
-        True,
+    mlflow: bool | None = typer.Option(
+        None,
         "--mlflow/--no-mlflow",
-        help="Record a parent run with one child run per hybrid (MLFLOW_TRACKING_URI, else <repo>/mlflow.db).",
+        help="Record a parent run with one child run per hybrid in the store named by MLFLOW_TRACKING_URI, else by "
+        "tracking-uri in [tool.segbisect]. Default: when one is named. --mlflow without a store or without MLflow "
+        "installed is a usage error.",
     ),
     experiment: str = typer.Option(
         DEFAULT_EXPERIMENT, "--experiment", help="MLflow experiment of the bisection and its hybrids' stage runs."
@@ -257,7 +274,8 @@ def main(
         "--executor",
         help="Where hybrids run: local (worktrees on this machine, --jobs at a time) or ray (one Ray task per "
         "hybrid on a cluster, stages shared through a DVC remote's run-cache; needs the `ray` extra, a DVC remote "
-        "and an MLflow server or --no-mlflow). --jobs hybrids are in flight either way. See docs/cluster.md.",
+        "and, where a tracking store is named, an MLflow server or --no-mlflow). --jobs hybrids are in flight either "
+        "way. See docs/cluster.md.",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", metavar="ADDR", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray)."

@@ -11,7 +11,12 @@ without a `__main__` guard does not survive.
 The same server answers the session's own questions for DVC (a snapshot's pipeline, the user's cache folder), so
 the session never imports DVC itself: a child runs one of `DRIVERS`, the module's `main(argv)` (see `ask`).
 
-Protocol: JSON lines. A request on the server's stdin is `{"id", "driver", "argv", "cwd", "env", "log"}`; the
+Before it forks anything the server patches a few DVC internals for speed (see `dvc_patches`); a patch that no
+longer fits DVC is left out with a warning for the session. The server's stderr goes to a file, never the
+terminal: a server that fails before it is ready is named in one warning with its last line.
+
+Protocol: JSON lines. Once its imports and patches are done the server says `{"warning"}` for each patch left out,
+then `{"ready": true}`. A request on the server's stdin is `{"id", "driver", "argv", "cwd", "env", "log"}`; the
 server answers `{"id", "pid"}` once the child leads a session of its own, and `{"id", "status"}` when it ends
 (status as `subprocess` reports it: negative for a signal).
 """
@@ -19,7 +24,6 @@ server answers `{"id", "pid"}` once the child leads a session of its own, and `{
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import json
 import os
@@ -27,9 +31,10 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -97,6 +102,8 @@ PRELOAD = (
 DRIVERS = ("segbisect.dvc_run", "segbisect.snapshot", "segbisect.workspace")
 # The server imports DVC before it forks anything; far longer than that means it is stuck.
 STARTUP_SECONDS = 120.0
+# How much of a dead server's stderr is read for its last line.
+TAIL = 4096
 # A server that died leaves its children unreaped and unreported: they are ended and reported as killed.
 LOST = -signal.SIGKILL
 
@@ -120,7 +127,36 @@ def take_early() -> ForkServer | None:
 
 
 class ServerDied(OSError):
-    """The fork server is gone; a new one starts with the next command."""
+    """The fork server is gone; `runner.Processes` decides what takes its place."""
+
+
+class Warnings:
+    """What the fork servers of one session have to tell its user, each text once: held until the session attaches
+    its handler (the server starts before the session has a console), passed on at once afterwards.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[str] = []
+        self._said: set[str] = set()
+        self._handler: Callable[[str], None] | None = None
+
+    def attach(self, handler: Callable[[str], None]) -> None:
+        with self._lock:
+            self._handler, held, self._held = handler, self._held, []
+        for text in held:
+            handler(text)
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            if text in self._said:
+                return
+            self._said.add(text)
+            handler = self._handler
+            if handler is None:
+                self._held.append(text)
+        if handler is not None:
+            handler(text)
 
 
 @dataclass(eq=False)
@@ -143,14 +179,23 @@ class Forked:
 
 
 class ForkServer:
-    """The client: starts the server now (it imports DVC while the caller goes on) and forks commands from it."""
+    """The client: starts the server now (it imports DVC while the caller goes on) and forks commands from it.
+    `warnings`: where the server's warnings go (a replacement shares its predecessor's, so none is said twice).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, warnings: Warnings | None = None) -> None:
+        self.warnings = warnings or Warnings()
+        self.ready = threading.Event()
+        self._errors = _unnamed_file()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "segbisect.forked"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-m", "segbisect.forked"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
         )
         self._lock = threading.Lock()
         self._pending: dict[int, Forked] = {}
+        self._gone = False
         self._count = 0
         self._reader = threading.Thread(target=self._read, name="segbisect-forkserver", daemon=True)
         self._reader.start()
@@ -158,6 +203,21 @@ class ForkServer:
     @property
     def alive(self) -> bool:
         return self._reader.is_alive()
+
+    def on_warning(self, handler: Callable[[str], None]) -> None:
+        """Pass the server's warnings, those already received included, to `handler`."""
+        self.warnings.attach(handler)
+
+    def last_words(self) -> str:
+        """Why the server ended: the last line it wrote to its stderr, else its exit status. Waits for it to end."""
+        status = self._proc.wait()
+        with self._lock:
+            size = os.fstat(self._errors).st_size if self._errors >= 0 else 0
+            written = os.pread(self._errors, min(size, TAIL), max(size - TAIL, 0)) if size else b""
+        lines = [line.strip() for line in written.decode(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+        return f"killed by signal {-status}" if status < 0 else f"exit {status}"
 
     def start(self, events_file: str, args: list[str], cwd: str, env: dict[str, str], log: str) -> Forked:
         """Fork `python -m segbisect.dvc_run events_file -- args` as run in `cwd` with `env`, output to `log`; returns
@@ -178,6 +238,10 @@ class ForkServer:
         if driver not in DRIVERS:
             raise ValueError(f"{driver} is not a fork server driver")
         with self._lock:
+            if self._gone:
+                # Its replies have ended, so no answer to this request could arrive: the stdin pipe may still take
+                # the write while the process is exiting.
+                raise ServerDied("the DVC fork server is gone (its replies ended)")
             self._count += 1
             child = Forked(self._count)
             self._pending[child.request] = child
@@ -206,11 +270,23 @@ class ForkServer:
             self._proc.stdin.close()
         self._proc.wait()
         self._reader.join()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+        with self._lock:
+            if self._errors >= 0:
+                os.close(self._errors)
+                self._errors = -1
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
             reply = json.loads(line)
+            if "warning" in reply:
+                self.warnings.say(reply["warning"])
+                continue
+            if "ready" in reply:
+                self.ready.set()
+                continue
             with self._lock:
                 child = self._pending[reply["id"]]
                 if "pid" in reply:
@@ -221,7 +297,7 @@ class ForkServer:
             child.status = reply["status"]
             child._ended.set()
         with self._lock:
-            lost, self._pending = list(self._pending.values()), {}
+            lost, self._pending, self._gone = list(self._pending.values()), {}, True
         for child in lost:
             if child.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -229,6 +305,15 @@ class ForkServer:
             child.status = LOST
             child._started.set()
             child._ended.set()
+
+
+def _unnamed_file() -> int:
+    """A temporary file's descriptor, its name removed at once: it goes when it is closed, however the session
+    ends.
+    """
+    fd, name = tempfile.mkstemp(prefix="segbisect-forkserver-")
+    os.unlink(name)
+    return fd
 
 
 @dataclass
@@ -267,9 +352,11 @@ def serve() -> None:
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    _build_parser_once()
-    _lock_updates_with_c_parser()
-    _no_read_write_locks()
+    from segbisect.dvc_patches import apply_all
+
+    for warning in apply_all():
+        replies.write(json.dumps({"warning": warning}) + "\n")
+    replies.write(json.dumps({"ready": True}) + "\n")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is segbisect's to handle: it ends the children
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w):
@@ -298,56 +385,6 @@ def serve() -> None:
                     children[pid] = request["id"]
                     replies.write(json.dumps({"id": request["id"], "pid": pid}) + "\n")
             _reap(children, replies)
-
-
-def _build_parser_once() -> None:
-    """DVC builds its whole command-line parser for every command (about 25 ms); it depends on nothing but DVC's
-    code, so the server builds it once and every child parses its arguments with that one.
-    """
-    from dvc.cli import parser
-
-    parser.get_main_parser = functools.cache(parser.get_main_parser)
-    parser.get_main_parser()
-
-
-def _lock_updates_with_c_parser() -> None:
-    """DVC rewrites a dvc.lock after every stage it runs or restores, and first reads it with ruamel's round-trip
-    parser, pure Python, so that comments survive (75 ms for the tiny pipeline's 9 KB lock, six times the C
-    parser's; it grows with the lock). A lock is DVC's own output and the worktrees are segbisect's: the C parser's
-    plain data dumps back to the same bytes. Left as DVC has it where its internals differ from these.
-    """
-    from dvc import dvcfile
-    from dvc.utils.serialize import _yaml
-
-    if not all(hasattr(_yaml, name) for name in ("_modify_data", "_dump", "parse_yaml", "parse_yaml_for_update")):
-        return
-    if not hasattr(dvcfile, "modify_yaml"):
-        return
-
-    @contextlib.contextmanager
-    def modify_yaml(path: Any, fs: Any = None) -> Iterator[Any]:
-        parser = _yaml.parse_yaml if os.fspath(path).endswith(".lock") else _yaml.parse_yaml_for_update
-        with _yaml._modify_data(path, parser, _yaml._dump, fs=fs) as data:
-            yield data
-
-    dvcfile.modify_yaml = modify_yaml
-
-
-def _no_read_write_locks() -> None:
-    """DVC records every stage's reads and writes in `.dvc/tmp/rwlock` before and after it touches them (a file
-    lock, a JSON read and a write each time; about 0.05 s of a 0.2-0.4 s command), so that two commands in one
-    repository cannot clash. Each worktree here runs one DVC command at a time, so there is nothing to guard.
-    """
-    from dvc import rwlock
-
-    if not hasattr(rwlock, "rwlock"):
-        return
-
-    @contextlib.contextmanager
-    def unguarded(*args: Any, **kwargs: Any) -> Iterator[None]:
-        yield
-
-    rwlock.rwlock = unguarded
 
 
 def _reap(children: dict[int, int], replies: IO[str]) -> None:

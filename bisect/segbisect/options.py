@@ -32,6 +32,8 @@ class ClusterOptions:
 class Options:
     """Completed by the project's `[tool.segbisect]` settings where the command line is silent.
     `reuse_any_environment`: reuse journaled hybrids computed in another numeric environment too (see machine.py).
+    `mlflow`: None tracks when a store is named (MLFLOW_TRACKING_URI or the project's `tracking_uri`), True
+    requires one, False never tracks.
     """
 
     good: str
@@ -45,12 +47,13 @@ class Options:
     retries: int = 1
     timeout: float | None = None
     keep_workspaces: bool = False
-    mlflow: bool = True
+    mlflow: bool | None = None
     fresh: bool = False
     reuse_any_environment: bool = False
     results: Path | None = None
     experiment: str = DEFAULT_EXPERIMENT
     diagnostics: str | None = None
+    tracking_uri: str | None = None
     find_fix: bool = False
     summary_md: Path | None = None
     executor: ExecutorKind = ExecutorKind.LOCAL

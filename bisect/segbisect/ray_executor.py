@@ -38,7 +38,7 @@ from segbisect.ray_worker import WorkerJob, node_name, numeric_environment, run_
 from segbisect.runner import Task
 from segbisect.snapshot import Snapshot
 
-INSTALL_HINT = "--executor ray needs Ray on this machine and every worker: pip install -e '.[ray]'"
+INSTALL_HINT = "--executor ray needs Ray on this machine and every worker: pip install 'segbisect[ray]'"
 # A task whose node died runs again elsewhere this many times before the hybrid is an environment error.
 NODE_RETRIES = 3
 # What the stages need from the driver's environment; everything else (PATH, caches, devices) is the worker's own.
@@ -91,7 +91,8 @@ def preflight(repo: Path, options: ClusterOptions, tracking: str | None) -> dict
     if tracking is not None and urlparse(tracking).scheme in LOCAL_STORES:
         raise UsageError(
             f"--executor ray: the MLflow store {tracking} lives on this machine, where workers cannot log: start "
-            "`mlflow server` and set MLFLOW_TRACKING_URI to its http:// address, or pass --no-mlflow"
+            "`mlflow server` and name its http:// address (MLFLOW_TRACKING_URI or tracking-uri in [tool.segbisect]), "
+            "or pass --no-mlflow"
         )
     probe(Address.of(options.address))
     return remote_options(repo, options.remote)

@@ -16,6 +16,7 @@ import yaml
 from segbisect import machine, yamlfile
 from segbisect.errors import UsageError
 from segbisect.gitutil import git, rev_parse_commit, uncommitted
+from segbisect.tracking import INSTALL_HINT, NAME_A_STORE, may_hold_runs, mlflow_installed, route_logs
 
 PARAMS_FILE = "params.yaml"
 # DVC's own name for the working tree (`dvc params diff`, `dvc exp show`).
@@ -52,7 +53,7 @@ class Reference:
 
 def resolve(repo: Path, text: str, tracking_uri: str | None) -> Reference:
     """Detect the kind of `text` and resolve it; `kind:` prefixes (git:, exp:, file:, mlflow:, workspace:) force a
-    kind.
+    kind. MLflow run ids are looked up in `tracking_uri`, the store the user named (None: none named).
     """
     kind, colon, rest = text.partition(":")
     if kind == WORKSPACE and colon:
@@ -60,6 +61,8 @@ def resolve(repo: Path, text: str, tracking_uri: str | None) -> Reference:
             raise UsageError(f"reference '{text}': the working tree takes no name; write 'workspace' or 'workspace:'")
         return _working_tree(repo, text)
     if kind in PREFIXES and rest:
+        if kind == "mlflow":
+            _check_lookup(text, tracking_uri)
         ref = _RESOLVERS[kind](repo, rest, tracking_uri)
         if ref is None:
             raise UsageError(f"reference '{text}': no {kind} reference named '{rest}'")
@@ -68,7 +71,7 @@ def resolve(repo: Path, text: str, tracking_uri: str | None) -> Reference:
     if not found:
         raise UsageError(
             f"reference '{text}' is not a git revision, DVC experiment, params file, MLflow run id or `workspace` "
-            "(the working tree)"
+            f"(the working tree){_unlooked(text, tracking_uri)}"
         )
     kinds = {ref.kind for ref in found}
     if len(found) > 1 and not (kinds == {"git", "exp"} and len({r.commit for r in found}) == 1):
@@ -127,13 +130,35 @@ def _params_file_ref(repo: Path, text: str, _uri: str | None) -> Reference | Non
     return Reference(text, "params-file", head, {PARAMS_FILE: merged}, detail=detail, overlay_keys=_leaf_keys(overlay))
 
 
+def _check_lookup(text: str, tracking_uri: str | None) -> None:
+    """An `mlflow:` reference needs a store to look in and MLflow to look with."""
+    if tracking_uri is None:
+        raise UsageError(
+            f"reference '{text}': no tracking store named to look the run up in; name it with {NAME_A_STORE}"
+        )
+    if not mlflow_installed():
+        raise UsageError(f"reference '{text}': looking up an MLflow run needs MLflow; {INSTALL_HINT}")
+
+
+def _unlooked(text: str, tracking_uri: str | None) -> str:
+    """Why a run id that is nothing else was not looked up in MLflow, if it was not."""
+    if not RUN_ID.match(text):
+        return ""
+    if tracking_uri is None:
+        return f"; no tracking store named to look MLflow runs up in ({NAME_A_STORE})"
+    return "" if mlflow_installed() else f"; MLflow run ids need MLflow ({INSTALL_HINT})"
+
+
 def _mlflow_ref(repo: Path, text: str, tracking_uri: str | None) -> Reference | None:
-    """An MLflow run: its recorded git commit plus its logged params (flattened, per stage section)."""
-    if not RUN_ID.match(text) or tracking_uri is None:
+    """An MLflow run in the named store: its recorded git commit plus its logged params (flattened, per stage
+    section).
+    """
+    if not RUN_ID.match(text) or tracking_uri is None or not may_hold_runs(tracking_uri) or not mlflow_installed():
         return None
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    route_logs(None)
     try:
         run = MlflowClient(tracking_uri).get_run(text)
     except MlflowException:

@@ -56,7 +56,6 @@ class Processes:
         self.registry = registry
         if registry:
             registry.mkdir(parents=True, exist_ok=True)
-        self._fork_dvc = server is not None
         self._server = server
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float | None = None) -> int:
@@ -73,22 +72,44 @@ class Processes:
     def dvc(
         self, events_file: Path, args: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float | None
     ) -> int:
-        """A DVC command under the events driver: forked from the warm server (a new one if it died), or in a fresh
-        interpreter when there is none or it fails to fork.
+        """A DVC command under the events driver: forked from the warm server, or in a fresh interpreter when there
+        is none or it fails to fork.
         """
         env = {**env, **OWN_DVC_ENV}
-        if self._fork_dvc:
-            with self._lock:
-                if self._server is not None and not self._server.alive:
-                    self._server.close()
-                    self._server = None
-                if self._server is None:
-                    self._server = forked.ForkServer()
-                server = self._server
-            with contextlib.suppress(forked.ServerDied):
+        server = self._fork_server()
+        if server is not None:
+            try:
                 return self._run(lambda: server.start(str(events_file), args, str(cwd), env, str(log)), cwd, deadline)
+            except forked.ServerDied:
+                with self._lock:
+                    self._replace(server)
         command = [sys.executable, "-m", "segbisect.dvc_run", str(events_file), "--", *args]
         return self.run(command, cwd, env, log, deadline)
+
+    def _fork_server(self) -> forked.ForkServer | None:
+        """The server to fork the next DVC command from; None: run it in a fresh interpreter."""
+        with self._lock:
+            if self._server is not None and not self._server.alive:
+                self._replace(self._server)
+            return self._server
+
+    def _replace(self, server: forked.ForkServer) -> None:
+        """In place of `server`, gone: a new one if it had served, else none for the rest of the session (a server
+        that cannot start fails the same way every time, and each try costs a DVC import), with one warning. Called
+        holding the lock; a server already replaced is left alone.
+        """
+        if server is not self._server:
+            return
+        self._server = None
+        why = server.last_words()
+        server.close()
+        if server.ready.is_set():
+            self._server = forked.ForkServer(server.warnings)
+            return
+        server.warnings.say(
+            f"the DVC fork server failed to start ({why}): every DVC command of this session runs in a fresh "
+            "interpreter; verdicts are unchanged, commands are slower"
+        )
 
     def close(self) -> None:
         """End the fork server, if any (after the commands it forked have ended)."""

@@ -45,10 +45,13 @@ from segbisect.snapshot import Snapshot, load_all, uncommitted_warnings
 from segbisect.terms import CULPRIT, FIX, Terms
 from segbisect.tracking import (
     BOUNDED_WAITS,
+    INSTALL_HINT,
+    NAME_A_STORE,
     QUIET,
     TRACKING_SWITCH,
     StageTracking,
     Tracker,
+    mlflow_installed,
     tracking_uri,
     untracked,
     unusable,
@@ -59,6 +62,8 @@ from segbisect.verdict import Verdict, VerdictKind
 from segbisect.workspace import Workspaces, remove_stale
 
 RESULTS = "segbisect-results"
+# In a session's logs folder, beside the hybrids' logs: what MLflow itself logs while segbisect tracks.
+MLFLOW_LOG = "mlflow.log"
 # In a session's results folder: what its stages keep beyond a hybrid's worktree (see runner.STATE_VARIABLE).
 STATE = "state"
 GOOD_CONFIG: frozenset[str] = frozenset()
@@ -77,6 +82,7 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
         return _bisect(opts, console, repo, None)
     # Started first (unless the console script already did), so that it imports DVC on another core meanwhile.
     with early or ForkServer() as server:
+        server.on_warning(lambda text: _warn(console, text))
         return _bisect(opts, console, repo, server)
 
 
@@ -84,14 +90,12 @@ def _bisect(opts: Options, console: Console, repo: Path, server: ForkServer | No
     for name, value in BOUNDED_WAITS.items():
         os.environ.setdefault(name, value)
     os.environ.update(QUIET)
-    uri = tracking_uri(repo)
-    remote = preflight(repo, opts.cluster, uri if opts.mlflow else None) if opts.executor == ExecutorKind.RAY else {}
-    store = _store(opts, uri, console)
-    recorded = os.environ.get("MLFLOW_TRACKING_URI") or (repo / "mlflow.db").exists()
-    lookup_uri = uri if recorded and (store.uri or uri.startswith("sqlite:")) else None
+    uri = tracking_uri(repo, opts.tracking_uri)
+    store = _store(opts, uri, repo, console)
+    remote = preflight(repo, opts.cluster, store.uri) if opts.executor == ExecutorKind.RAY else {}
     for line in remove_stale(repo):
         console.print(f"cleaned up after a killed session: {line}", markup=False)
-    good_ref, bad_ref = resolve(repo, opts.good, lookup_uri), resolve(repo, opts.bad, lookup_uri)
+    good_ref, bad_ref = resolve(repo, opts.good, uri), resolve(repo, opts.bad, uri)
     for warning in good_ref.warnings + bad_ref.warnings:
         _warn(console, warning)
     with Workspaces(repo, keep=opts.keep_workspaces, server=server) as workspaces:
@@ -124,10 +128,30 @@ class _Store:
     description: str
 
 
-def _store(opts: Options, uri: str, console: Console) -> _Store:
-    """The tracking store if it takes runs now; otherwise one warning and everything runs untracked."""
-    if not opts.mlflow:
+def _store(opts: Options, uri: str | None, repo: Path, console: Console) -> _Store:
+    """The store the user named, if MLflow is installed and the store takes runs now. None named: untracked, as
+    segbisect writes nothing into a repository but its results folder. A store named where MLflow is not installed,
+    or that takes no runs now, costs one warning and everything runs untracked; `--mlflow` makes a missing store or
+    a missing MLflow a usage error.
+    """
+    if opts.mlflow is False:
         return _Store(None, "off (--no-mlflow)")
+    if uri is None:
+        if opts.mlflow:
+            raise UsageError(
+                f"--mlflow: no tracking store named; set MLFLOW_TRACKING_URI, or tracking-uri in [tool.segbisect] "
+                f"of {repo / 'pyproject.toml'}"
+            )
+        return _Store(None, f"off: no tracking store named ({NAME_A_STORE})")
+    if not mlflow_installed():
+        if opts.mlflow:
+            raise UsageError(f"--mlflow: MLflow is not installed; {INSTALL_HINT}")
+        _warn(
+            console,
+            f"MLflow store {uri} is named but MLflow is not installed ({INSTALL_HINT}): the bisection "
+            "and its stages run untracked",
+        )
+        return _Store(None, f"off: MLflow is not installed ({INSTALL_HINT}) to log to {uri}")
     reason = unusable(uri)
     if reason:
         _warn(console, f"MLflow store {uri} is unusable ({reason}): the bisection and its stages run untracked")
@@ -202,7 +226,7 @@ class _Bisection:
             (folder / STATE).mkdir(exist_ok=True)
             if journal.set_aside:
                 _warn(console, f"{journal.set_aside} was written by another segbisect version; its hybrids run again")
-            tracker = Tracker(tracking, opts.experiment)
+            tracker = Tracker(tracking, opts.experiment, folder / "logs" / MLFLOW_LOG)
             _start_tracking(tracker, journal, session, *_describe(opts, good, bad, inventory, judge))
         except BaseException:
             executor.close()
@@ -478,7 +502,9 @@ def _hybrid_env(uri: str | None, experiment: str, session: str, state: Path) -> 
 
 
 def _with_settings(opts: Options, repo: Path) -> Options:
-    """The project's check and evidence file where the command line names none; no check at all is a usage error."""
+    """The project's check, evidence file and tracking store where the command line names none; no check at all is
+    a usage error.
+    """
     settings = load_settings(repo)
     fail_if = opts.fail_if if opts.fail_if is not None else settings.fail_if
     if opts.run is None and fail_if is None:
@@ -486,7 +512,7 @@ def _with_settings(opts: Options, repo: Path) -> Options:
             f"no failure check: pass --fail-if EXPR or --run CMD, or set fail-if in [tool.segbisect] of "
             f"{repo / 'pyproject.toml'}"
         )
-    return replace(opts, fail_if=fail_if, diagnostics=settings.diagnostics)
+    return replace(opts, fail_if=fail_if, diagnostics=settings.diagnostics, tracking_uri=settings.tracking_uri)
 
 
 def _session_id(good: Reference, bad: Reference, inventory: Inventory) -> str:

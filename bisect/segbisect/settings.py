@@ -1,4 +1,5 @@
-"""Project settings: the failure check and the evidence file a project wants, from its `pyproject.toml`.
+"""Project settings: the failure check, the evidence file and the tracking store a project wants, from its
+`pyproject.toml`.
 
 segbisect knows no pipeline. A project names its symptom once, in a `[tool.segbisect]` table, instead of
 every user passing it on the command line:
@@ -6,6 +7,7 @@ every user passing it on the command line:
     [tool.segbisect]
     fail-if = "foreground_fraction <= all_zero_threshold"   # the default --fail-if
     diagnostics = "reports/evaluate/diagnostics.json"       # shown as evidence for the failing hybrid
+    tracking-uri = "sqlite:///mlflow.db"                    # the MLflow store (relative to the repository)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from segbisect.errors import UsageError
 
 FILE = "pyproject.toml"
-KEYS = ("diagnostics", "fail-if")
+KEYS = ("diagnostics", "fail-if", "tracking-uri")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Settings:
 
     fail_if: str | None = None
     diagnostics: str | None = None
+    tracking_uri: str | None = None
 
 
 def load(repo: Path) -> Settings:
@@ -48,4 +51,6 @@ def load(repo: Path) -> Settings:
             raise UsageError(f"{path}: unknown key '{key}' in [tool.segbisect]; {hint}")
         if not isinstance(value, str) or not value.strip():
             raise UsageError(f"{path}: [tool.segbisect] {key} must be a non-empty string")
-    return Settings(fail_if=table.get("fail-if"), diagnostics=table.get("diagnostics"))
+    return Settings(
+        fail_if=table.get("fail-if"), diagnostics=table.get("diagnostics"), tracking_uri=table.get("tracking-uri")
+    )

@@ -8,17 +8,26 @@ are created before any hybrid starts, so hybrids' stages never race this process
 A store that fails mid-bisection turns tracking off for the rest of the session (`StageTracking`): segbisect's
 own runs stop, and the hybrids that start afterwards run their stages untracked, so a dead store costs runs, never
 a verdict.
+
+MLflow is optional (the `mlflow` extra) and only ever imported where a store is used, never with this module. A
+session tracks only into a store the user named: segbisect writes nothing into a repository but its results
+folder. MLflow's own log lines (a new store's table creation, its INFO and warnings) go to the session's
+`logs/mlflow.log`, not to the terminal, where they would read as segbisect's.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -35,6 +44,11 @@ PROBE_SECONDS = 3.0
 BOUNDED_WAITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 # MLflow prints a link to stdout for every run it ends on a tracking server; stdout carries `--json`'s verdict.
 QUIET = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+INSTALL_HINT = "pip install 'segbisect[mlflow]'"
+NAME_A_STORE = "MLFLOW_TRACKING_URI or tracking-uri in [tool.segbisect]"
+# The loggers MLflow points at stderr when it is imported: its own and those of the libraries under its store.
+MLFLOW_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "sqlalchemy.engine", "huey")
+THREAD = "segbisect-mlflow"
 
 
 def unusable(uri: str) -> str | None:
@@ -77,16 +91,96 @@ def _sqlite_unwritable(path: Path) -> str | None:
     return None
 
 
-def tracking_uri(repo: Path) -> str:
-    """MLFLOW_TRACKING_URI made absolute (hybrids run elsewhere), else the repository's sqlite:///mlflow.db."""
+def tracking_uri(repo: Path, configured: str | None) -> str | None:
+    """The store the user named, made absolute (hybrids run elsewhere): MLFLOW_TRACKING_URI (relative to the working
+    directory, as MLflow reads it), else the project's `tracking-uri` (relative to the repository); None: none named.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri:
-        return f"sqlite:///{(repo / 'mlflow.db').resolve()}"
+    if uri:
+        return _absolute(uri, Path.cwd())
+    return _absolute(configured, repo) if configured else None
+
+
+def _absolute(uri: str, base: Path) -> str:
+    """`uri` with a relative SQLite file or store folder taken from `base`."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        return f"sqlite:///{(base / uri.removeprefix('sqlite:///')).resolve()}"
     if "://" not in uri:
-        return str(Path(uri).resolve())
+        return str((base / uri).resolve())
     return uri
+
+
+def mlflow_installed() -> bool:
+    """Whether MLflow can be imported, asked without importing it (which takes about 2 s)."""
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def may_hold_runs(uri: str) -> bool:
+    """False for a SQLite store whose file does not exist: it holds no run, and asking MLflow would create it."""
+    path = _sqlite_file(uri)
+    return path is None or path.is_file()
+
+
+def route_logs(log: Path | None) -> None:
+    """Send MLflow's log lines and warnings to `log` (None: only its errors, to stderr), once MLflow is imported:
+    importing it points its loggers at stderr.
+    """
+    handler: logging.Handler = _Errors() if log is None else logging.FileHandler(log, encoding="utf-8", delay=True)
+    handler.set_name(THREAD)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in MLFLOW_LOGGERS:
+        logger = logging.getLogger(name)
+        for previous in logger.handlers:
+            if previous.get_name() == THREAD:  # an earlier session's
+                previous.close()
+        logger.handlers, logger.propagate = [handler], False
+    shown = warnings.showwarning
+    warnings.showwarning = _MlflowWarnings(shown.shown if isinstance(shown, _MlflowWarnings) else shown)
+
+
+class _Errors(logging.Handler):
+    """MLflow's errors on stderr as it is when one is written (a caller may have swapped it since)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr)
+        except Exception:  # as logging's own handlers: a line that cannot be written never raises
+            self.handleError(record)
+
+
+class _MlflowWarnings:
+    """`warnings.showwarning` that logs the warnings MLflow's calls raise (on the tracking thread, or in MLflow's
+    own code) with MLflow's lines, and shows every other warning as before.
+    """
+
+    def __init__(self, shown: Callable[..., None]) -> None:
+        self.shown = shown
+        module = sys.modules.get("mlflow")
+        self.package = str(Path(module.__file__).parent) if module and module.__file__ else None
+
+    def __call__(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        mlflows = threading.current_thread().name.startswith(THREAD) or (
+            self.package is not None and filename.startswith(self.package)
+        )
+        if file is None and mlflows:
+            text = warnings.formatwarning(message, category, filename, lineno, line)
+            logging.getLogger("mlflow").warning("%s", text.rstrip())
+        else:
+            self.shown(message, category, filename, lineno, file, line)
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -202,8 +296,8 @@ class StageTracking:
 
 
 class Tracker:
-    """No-op when the session does not track (`--no-mlflow`); never raises: a failure turns `tracking` off (one
-    warning) and ends segbisect's runs.
+    """No-op when the session does not track; never raises: a failure turns `tracking` off (one warning) and ends
+    segbisect's runs. MLflow's own log lines and warnings go to `log` (see `route_logs`).
 
     All MLflow calls run in order on one background thread, so a bisection never waits for its bookkeeping:
     importing MLflow and opening the store (about 2 s) overlap the first hybrid, and each child run is logged
@@ -211,14 +305,12 @@ class Tracker:
     returns (see `store_ready`). `finish` waits until everything is written.
     """
 
-    def __init__(self, tracking: StageTracking, experiment: str) -> None:
-        self.tracking, self.experiment = tracking, experiment
+    def __init__(self, tracking: StageTracking, experiment: str, log: Path) -> None:
+        self.tracking, self.experiment, self.log = tracking, experiment, log
         self.store = tracking.uri or ""
         self.session = ""
         self.parent: str | None = None
-        self._worker = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="segbisect-mlflow") if tracking.uri else None
-        )
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD) if tracking.uri else None
 
     def start(
         self,
@@ -250,6 +342,7 @@ class Tracker:
             return
         self._worker.submit(self._guarded, "the session", self._close, report, status, attachments)
         self._worker.shutdown(wait=True)
+        route_logs(None)
 
     def _guarded(self, what: str, call: Callable[..., None], *args: Any) -> None:
         if not self.tracking.on:
@@ -264,6 +357,7 @@ class Tracker:
     ) -> None:
         from mlflow.tracking import MlflowClient
 
+        route_logs(self.log)
         self.client = MlflowClient(self.store)
         found = self.client.get_experiment_by_name(self.experiment)
         self.experiment_id = (

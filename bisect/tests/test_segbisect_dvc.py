@@ -183,7 +183,15 @@ def test_segbisects_own_dvc_commands_send_no_usage_reports(tmp_path: Path, procs
     repo, log = project(tmp_path / "p", STAGES), tmp_path / "log"
     sh(repo, sys.executable, "-m", "dvc", "config", "core.analytics", "true")
     with usage_report_endpoint() as (address, reported):
-        env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "DVC_ANALYTICS_ENDPOINT": address}
+        # DVC's reporter runs `python <site-packages>/dvc/__main__.py`, which puts dvc/ first on the module path,
+        # where dvc/types.py hides the standard library's `types`: in a plain venv it dies before it reports
+        # (in a checkout, an editable install's .pth happens to import `types` first). PYTHONSAFEPATH keeps that
+        # folder off the path, so a report is sent wherever one is started.
+        env = {
+            "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+            "DVC_ANALYTICS_ENDPOINT": address,
+            "PYTHONSAFEPATH": "1",
+        }
         task = Task(env=env, metrics_files=("out/metrics.json",))
         assert attempt(procs, repo, log, task, env).executed == ("make", "score")
         users = {k: v for k, v in os.environ.items() if k not in ("DVC_NO_ANALYTICS", "DVC_TEST")}

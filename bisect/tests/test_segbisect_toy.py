@@ -1,4 +1,5 @@
-"""segbisect end to end on a toy DVC project (real git, DVC and MLflow; each `dvc repro` takes about a second)."""
+"""segbisect end to end on a toy DVC project (real git and DVC; each `dvc repro` takes about a second). With MLflow:
+tests/test_segbisect_tracking.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +19,6 @@ import pytest
 import yaml
 from rich.console import Console
 
-from segbisect import machine
 from segbisect.workspace import Workspaces
 from segbisect_toy import bad_commit, bisect, dvc, sh, tree_state, unit_names
 
@@ -276,53 +275,6 @@ def test_user_workspace_untouched_even_when_killed_and_resume_finishes(toy: Path
 
     code, fresh, _ = bisect(toy, "good", "bad", "--results", str(results), "--fresh")
     assert code == 0 and not any(h["reused"] for h in fresh["hybrids"]) and unit_names(fresh) == unit_names(report)
-
-
-def test_mlflow_run_reference_and_tracking(toy: Path, tracking_uri: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiment = client.create_experiment("toy")
-    good_sha = sh(toy, "git", "rev-parse", "good").strip()
-    run = client.create_run(
-        experiment,
-        tags={
-            "stage": "train",
-            "git_commit": f"{good_sha}-dirty",
-            "numerics.host": "gpu-node-7",
-            "numerics.cpu": "Another CPU",
-        },
-    )
-    for key, value in {"lr": "2.0", "momentum": "0.5", "epochs": "5", "max_n": "45"}.items():
-        client.log_param(run.info.run_id, key, value)
-    code, report, human = bisect(toy, "good", run.info.run_id, mlflow=True)
-    assert code == 0 and report["bad"]["kind"] == "mlflow" and "dirty" in human
-    words = " ".join(human.split())
-    assert "ran on another machine (host 'gpu-node-7'" in words and "cpu 'Another CPU'" in words
-    here = machine.describe()
-    assert all(h["machine"] == here for h in report["hybrids"]) and here["host"] == socket.gethostname()
-    assert (report["culprit"]["stage"], unit_names(report)) == ("train", ["train.lr"])
-    unit = report["culprit"]["units"][0]
-    assert (unit["good"], unit["bad"]) == (0.1, 2.0)
-    assert isinstance(report["stage_executions"], int) and report["hybrids"][0]["outcome"] == "good"
-
-    bisection = client.get_experiment_by_name("segbisect")
-    runs = client.search_runs([bisection.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("segbisect.role") == "session"]
-    children = [r for r in runs if r.data.tags.get("segbisect.role") == "hybrid"]
-    assert len(parents) == 1 and parents[0].data.tags["verdict"] == "culprit"
-    assert parents[0].data.tags["culprit.stage"] == "train"
-    assert len(children) == len(report["hybrids"])
-    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
-    by_id = {h["id"]: h for h in report["hybrids"]}
-    for child in children:
-        hybrid = by_id[child.data.tags["segbisect.hybrid"]]
-        timed = {k.removeprefix("stage_seconds."): v for k, v in child.data.metrics.items() if "stage_seconds." in k}
-        assert timed == hybrid["stage_seconds"] and set(timed) == set(hybrid["executed"])
-    assert {c.data.tags["side.train"] for c in children} == {"good", "bad"}
-    assert {(c.data.tags["machine.host"], c.data.tags["machine.cpu"]) for c in children} == {
-        (here["host"], here["cpu"])
-    }
 
 
 def test_run_check_and_repeat(toy: Path) -> None:
