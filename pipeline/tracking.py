@@ -319,6 +319,9 @@ def log_keras_model(model: Any, name: str, signature: Callable[[Any], Any], pip_
     def call(mlflow: Any) -> None:
         import mlflow.keras
 
+        # The model's requirements are the list given, not the checkout's uv project (uv.lock beside pyproject.toml
+        # would otherwise be detected, announced on the terminal and logged with the model).
+        os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
         mlflow.keras.log_model(model, name=name, signature=signature(model), pip_requirements=pip_requirements)
 
     _log(call)

@@ -179,10 +179,9 @@ def main(
         metavar="EXPR",
         help="Failure predicate over the metrics file, e.g. 'foreground_fraction == 0 or mean_iou < 0.2'. "
         "Comparisons of metric keys (dotted for nested) with numbers, and/or/not, parentheses. "
-        "Default: the project's fail-if in [tool.segbisect] of pyproject.toml; this pipeline sets "
-        "'foreground_fraction <= all_zero_threshold', the all-zero symptom: the share of valid pixels predicted "
-        "as foreground is at most the tolerance its evaluate stage writes beside it (5% of the true foreground "
-        "share, and at least 0.1% of the valid pixels). An empty expression is an error.",
+        "Default: the project's fail-if in [tool.segbisect] of pyproject.toml (the WiSe segmentation pipeline sets "
+        "'foreground_fraction <= all_zero_threshold', a metric compared with a tolerance its evaluate stage "
+        "writes beside it). An empty expression is an error.",
     ),
     run: str | None = typer.Option(
         None,

@@ -343,14 +343,18 @@ def test_a_script_without_a_main_guard_can_fork_dvc_commands(tmp_path: Path) -> 
     assert out.stdout.strip() == "ok ('make', 'score')", out.stderr
 
 
+# Several commands in one process, as no fork-server child runs them (each runs one): DVC before 3.62 leaves its
+# loggers at the level a `--quiet` set, so each command starts from the levels the first found.
 PRELOAD_PROBE = """
-import importlib, json, sys
+import importlib, json, logging, sys
 from pathlib import Path
 from segbisect.forked import PRELOAD
 for name in PRELOAD:
     importlib.import_module(name)
 from ruamel.yaml import YAML
 from segbisect.dvc_run import main
+loggers = [logging.getLogger(name) for name in ("dvc", "dvc_data", "dvc_objects")]
+levels = [logger.level for logger in loggers]
 before = set(sys.modules)
 for step in json.loads(sys.argv[1]):
     if isinstance(step, str):
@@ -359,6 +363,8 @@ for step in json.loads(sys.argv[1]):
         importlib.import_module(step["driver"]).main(step["argv"])
     else:
         main([".events.json", "--", *step])
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 print(json.dumps({"parser": YAML(typ="safe").Parser.__name__, "new": sorted(set(sys.modules) - before)}))
 """
 
