@@ -7,6 +7,7 @@ package at another version than the lock's fails here, named, before any other t
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -109,15 +110,19 @@ def test_segbisect_is_imported_from_this_checkout() -> None:
     assert Path(segbisect.__file__).resolve().parent == ROOT / "bisect" / "segbisect"
 
 
+# Asked of the venv's own interpreter, not of pip: pip's output follows the caller's PIP_* settings (PIP_QUIET
+# silences `pip list`).
+LIST_DISTRIBUTIONS = (
+    "import json, importlib.metadata as m; "
+    "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+)
+
+
 def distributions(venv: Path) -> dict[str, str]:
     done = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [str(venv / "bin" / "python"), "-c", LIST_DISTRIBUTIONS], capture_output=True, text=True, check=True
     )
-    pairs = (line.split("==", 1) for line in done.stdout.splitlines() if "==" in line)
-    return {canonicalize_name(name): version for name, version in pairs}
+    return {canonicalize_name(name): version for name, version in json.loads(done.stdout).items()}
 
 
 @pytest.mark.e2e
