@@ -23,9 +23,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-# Where segbisect declares the DVC it supports: its own distribution, else the WiSe project's, which shipped
-# segbisect before it was a distribution of its own. Neither (segbisect run from a source tree): no version check.
-DISTRIBUTIONS = ("segbisect", "wise-segbisect")
+# Where segbisect declares the DVC it supports: its own distribution. Not installed (run from a source tree): no
+# version check.
+DISTRIBUTION = "segbisect"
 CONSEQUENCE = "verdicts are unchanged, commands are slower"
 
 
@@ -180,15 +180,13 @@ def unsupported(requirement: Requirement | None, installed: str | None) -> str |
     )
 
 
-def declared_dvc(distributions: tuple[str, ...] = DISTRIBUTIONS) -> Requirement | None:
-    """The DVC requirement of the first of `distributions` installed (None: none is, or it declares no DVC)."""
-    for name in distributions:
-        try:
-            lines = metadata.requires(name)
-        except metadata.PackageNotFoundError:
-            continue
-        return dvc_requirement(lines or [])
-    return None
+def declared_dvc(distribution: str = DISTRIBUTION) -> Requirement | None:
+    """The DVC requirement `distribution` declares (None: it is not installed, or declares no DVC)."""
+    try:
+        lines = metadata.requires(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+    return dvc_requirement(lines or [])
 
 
 def dvc_requirement(lines: list[str]) -> Requirement | None:

@@ -125,7 +125,7 @@ def test_the_installed_segbisect_declares_a_range_holding_the_installed_dvc() ->
     installed = dvc_patches.installed_dvc()
     assert declared is not None and installed is not None
     assert declared.specifier.contains(installed, prereleases=True)
-    assert declared_dvc(("no-such-distribution",)) is None, "no metadata: no version check, no crash"
+    assert declared_dvc("no-such-distribution") is None, "no metadata: no version check, no crash"
 
 
 def test_warnings_are_held_until_a_handler_is_attached_and_each_is_said_once() -> None:
