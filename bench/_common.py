@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.scratch import TINY_PARAMS, make_repo
-from segbisect.refs import deep_merge
+from segbisect.project.refs import deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -48,8 +48,8 @@ from typing import Any
 
 import yaml
 
-from segbisect.ray_worker import node_caches
-from segbisect.refs import deep_merge
+from segbisect.executors.ray_worker import node_caches
+from segbisect.project.refs import deep_merge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, loadavg, machine, md_table, now, stage_env, tiny_repo, write_results
@@ -119,7 +119,7 @@ def prepare_base(work: Path, tracking_uri: str) -> tuple[Path, dict[str, Any]]:
         raise SystemExit(f"GOOD repro failed: {run['tail']}")
     from mlflow.tracking import MlflowClient
 
-    from segbisect.tracking import DEFAULT_EXPERIMENT, artifact_location
+    from segbisect.tracking.store import DEFAULT_EXPERIMENT, artifact_location
 
     client = MlflowClient(tracking_uri)
     if client.get_experiment_by_name(DEFAULT_EXPERIMENT) is None:

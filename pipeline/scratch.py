@@ -39,7 +39,7 @@ def make_repo(
     message: str = "scratch copy of the pipeline",
 ) -> Path:
     """Copy the project into `dest` with `params` laid over its params.yaml, and commit it on `branch`."""
-    from segbisect.refs import deep_merge
+    from segbisect.project.refs import deep_merge
 
     missing = [name for name in PROJECT_FILES if not (ROOT / name).exists()]
     if missing:

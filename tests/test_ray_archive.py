@@ -19,7 +19,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from segbisect.archive import pack
+from segbisect.executors.archive import pack
 
 SOURCES = Path(__file__).resolve().parents[1] / "bisect"
 DECLARED = SpecifierSet(tomllib.loads((SOURCES.parent / "pyproject.toml").read_text())["project"]["requires-python"])
@@ -31,7 +31,7 @@ sources, target, hide = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "hide"
 if hide:
     del tarfile.data_filter
 sys.path.insert(0, sources)
-from segbisect.archive import unpack
+from segbisect.executors.archive import unpack
 results = {}
 for path in map(Path, sys.argv[4:]):
     try:

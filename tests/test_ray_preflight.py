@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from segbisect.ray_executor import INSTALL_HINT
+from segbisect.executors.ray import INSTALL_HINT
 from segbisect_toy import bad_commit, bisect, dvc
 from ui_server import free_port
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from segbisect import figures
+from segbisect.project import figures
 from segbisect_toy import bad_commit, bisect
 
 IMAGE = re.compile(r"<img alt='([^']*)' src='data:image/svg\+xml;base64,([^']*)'>")

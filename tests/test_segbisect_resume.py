@@ -19,8 +19,8 @@ import pytest
 
 from pipeline.resume import BACKUP_ROOT, STATE_BACKUPS, STATE_VARIABLE, claimed
 from pipeline.scratch import git
-from segbisect.ray_worker import WorkerJob, node_states, stage_env
-from segbisect.runner import Task
+from segbisect.executors.ray_worker import WorkerJob, node_states, stage_env
+from segbisect.project.runner import Task
 from support import ThresholdBisection, write_params
 
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")

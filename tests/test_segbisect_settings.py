@@ -8,10 +8,10 @@ import pytest
 
 from pipeline.evaluate import EVAL_DIR
 from pipeline.tracking import DEFAULT_TRACKING_URI
-from segbisect.errors import UsageError
-from segbisect.predicate import Predicate, UnjudgeableError
-from segbisect.settings import Settings, load
-from segbisect.tracking import tracking_uri
+from segbisect.core.errors import UsageError
+from segbisect.core.predicate import Predicate, UnjudgeableError
+from segbisect.session.settings import Settings, load
+from segbisect.tracking.store import tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,20 +22,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from segbisect import machine
-from segbisect.report import Culprit, Report
-from segbisect.tracking import (
-    BOUNDED_WAITS,
-    MLFLOW_LOGGERS,
-    QUIET,
-    THREAD,
-    StageTracking,
-    Tracker,
-    route_logs,
-    store_ready,
-    unusable,
-)
-from segbisect.verdict import VerdictKind
+from segbisect.core import machine
+from segbisect.core.verdict import VerdictKind
+from segbisect.reporting.report import Culprit, Report
+from segbisect.reporting.runs import Tracker
+from segbisect.tracking.store import BOUNDED_WAITS, MLFLOW_LOGGERS, QUIET, THREAD, route_logs, store_ready, unusable
+from segbisect.tracking.switch import StageTracking
 from segbisect_toy import bad_commit, bisect, sh, tree_state, unit_names
 
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")

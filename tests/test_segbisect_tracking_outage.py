@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from segbisect.tracking import BOUNDED_WAITS
+from segbisect.tracking.store import BOUNDED_WAITS
 from segbisect_toy import STAGES, bad_commit, bisect, commit, dvc, sh, unit_names
 from ui_server import MlflowServer
 

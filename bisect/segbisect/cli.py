@@ -19,12 +19,13 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand
 
-from segbisect import render
-from segbisect.errors import EXIT_INTERRUPTED, EXIT_USAGE, SegbisectError, UsageError
-from segbisect.options import ClusterOptions, ExecutorKind, Options
+from segbisect.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, SegbisectError, UsageError
+from segbisect.executors.ray import ClusterOptions
+from segbisect.project.validate import check_writable
+from segbisect.reporting import render
 from segbisect.session import RESULTS, bisect
-from segbisect.tracking import DEFAULT_EXPERIMENT
-from segbisect.validate import check_writable
+from segbisect.session.options import ExecutorKind, Options
+from segbisect.tracking.store import DEFAULT_EXPERIMENT
 
 # An unexpected exception (a bug) ends the command as Python's own exit status for one does.
 EXIT_UNEXPECTED = 1

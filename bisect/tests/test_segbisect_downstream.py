@@ -17,15 +17,16 @@ from typing import Any
 
 import pytest
 
-from segbisect.attempt import Attempt, AttemptStatus
-from segbisect.executor import Job
-from segbisect.forked import ForkServer
-from segbisect.local_executor import LocalExecutor
-from segbisect.refs import resolve
-from segbisect.runner import Task
-from segbisect.snapshot import load_all
-from segbisect.units import Unit, diff
-from segbisect.workspace import Workspaces
+from segbisect.core.attempt import Attempt, AttemptStatus
+from segbisect.core.units import Unit
+from segbisect.executors.base import Job
+from segbisect.executors.local import LocalExecutor
+from segbisect.project.changes import diff
+from segbisect.project.forked import ForkServer
+from segbisect.project.refs import resolve
+from segbisect.project.runner import Task
+from segbisect.project.snapshot import load_all
+from segbisect.project.workspace import Workspaces
 from segbisect_toy import bad_commit
 
 # BAD's evaluate "normalises" the scores' inputs and writes them back into preprocess's output: its own result is

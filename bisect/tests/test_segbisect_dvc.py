@@ -22,11 +22,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from segbisect import forked
-from segbisect.attempt import AttemptStatus
 from segbisect.cli import app
-from segbisect.forked import ForkServer
-from segbisect.runner import Processes, Task, attempt
+from segbisect.core.attempt import AttemptStatus
+from segbisect.project import forked
+from segbisect.project.forked import ForkServer
+from segbisect.project.runner import Processes, Task, attempt
 
 pytestmark = pytest.mark.e2e
 
@@ -310,7 +310,7 @@ def test_stopping_ends_a_forked_command_and_its_stage(tmp_path: Path) -> None:
 def test_a_fork_server_that_dies_is_an_environment_error_and_the_next_command_gets_a_new_one(tmp_path: Path) -> None:
     procs = Processes(server=ForkServer())
     worker, result = sleeping_attempt(procs, tmp_path)
-    servers = [pid for pid in stage_processes("segbisect.forked") if parent(pid) == os.getpid()]
+    servers = [pid for pid in stage_processes("segbisect.project.forked") if parent(pid) == os.getpid()]
     assert servers and stage_processes("time.sleep(600)")
     for pid in servers:
         os.kill(pid, signal.SIGKILL)
@@ -333,7 +333,7 @@ def test_a_script_without_a_main_guard_can_fork_dvc_commands(tmp_path: Path) -> 
     repo = project(tmp_path / "p", STAGES)
     script = tmp_path / "caller.py"
     script.write_text(
-        "import os, sys\nfrom pathlib import Path\nfrom segbisect.forked import ForkServer\n"
+        "import os, sys\nfrom pathlib import Path\nfrom segbisect.project.forked import ForkServer\n"
         "from segbisect.runner import Processes, Task, attempt\n"
         "procs = Processes(server=ForkServer())\nenv = dict(os.environ)\n"
         f"done = attempt(procs, Path({str(repo)!r}), Path({str(tmp_path / 'log')!r}), "
@@ -348,11 +348,11 @@ def test_a_script_without_a_main_guard_can_fork_dvc_commands(tmp_path: Path) -> 
 PRELOAD_PROBE = """
 import importlib, json, logging, sys
 from pathlib import Path
-from segbisect.forked import PRELOAD
+from segbisect.project.forked import PRELOAD
 for name in PRELOAD:
     importlib.import_module(name)
 from ruamel.yaml import YAML
-from segbisect.dvc_run import main
+from segbisect.project.dvc_run import main
 loggers = [logging.getLogger(name) for name in ("dvc", "dvc_data", "dvc_objects")]
 levels = [logger.level for logger in loggers]
 before = set(sys.modules)
@@ -379,8 +379,8 @@ def test_the_fork_server_preloads_what_dvc_commands_import_and_dvc_parses_yaml_i
     sh(repo, sys.executable, "-m", "dvc", "repro", "-q")
     first, other = (yaml.safe_dump({"make": {"n": n}}) for n in (3, 7))
     asks = [
-        {"driver": "segbisect.snapshot", "argv": [".read.json", "."]},
-        {"driver": "segbisect.workspace", "argv": [".cache.json", "."]},
+        {"driver": "segbisect.project.snapshot", "argv": [".read.json", "."]},
+        {"driver": "segbisect.project.workspace", "argv": [".cache.json", "."]},
     ]
     steps = [*asks, ["checkout", "--quiet", "--allow-missing"], other, ["repro"], first, ["repro"], ["repro"]]
     run = subprocess.run(
@@ -426,11 +426,11 @@ def test_forked_commands_read_a_lock_for_update_with_the_c_parser_and_keep_no_rw
 READ_PROBE = """
 import json, sys
 from pathlib import Path
-from segbisect.errors import UsageError
-from segbisect.forked import ForkServer
-from segbisect.refs import resolve
-from segbisect.snapshot import load_all
-from segbisect.workspace import Workspaces
+from segbisect.core.errors import UsageError
+from segbisect.project.forked import ForkServer
+from segbisect.project.refs import resolve
+from segbisect.project.snapshot import load_all
+from segbisect.project.workspace import Workspaces
 
 def read(repo, rev, folder, server):
     try:

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segbisect.attempt import AttemptStatus
-from segbisect.dvc_run import Events, _Listener, remove_temporaries, running_file, temporaries_file
-from segbisect.forked import ForkServer
-from segbisect.runner import Processes, Task, attempt, failed_status
+from segbisect.core.attempt import AttemptStatus
+from segbisect.project.dvc_run import Events, _Listener, remove_temporaries, running_file, temporaries_file
+from segbisect.project.forked import ForkServer
+from segbisect.project.runner import Processes, Task, attempt, failed_status
 
 PATH = str(Path(sys.executable).parent) + ":/usr/bin:/bin"
 

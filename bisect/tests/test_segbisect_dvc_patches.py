@@ -1,4 +1,4 @@
-"""The fork server's patches of DVC internals (`segbisect.dvc_patches`) against DVC releases that change them.
+"""The fork server's patches of DVC internals (`segbisect.project.dvc_patches`) against DVC releases that change them.
 
 A release is simulated by a `sitecustomize.py` on PYTHONPATH that alters DVC's modules as they are imported, in
 every process the bisection starts, as an installed release would be: a renamed or re-signed function, its callers
@@ -21,11 +21,19 @@ from typing import Any
 
 import pytest
 
-from segbisect import dvc_patches
-from segbisect.attempt import AttemptStatus
-from segbisect.dvc_patches import PATCHES, Internal, Patch, declared_dvc, dvc_requirement, signature, unsupported
-from segbisect.forked import ForkServer, Warnings
-from segbisect.runner import Processes, Task, attempt
+from segbisect.core.attempt import AttemptStatus
+from segbisect.project import dvc_patches
+from segbisect.project.dvc_patches import (
+    PATCHES,
+    Internal,
+    Patch,
+    declared_dvc,
+    dvc_requirement,
+    signature,
+    unsupported,
+)
+from segbisect.project.forked import ForkServer, Warnings
+from segbisect.project.runner import Processes, Task, attempt
 from segbisect_toy import bad_commit, tree_state
 
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")
@@ -147,7 +155,7 @@ HOOK = """
 import importlib.machinery, os, sys
 
 ALTER = {}
-IN_SERVER = sys.orig_argv[1:3] == ["-m", "segbisect.forked"]
+IN_SERVER = sys.orig_argv[1:3] == ["-m", "segbisect.project.forked"]
 if IN_SERVER:
     with open(os.environ["FORKSERVER_STARTS"], "a") as starts:
         starts.write("started\\n")
@@ -317,7 +325,7 @@ def server_processes() -> list[int]:
             cmdline, stat = (proc / "cmdline").read_bytes(), (proc / "stat").read_text(encoding="utf-8")
         except OSError:
             continue
-        if b"segbisect.forked" in cmdline and int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+        if b"segbisect.project.forked" in cmdline and int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
             found.append(int(proc.name))
     return found
 

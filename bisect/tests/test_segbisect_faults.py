@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from segbisect.tracking import BOUNDED_WAITS
+from segbisect.tracking.store import BOUNDED_WAITS
 from segbisect_toy import bad_commit, bisect, tree_state, unit_names
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from segbisect.errors import UsageError
-from segbisect.refs import resolve
+from segbisect.core.errors import UsageError
+from segbisect.project.refs import resolve
 from segbisect_toy import bad_commit, bisect, commit, sh, unit_names
 
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from segbisect import cli, machine
-from segbisect.attempt import Attempt, AttemptStatus
+from segbisect import cli
 from segbisect.cli import app
-from segbisect.hybrid import Hybrid
-from segbisect.journal import Journal, known_hybrids
-from segbisect.outcome import Outcome
+from segbisect.core import machine
+from segbisect.core.attempt import Attempt, AttemptStatus
+from segbisect.core.hybrid import Hybrid
+from segbisect.core.verdict import Outcome
+from segbisect.session.journal import Journal, known_hybrids
 from segbisect_toy import bad_commit, bisect, sh, unit_names
 
 COLLAPSE = {"train": {"lr": 2.0}}

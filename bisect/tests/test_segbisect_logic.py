@@ -8,11 +8,11 @@ import math
 import pytest
 import yaml
 
-from segbisect import refs, yamlfile
-from segbisect.metrics import flatten
-from segbisect.predicate import Predicate, PredicateError, UnjudgeableError
-from segbisect.search import ddmin, search
-from segbisect.units import Group, Unit, UnitKind
+from segbisect.core.predicate import Predicate, PredicateError, UnjudgeableError
+from segbisect.core.search import ddmin, search
+from segbisect.core.units import Group, Unit, UnitKind
+from segbisect.project import reading, refs
+from segbisect.project.metrics import flatten
 
 
 def groups_of(spec: dict[str, int]) -> list[Group]:
@@ -143,14 +143,14 @@ def test_unknown_key_lists_available_and_suffix_matches() -> None:
 
 def test_yaml_is_read_as_pyyaml_safe_load_reads_it_with_libyaml_where_built_in() -> None:
     text = "label_map: {0: 0, 255: 1}\nthreshold: 0.5\nsizes: [64, 128]\nname: 'x'\nflag: yes\nempty:\n"
-    assert yamlfile.load(text) == yaml.safe_load(text)
-    assert yamlfile.load(text.encode()) == yaml.safe_load(text)
+    assert reading.load_yaml(text) == yaml.safe_load(text)
+    assert reading.load_yaml(text.encode()) == yaml.safe_load(text)
     with pytest.raises(yaml.YAMLError):
-        yamlfile.load("a: [1, 2")
+        reading.load_yaml("a: [1, 2")
     with pytest.raises(yaml.constructor.ConstructorError):
-        yamlfile.load("!!python/object/apply:os.system ['true']")
+        reading.load_yaml("!!python/object/apply:os.system ['true']")
     if yaml.__with_libyaml__:
-        assert yamlfile._LOADER is yaml.CSafeLoader
+        assert reading._LOADER is yaml.CSafeLoader
 
 
 def test_an_mlflow_runs_logged_configuration_is_laid_back_where_params_yaml_has_it() -> None:

@@ -9,21 +9,23 @@ from typing import Any
 
 import pytest
 
-from segbisect import metrics, render, report_html
-from segbisect.attempt import Attempt, AttemptStatus
-from segbisect.dvc_run import Events
-from segbisect.errors import UsageError
-from segbisect.hybrid import Hybrid
-from segbisect.journal import REUSED, SCHEMA, Journal, journal_id, known_hybrids
-from segbisect.judge import Judge
-from segbisect.outcome import Outcome
-from segbisect.predicate import Predicate
-from segbisect.refs import Reference
-from segbisect.report import Findings, build
-from segbisect.runner import describe_exit, failed_status
-from segbisect.snapshot import ABSENT, Snapshot, StageSnap
-from segbisect.units import UnitKind, diff
-from segbisect.verdict import Verdict, VerdictKind
+from segbisect.core.attempt import Attempt, AttemptStatus
+from segbisect.core.errors import UsageError
+from segbisect.core.hybrid import Hybrid
+from segbisect.core.judge import Judge
+from segbisect.core.predicate import Predicate
+from segbisect.core.units import UnitKind
+from segbisect.core.verdict import Outcome, Verdict, VerdictKind
+from segbisect.project import metrics
+from segbisect.project.changes import diff
+from segbisect.project.dvc_run import Events
+from segbisect.project.refs import Reference
+from segbisect.project.runner import describe_exit, failed_status
+from segbisect.project.snapshot import ABSENT, Snapshot, StageSnap
+from segbisect.reporting import html as report_html
+from segbisect.reporting import render
+from segbisect.reporting.report import Findings, build
+from segbisect.session.journal import REUSED, SCHEMA, Journal, journal_id, known_hybrids
 
 METRICS = "eval/metrics.json"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from segbisect.errors import UsageError
-from segbisect.settings import Settings, load
-from segbisect.tracking import tracking_uri
+from segbisect.core.errors import UsageError
+from segbisect.session.settings import Settings, load
+from segbisect.tracking.store import tracking_uri
 
 
 def write_settings(repo: Path, text: str) -> Path:

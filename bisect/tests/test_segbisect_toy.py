@@ -19,7 +19,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from segbisect.workspace import Workspaces
+from segbisect.project.workspace import Workspaces
 from segbisect_toy import bad_commit, bisect, dvc, sh, tree_state, unit_names
 
 pytestmark = pytest.mark.e2e
@@ -378,8 +378,8 @@ def test_the_reversed_question_names_the_fix_in_its_own_words(toy: Path) -> None
 
 
 def test_a_terminal_shows_live_progress_and_a_pipe_only_plain_lines(toy: Path, tmp_path: Path) -> None:
-    from segbisect.options import Options
     from segbisect.session import bisect as run_bisection
+    from segbisect.session.options import Options
 
     bad_commit(toy, {"train": {"lr": 2.0}})
     screen = io.StringIO()

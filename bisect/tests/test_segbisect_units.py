@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from segbisect import units
-from segbisect.refs import Reference
-from segbisect.snapshot import ABSENT, Key, Snapshot, StageSnap
-from segbisect.units import diff
+from segbisect.project import changes
+from segbisect.project.changes import diff
+from segbisect.project.refs import Reference
+from segbisect.project.snapshot import ABSENT, Key, Snapshot, StageSnap
 
 # Stages reading params at several depths, some of them the same keys (`p` and `p.a`), and a second params file.
 READS = {
@@ -142,7 +142,7 @@ def test_units_match_the_pairwise_definition_on_random_nested_params() -> None:
         good = {"params.yaml": {name: tree(rng, 3) for name in "pqr"}, "other.yaml": {"p": tree(rng, 2)}}
         bad = {file: {name: mutated(rng, value, 3) for name, value in data.items()} for file, data in good.items()}
         g, b = snapshot("good", good), snapshot("bad", bad)
-        assert units._keys(g, b) == pairwise_keys(g, b), (good, bad)
+        assert changes._keys(g, b) == pairwise_keys(g, b), (good, bad)
 
 
 def calls_to_diff(keys: int) -> int:

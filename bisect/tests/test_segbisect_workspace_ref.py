@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segbisect.errors import UsageError
-from segbisect.refs import resolve
-from segbisect.snapshot import load_all, uncommitted_warnings, write_file
-from segbisect.terms import CULPRIT, FIX
+from segbisect.core.errors import UsageError
+from segbisect.core.terms import CULPRIT, FIX
+from segbisect.project.refs import resolve
+from segbisect.project.snapshot import load_all, uncommitted_warnings, write_file
 from segbisect_toy import bisect, commit, dvc, sh, tree_state, unit_names
 
 # evaluate.py predicting nothing: the toy's all-zero symptom, from code alone.

@@ -48,7 +48,7 @@ from margins import (
 )
 from pipeline.numerics import cpu_model_and_flags, numeric_environment, onednn_isa
 from pipeline.scratch import ROOT, git, make_repo
-from segbisect.refs import deep_merge
+from segbisect.project.refs import deep_merge
 
 GOOD_BRANCH = "main"
 SEGBISECT = Path(segbisect.__file__).resolve().parent

@@ -1,0 +1,49 @@
+"""The options of one bisection, as the command line (or a caller) gives them to the session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from segbisect.executors.ray import ClusterOptions
+from segbisect.tracking.store import DEFAULT_EXPERIMENT
+
+
+class ExecutorKind(StrEnum):
+    """Where hybrids run: worktrees on this machine, or Ray tasks on a cluster sharing a DVC remote."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Completed by the project's `[tool.segbisect]` settings where the command line is silent.
+    `reuse_any_environment`: reuse journaled hybrids computed in another numeric environment too (see machine.py).
+    `mlflow`: None tracks when a store is named (MLFLOW_TRACKING_URI or the project's `tracking_uri`), True
+    requires one, False never tracks.
+    """
+
+    good: str
+    bad: str
+    repo: Path = Path(".")
+    fail_if: str | None = None
+    run: str | None = None
+    metrics: str | None = None
+    jobs: int = 1
+    repeat: int = 1
+    retries: int = 1
+    timeout: float | None = None
+    keep_workspaces: bool = False
+    mlflow: bool | None = None
+    fresh: bool = False
+    reuse_any_environment: bool = False
+    results: Path | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    diagnostics: str | None = None
+    tracking_uri: str | None = None
+    find_fix: bool = False
+    summary_md: Path | None = None
+    executor: ExecutorKind = ExecutorKind.LOCAL
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
