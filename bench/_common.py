@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.scratch import TINY_PARAMS, make_repo
-from segbisect.project.refs import deep_merge
+from pipeline.scratch import TINY_PARAMS, deep_merge, make_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -47,7 +47,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, loadavg, machine, md_table, now, stage_env, write_results
-from segbisect.project.refs import deep_merge
+from pipeline.scratch import deep_merge
 
 STAGES = ("synthesize", "prepare", "preprocess", "train", "evaluate")
 RSS_TARGET_PCT = 10.0

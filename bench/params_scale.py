@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segbisect.project.changes import diff
 from segbisect.project.refs import Reference
 from segbisect.project.snapshot import Snapshot, StageSnap
-from segbisect.project.changes import diff
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

@@ -48,8 +48,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.scratch import deep_merge
 from segbisect.executors.ray_worker import node_caches
-from segbisect.project.refs import deep_merge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, loadavg, machine, md_table, now, stage_env, tiny_repo, write_results

@@ -7,6 +7,7 @@ It copies what a user's clone has that matters to DVC and segbisect (the pipelin
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,18 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overlay` laid over it, nested mappings merged key by key, so an overlay names only what it
+    changes."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
@@ -39,8 +52,6 @@ def make_repo(
     message: str = "scratch copy of the pipeline",
 ) -> Path:
     """Copy the project into `dest` with `params` laid over its params.yaml, and commit it on `branch`."""
-    from segbisect.project.refs import deep_merge
-
     missing = [name for name in PROJECT_FILES if not (ROOT / name).exists()]
     if missing:
         raise FileNotFoundError(f"{ROOT}: not a source checkout of the project (missing {', '.join(missing)})")

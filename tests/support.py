@@ -24,8 +24,7 @@ from filelock import FileLock
 
 from pipeline.params import SPLITS
 from pipeline.processed import SPEC_FILE, Spec, SplitWriter, batches, encode_png, example
-from pipeline.scratch import TINY_PARAMS, git, make_repo
-from segbisect.project.refs import deep_merge
+from pipeline.scratch import TINY_PARAMS, deep_merge, git, make_repo
 from segbisect_toy import tree_state
 
 

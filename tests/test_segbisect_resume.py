@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.resume import BACKUP_ROOT, STATE_BACKUPS, STATE_VARIABLE, claimed
 from pipeline.scratch import git
+from segbisect.core.attempt import AttemptPolicy
 from segbisect.executors.ray_worker import WorkerJob, node_states, stage_env
 from segbisect.project.runner import Task
 from support import ThresholdBisection, write_params
@@ -84,8 +85,7 @@ def test_a_cluster_worker_keeps_the_sessions_state_on_its_own_node(
         remote={},
         env=driver,
         task=Task(env=driver, metrics_files=(), state="s-0123abcd"),
-        repeat=1,
-        retries=1,
+        policy=AttemptPolicy(),
     )
     env = stage_env(job)
     assert env[STATE_VARIABLE] == str(node_states() / "s-0123abcd") == str(tmp_path / "segbisect-state/s-0123abcd")

@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from segbisect.core import machine
+from segbisect.core.units import Unit, UnitKind
 from segbisect.core.verdict import VerdictKind
-from segbisect.reporting.report import Culprit, Report
+from segbisect.project.refs import Reference
+from segbisect.reporting.report import Culprit, HybridRow, Report
 from segbisect.reporting.runs import Tracker
 from segbisect.tracking.store import BOUNDED_WAITS, MLFLOW_LOGGERS, QUIET, THREAD, route_logs, store_ready, unusable
 from segbisect.tracking.switch import StageTracking
@@ -35,13 +38,43 @@ SEGBISECT = str(Path(sys.executable).parent / "segbisect")
 # reach segbisect's terminal.
 MLFLOW_CHATTER = ("alembic", "sqlalchemy", "/mlflow/", "database tables", " INFO ")
 
+HYBRID = HybridRow(
+    id="h01",
+    label="GOOD",
+    from_bad=(),
+    sides={"evaluate": "good"},
+    outcome="good",
+    note="ok",
+    metrics={"foreground_fraction": 0.2},
+    executed=(),
+    restored=(),
+    seconds=1.0,
+    stage_seconds={},
+    reused=False,
+    reused_from=None,
+    fingerprint="f" * 64,
+    attempts=1,
+    figures={},
+    placement=None,
+    machine=None,
+)
+THRESHOLD = Unit(
+    id="param:params.yaml:evaluate.threshold",
+    kind=UnitKind.PARAM,
+    name="evaluate.threshold",
+    stages=("evaluate",),
+    path="params.yaml",
+    good=0.5,
+    bad=0.99,
+    summary="0.5 -> 0.99",
+)
 SUMMARY = Report(
     verdict=VerdictKind.CULPRIT,
     message="stage 'evaluate' is sufficient and necessary; minimal change: 1 unit(s)",
     culprit=Culprit(
         stage="evaluate",
         stages=("evaluate",),
-        units=({"name": "evaluate.threshold"},),
+        units=(THRESHOLD,),
         sufficient=True,
         necessary=True,
         minimal=True,
@@ -49,27 +82,15 @@ SUMMARY = Report(
         diagnostics=None,
     ),
     candidates=(),
-    good={"text": "g"},
-    bad={"text": "b"},
-    units=(),
-    hybrids=({},),
+    good=Reference("g", "git", "0" * 40),
+    bad=Reference("b", "git", "1" * 40),
+    units=(THRESHOLD,),
+    hybrids=(HYBRID,),
     stage_executions=1,
     stage_executions_total=1,
     results_dir="results",
     key_metrics=(),
 )
-HYBRID = {
-    "id": "h01",
-    "label": "GOOD",
-    "outcome": "good",
-    "reused": False,
-    "sides": {"evaluate": "good"},
-    "metrics": {"foreground_fraction": 0.2},
-    "executed": [],
-    "seconds": 1.0,
-    "from_bad": [],
-    "note": "ok",
-}
 
 
 def open_tracker(
@@ -139,7 +160,7 @@ def test_a_session_run_again_takes_only_its_own_stage_runs(tmp_path: Path) -> No
         stage_run = client.create_run(experiment, tags=stage_tags).info.run_id
         warnings: list[str] = []
         tracker, opened = open_tracker(uri, warnings, tmp_path / "mlflow.log")
-        tracker.hybrid({**HYBRID, "executed": ["evaluate"], "stage_seconds": {"evaluate": 0.5}})
+        tracker.hybrid(replace(HYBRID, executed=("evaluate",), stage_seconds={"evaluate": 0.5}))
         tracker.finish(SUMMARY)
         assert not warnings
         [child] = [

@@ -26,10 +26,9 @@ from pipeline.params import load_section
 from pipeline.processed import Spec
 from pipeline.resume import BACKUP_ROOT, Backup, backup_key
 from pipeline.scratch import TINY_PARAMS as SCRATCH_PARAMS
-from pipeline.scratch import make_repo
+from pipeline.scratch import deep_merge, make_repo
 from pipeline.tracking import TRACKING_SWITCH
 from pipeline.train_data import Batching, check_mask_values, pixel_weight_table, training_batches
-from segbisect.project.refs import deep_merge
 from support import read_split, two_class_spec, write_processed
 
 SIZE = 32

@@ -10,9 +10,9 @@ def main() -> None:
     """The `segbisect` console script: the DVC fork server starts before the command line is even imported, so that
     it imports DVC on another core meanwhile.
     """
-    from segbisect.project import forked
+    from segbisect.project import gateway
 
-    forked.start_early()
+    gateway.start_early()
     from segbisect.cli import app
 
     app()

@@ -19,12 +19,14 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand
 
+from segbisect.core.attempt import AttemptPolicy
 from segbisect.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, SegbisectError, UsageError
-from segbisect.executors.ray import ClusterOptions
+from segbisect.executors.base import ClusterOptions
+from segbisect.executors.registry import ExecutorKind
 from segbisect.project.validate import check_writable
 from segbisect.reporting import render
 from segbisect.session import RESULTS, bisect
-from segbisect.session.options import ExecutorKind, Options
+from segbisect.session.options import Options
 from segbisect.tracking.store import DEFAULT_EXPERIMENT
 
 # An unexpected exception (a bug) ends the command as Python's own exit status for one does.
@@ -304,7 +306,8 @@ def main(
     console = _console(stderr=as_json)
     signal.signal(signal.SIGTERM, _interrupt)
     opts = Options(good=good, bad=bad, repo=repo, fail_if=fail_if, run=run, metrics=metrics, experiment=experiment)
-    opts = replace(opts, jobs=jobs, repeat=repeat, retries=retries, timeout=timeout, results=results)
+    policy = AttemptPolicy(repeat=repeat, retries=retries, timeout=timeout)
+    opts = replace(opts, jobs=jobs, attempts=policy, results=results)
     opts = replace(opts, keep_workspaces=keep_workspaces, mlflow=mlflow, fresh=not resume, find_fix=find_fix)
     opts = replace(opts, reuse_any_environment=reuse_any_environment)
     cluster = ClusterOptions(address=ray_address, remote=remote, cpus=hybrid_cpus, gpus=hybrid_gpus)

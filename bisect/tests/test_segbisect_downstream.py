@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from segbisect.core.attempt import Attempt, AttemptStatus
+from segbisect.core.attempt import Attempt, AttemptPolicy, AttemptStatus
 from segbisect.core.units import Unit
-from segbisect.executors.base import Job
+from segbisect.executors.base import ClusterOptions, ExecutorContext, Job
 from segbisect.executors.local import LocalExecutor
 from segbisect.project.changes import diff
-from segbisect.project.forked import ForkServer
+from segbisect.project.gateway import ForkedDvc
 from segbisect.project.refs import resolve
 from segbisect.project.runner import Task
 from segbisect.project.snapshot import load_all
@@ -72,39 +72,43 @@ class Hybrids:
     def __init__(self, repo: Path, bad: str, check: str | None, root: Path) -> None:
         self.repo, self.check, self.root = repo, check, root
         refs = [(resolve(repo, "good", None), root / "good"), (resolve(repo, bad, None), root / "bad")]
-        with ForkServer() as server:
-            self.good, self.bad = load_all(refs, repo, server)
+        with ForkedDvc() as dvc:
+            self.good, self.bad = load_all(refs, repo, dvc)
         self.units = diff(self.good, self.bad).units
         self._count = 0
 
     def run(self, configs: list[tuple[Unit, ...]], *, fresh: bool) -> Iterator[tuple[Any, ...]]:
         """Each configuration's outcome, in order: one worktree for all of them, or (`fresh`) a new one each."""
-        server = ForkServer()
-        with Workspaces(self.repo, keep=fresh, parent=self.root, server=server) as workspaces:
-            executor = self._executor(workspaces, server)
+        dvc = ForkedDvc()
+        with Workspaces(self.repo, keep=fresh, parent=self.root, dvc=dvc) as workspaces:
+            executor = self._executor(workspaces, dvc)
             try:
                 for units in configs:
                     self._count += 1
-                    job = Job(hybrid_id=f"h{self._count}", fingerprint=str(self._count), units=units, repeat=1)
+                    job = Job(
+                        hybrid_id=f"h{self._count}", fingerprint=str(self._count), units=units, policy=AttemptPolicy()
+                    )
                     yield outcome(executor.submit(job).result())
             finally:
                 executor.close()
 
-    def _executor(self, workspaces: Workspaces, server: ForkServer) -> LocalExecutor:
+    def _executor(self, workspaces: Workspaces, dvc: ForkedDvc) -> LocalExecutor:
         """`jobs=1`: one worktree, handed from hybrid to hybrid (a new one each with `keep`)."""
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
         task = Task(env=dict(os.environ), metrics_files=tuple(self.good.metrics_files), check=self.check)
-        return LocalExecutor(
-            workspaces=workspaces,
+        context = ExecutorContext(
             good=self.good,
             bad=self.bad,
             task=task,
-            logs=logs,
-            figures_root=self.root / "figures",
+            folder=self.root,
             jobs=1,
-            dvc_server=server,
+            workspaces=workspaces,
+            dvc=dvc,
+            cluster=ClusterOptions(),
+            checked={},
         )
+        return LocalExecutor(context)
 
 
 @pytest.mark.e2e

@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 from segbisect.cli import app
 from segbisect.core.attempt import AttemptStatus
-from segbisect.project import forked
-from segbisect.project.forked import ForkServer
-from segbisect.project.runner import Processes, Task, attempt
+from segbisect.project import gateway
+from segbisect.project.gateway import DirectDvc, ForkedDvc
+from segbisect.project.runner import Processes, Site, Task, attempt
 
 pytestmark = pytest.mark.e2e
 
@@ -69,14 +69,14 @@ def project(root: Path, stages: dict[str, Any], top_level_metrics: list[str] | N
 @pytest.fixture(params=[False, True], ids=["fresh-interpreter", "forked"])
 def procs(request: pytest.FixtureRequest) -> Iterator[Processes]:
     """DVC run both ways segbisect runs it: a fresh interpreter (cluster workers), forked from a warm server (local)."""
-    processes = Processes(server=ForkServer() if request.param else None)
+    processes = Processes(dvc=ForkedDvc() if request.param else DirectDvc())
     yield processes
     processes.close()
 
 
 def repro(repo: Path, log: Path, procs: Processes) -> Any:
     task = Task(env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}, metrics_files=("out/metrics.json",))
-    return attempt(procs, repo, log, task, task.env)
+    return attempt(Site(procs=procs, workspace=repo, log=log, task=task, env=task.env))
 
 
 def set_n(repo: Path, n: int) -> None:
@@ -128,10 +128,10 @@ def test_stages_pulled_from_a_remote_count_as_restored(tmp_path: Path) -> None:
     task = Task(
         env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}, metrics_files=(), repro_args=("--pull",)
     )
-    pulled = attempt(Processes(), repo, log, task, task.env)
+    pulled = attempt(Site(procs=Processes(), workspace=repo, log=log, task=task, env=task.env))
     assert pulled.executed == () and pulled.restored == ("make", "score")
     sh(repo, "rm", "-rf", ".dvc/cache", "data.txt", str(tmp_path / "remote"))
-    missing = attempt(Processes(), repo, log, task, task.env)
+    missing = attempt(Site(procs=Processes(), workspace=repo, log=log, task=task, env=task.env))
     assert missing.executed == ("make",) and missing.restored == ("score",)
 
 
@@ -193,7 +193,7 @@ def test_segbisects_own_dvc_commands_send_no_usage_reports(tmp_path: Path, procs
             "PYTHONSAFEPATH": "1",
         }
         task = Task(env=env, metrics_files=("out/metrics.json",))
-        assert attempt(procs, repo, log, task, env).executed == ("make", "score")
+        assert attempt(Site(procs=procs, workspace=repo, log=log, task=task, env=env)).executed == ("make", "score")
         users = {k: v for k, v in os.environ.items() if k not in ("DVC_NO_ANALYTICS", "DVC_TEST")}
         sh(repo, sys.executable, "-m", "dvc", "status", "-q", env={**users, **env})
         deadline = time.monotonic() + 60
@@ -268,10 +268,10 @@ def test_a_forked_command_runs_in_its_workspace_with_its_environment_and_log(
     """The server was started with another environment and folder: the command must get the request's."""
     monkeypatch.setenv("HYBRID_MARK", "server's")
     repo, log = project(tmp_path / "p", ECHO_STAGE), tmp_path / "log"
-    procs = Processes(server=ForkServer())
+    procs = Processes(dvc=ForkedDvc())
     try:
         env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HYBRID_MARK": "hybrid's"}
-        done = attempt(procs, repo, log, Task(env=env, metrics_files=()), env)
+        done = attempt(Site(procs=procs, workspace=repo, log=log, task=Task(env=env, metrics_files=()), env=env))
     finally:
         procs.close()
     assert done.status == AttemptStatus.OK and done.executed == ("echo",)
@@ -286,7 +286,11 @@ def sleeping_attempt(procs: Processes, tmp_path: Path) -> tuple[threading.Thread
     env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
     result: list[Any] = []
     worker = threading.Thread(
-        target=lambda: result.append(attempt(procs, repo, tmp_path / "log", Task(env=env, metrics_files=()), env))
+        target=lambda: result.append(
+            attempt(
+                Site(procs=procs, workspace=repo, log=tmp_path / "log", task=Task(env=env, metrics_files=()), env=env)
+            )
+        )
     )
     worker.start()
     deadline = time.monotonic() + 60
@@ -297,7 +301,7 @@ def sleeping_attempt(procs: Processes, tmp_path: Path) -> tuple[threading.Thread
 
 def test_stopping_ends_a_forked_command_and_its_stage(tmp_path: Path) -> None:
     """The forked driver leads a process group of its own, so Ctrl-C (stop_all) reaches the stage it started."""
-    procs = Processes(server=ForkServer())
+    procs = Processes(dvc=ForkedDvc())
     worker, result = sleeping_attempt(procs, tmp_path)
     assert stage_processes("time.sleep(600)"), "the stage never started"
     procs.stop_all()
@@ -308,7 +312,7 @@ def test_stopping_ends_a_forked_command_and_its_stage(tmp_path: Path) -> None:
 
 
 def test_a_fork_server_that_dies_is_an_environment_error_and_the_next_command_gets_a_new_one(tmp_path: Path) -> None:
-    procs = Processes(server=ForkServer())
+    procs = Processes(dvc=ForkedDvc())
     worker, result = sleeping_attempt(procs, tmp_path)
     servers = [pid for pid in stage_processes("segbisect.project.forked") if parent(pid) == os.getpid()]
     assert servers and stage_processes("time.sleep(600)")
@@ -323,7 +327,15 @@ def test_a_fork_server_that_dies_is_an_environment_error_and_the_next_command_ge
     assert ended("time.sleep(600)"), "the lost command's stage is ended with it"
     other = project(tmp_path / "q", STAGES)
     env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-    again = attempt(procs, other, tmp_path / "log", Task(env=env, metrics_files=("out/metrics.json",)), env)
+    again = attempt(
+        Site(
+            procs=procs,
+            workspace=other,
+            log=tmp_path / "log",
+            task=Task(env=env, metrics_files=("out/metrics.json",)),
+            env=env,
+        )
+    )
     procs.close()
     assert again.status == AttemptStatus.OK and again.metrics == {"out/metrics.json": {"fg": 0.1, "n": 3}}
 
@@ -333,11 +345,11 @@ def test_a_script_without_a_main_guard_can_fork_dvc_commands(tmp_path: Path) -> 
     repo = project(tmp_path / "p", STAGES)
     script = tmp_path / "caller.py"
     script.write_text(
-        "import os, sys\nfrom pathlib import Path\nfrom segbisect.project.forked import ForkServer\n"
-        "from segbisect.runner import Processes, Task, attempt\n"
-        "procs = Processes(server=ForkServer())\nenv = dict(os.environ)\n"
-        f"done = attempt(procs, Path({str(repo)!r}), Path({str(tmp_path / 'log')!r}), "
-        "Task(env=env, metrics_files=()), env)\nprocs.close()\nprint(done.status.value, done.executed)\n"
+        "import os, sys\nfrom pathlib import Path\nfrom segbisect.project.gateway import ForkedDvc\n"
+        "from segbisect.project.runner import Processes, Site, Task, attempt\n"
+        "procs = Processes(dvc=ForkedDvc())\nenv = dict(os.environ)\n"
+        f"done = attempt(Site(procs=procs, workspace=Path({str(repo)!r}), log=Path({str(tmp_path / 'log')!r}), task="
+        "Task(env=env, metrics_files=()), env=env))\nprocs.close()\nprint(done.status.value, done.executed)\n"
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok ('make', 'score')", out.stderr
@@ -379,8 +391,8 @@ def test_the_fork_server_preloads_what_dvc_commands_import_and_dvc_parses_yaml_i
     sh(repo, sys.executable, "-m", "dvc", "repro", "-q")
     first, other = (yaml.safe_dump({"make": {"n": n}}) for n in (3, 7))
     asks = [
-        {"driver": "segbisect.project.snapshot", "argv": [".read.json", "."]},
-        {"driver": "segbisect.project.workspace", "argv": [".cache.json", "."]},
+        {"driver": "segbisect.project.gateway", "argv": [".read.json", "pipeline", "."]},
+        {"driver": "segbisect.project.gateway", "argv": [".cache.json", "cache-dir", "."]},
     ]
     steps = [*asks, ["checkout", "--quiet", "--allow-missing"], other, ["repro"], first, ["repro"], ["repro"]]
     run = subprocess.run(
@@ -411,9 +423,13 @@ def test_forked_commands_read_a_lock_for_update_with_the_c_parser_and_keep_no_rw
         if how == "dvc":
             sh(repo, sys.executable, "-m", "dvc", "repro", "-q")
         else:
-            procs = Processes(server=ForkServer())
+            procs = Processes(dvc=ForkedDvc())
             try:
-                done = attempt(procs, repo, tmp_path / "log", Task(env=env, metrics_files=()), env)
+                done = attempt(
+                    Site(
+                        procs=procs, workspace=repo, log=tmp_path / "log", task=Task(env=env, metrics_files=()), env=env
+                    )
+                )
             finally:
                 procs.close()
             assert done.status == AttemptStatus.OK and done.executed == ("make", "score")
@@ -427,25 +443,25 @@ READ_PROBE = """
 import json, sys
 from pathlib import Path
 from segbisect.core.errors import UsageError
-from segbisect.project.forked import ForkServer
+from segbisect.project.gateway import DirectDvc, ForkedDvc
 from segbisect.project.refs import resolve
 from segbisect.project.snapshot import load_all
 from segbisect.project.workspace import Workspaces
 
-def read(repo, rev, folder, server):
+def read(repo, rev, folder, dvc):
     try:
-        [snap] = load_all([(resolve(repo, rev, None), folder)], repo, server)
+        [snap] = load_all([(resolve(repo, rev, None), folder)], repo, dvc)
     except UsageError as exc:
         return str(exc)
     return [[vars(s) for s in snap.stages], snap.params_data, snap.dvcyaml, snap.data_sources, snap.metrics_files]
 
 repo = Path(sys.argv[1])
-with ForkServer() as server, Workspaces(repo, server=server) as ws:
-    forked = {rev: read(repo, rev, ws.root / f"forked-{rev}", server) for rev in ("HEAD~1", "HEAD")}
+with ForkedDvc() as dvc, Workspaces(repo, dvc=dvc) as ws:
+    forked = {rev: read(repo, rev, ws.root / f"forked-{rev}", dvc) for rev in ("HEAD~1", "HEAD")}
     worktree, _ = ws.acquire("good", resolve(repo, "HEAD~1", None).commit, [], [])
     config = (worktree / ".dvc" / "config.local").read_text()
     dvc_here = sorted(m for m in sys.modules if m == "dvc" or m.startswith("dvc."))
-    here = {rev: read(repo, rev, ws.root / f"here-{rev}", None) for rev in ("HEAD~1", "HEAD")}
+    here = {rev: read(repo, rev, ws.root / f"here-{rev}", DirectDvc()) for rev in ("HEAD~1", "HEAD")}
 print(json.dumps({"forked": forked, "here": here, "dvc_here": dvc_here, "config": config}, default=str))
 """
 
@@ -478,11 +494,11 @@ def test_the_session_reads_pipelines_and_the_cache_folder_through_the_fork_serve
 
 
 def test_the_console_script_hands_its_early_fork_server_over_once() -> None:
-    forked.start_early()
-    server = forked.take_early()
+    gateway.start_early()
+    server = gateway.take_early()
     try:
         assert server is not None and server.alive
-        assert forked.take_early() is None
+        assert gateway.take_early() is None
     finally:
         assert server is not None
         server.close()

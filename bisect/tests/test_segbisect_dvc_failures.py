@@ -21,8 +21,8 @@ import yaml
 
 from segbisect.core.attempt import AttemptStatus
 from segbisect.project.dvc_run import Events, _Listener, remove_temporaries, running_file, temporaries_file
-from segbisect.project.forked import ForkServer
-from segbisect.project.runner import Processes, Task, attempt, failed_status
+from segbisect.project.gateway import DirectDvc, ForkedDvc
+from segbisect.project.runner import Processes, Site, Task, attempt, failed_status
 
 PATH = str(Path(sys.executable).parent) + ":/usr/bin:/bin"
 
@@ -157,7 +157,7 @@ def test_a_missing_cache_object_is_an_environment_error(tmp_path: Path) -> None:
         if object_file.is_file():
             object_file.unlink()
     task = Task(env={"PATH": PATH}, metrics_files=(), data_sources=("source.csv.dvc",))
-    failed = attempt(Processes(), repo, tmp_path / "log", task, task.env)
+    failed = attempt(Site(procs=Processes(), workspace=repo, log=tmp_path / "log", task=task, env=task.env))
     assert failed.status == AttemptStatus.ERROR and "CheckoutError inside DVC" in failed.reason, failed
 
 
@@ -231,9 +231,9 @@ def test_a_cache_write_that_fails_leaves_no_temporary_file_in_the_users_cache(tm
     theirs.write_bytes(b"another process's transfer")
     task = Task(env={"PATH": PATH}, metrics_files=())
     with file_size_limit(1 << 20):
-        procs = Processes(server=ForkServer() if fork else None)
+        procs = Processes(dvc=ForkedDvc() if fork else DirectDvc())
         try:
-            failed = attempt(procs, repo, tmp_path / "log", task, task.env)
+            failed = attempt(Site(procs=procs, workspace=repo, log=tmp_path / "log", task=task, env=task.env))
         finally:
             procs.close()
     assert failed.status == AttemptStatus.ERROR and "file too large" in failed.reason, failed

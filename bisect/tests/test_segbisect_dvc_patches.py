@@ -33,7 +33,8 @@ from segbisect.project.dvc_patches import (
     unsupported,
 )
 from segbisect.project.forked import ForkServer, Warnings
-from segbisect.project.runner import Processes, Task, attempt
+from segbisect.project.gateway import ForkedDvc
+from segbisect.project.runner import Processes, Site, Task, attempt
 from segbisect_toy import bad_commit, tree_state
 
 SEGBISECT = str(Path(sys.executable).parent / "segbisect")
@@ -340,11 +341,14 @@ def test_a_replacement_server_that_fails_to_start_ends_forking_for_the_session(
     heard: list[str] = []
     server = ForkServer()
     server.on_warning(heard.append)
-    procs = Processes(server=server)
+    procs = Processes(dvc=ForkedDvc(server))
     env = {"PATH": os.environ["PATH"]}
     task = Task(env=env, metrics_files=("metrics.json",))
     try:
-        assert attempt(procs, toy, tmp_path / "log", task, env).status == AttemptStatus.OK
+        assert (
+            attempt(Site(procs=procs, workspace=toy, log=tmp_path / "log", task=task, env=env)).status
+            == AttemptStatus.OK
+        )
         assert server.ready.is_set() and heard == []
         crashing = install(RELEASES["the fork server crashes at start"], tmp_path / "release")
         for variable, value in crashing.items():
@@ -352,7 +356,7 @@ def test_a_replacement_server_that_fails_to_start_ends_forking_for_the_session(
         for pid in server_processes():
             os.kill(pid, signal.SIGKILL)
         server.close()
-        done = [attempt(procs, toy, tmp_path / "log", task, env) for _ in range(3)]
+        done = [attempt(Site(procs=procs, workspace=toy, log=tmp_path / "log", task=task, env=env)) for _ in range(3)]
     finally:
         procs.close()
     assert [(d.status, d.metrics["metrics.json"]["foreground_fraction"]) for d in done] == [(AttemptStatus.OK, 0.5)] * 3

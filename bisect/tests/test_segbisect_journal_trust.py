@@ -26,7 +26,7 @@ from segbisect.core import machine
 from segbisect.core.attempt import Attempt, AttemptStatus
 from segbisect.core.hybrid import Hybrid
 from segbisect.core.verdict import Outcome
-from segbisect.session.journal import Journal, known_hybrids
+from segbisect.session.journal import Header, HybridRecord, Journal, known_hybrids
 from segbisect_toy import bad_commit, bisect, sh, unit_names
 
 COLLAPSE = {"train": {"lr": 2.0}}
@@ -71,19 +71,17 @@ def test_the_numeric_environment_is_compared_without_the_host() -> None:
 
 
 def test_invalid_journal_records_are_skipped_each_with_a_warning_naming_its_line(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "s", {"session": "s", "id": "0123"})
-    journal.append(hybrid("valid").to_record())
-    passed = hybrid("passed").to_record()
+    journal = Journal(tmp_path / "s", Header(session="s", id="0123"))
+    journal.append(HybridRecord.from_hybrid(hybrid("valid")))
+    passed = HybridRecord.from_hybrid(hybrid("passed")).to_record()
     passed["attempts"][0]["status"] = "passed"
-    journal.append(passed)
-    slow = hybrid("text-seconds").to_record()
+    slow = HybridRecord.from_hybrid(hybrid("text-seconds")).to_record()
     slow["attempts"][0]["seconds"] = "1.5"
-    journal.append(slow)
-    journal.append({"type": "hybrid", "attempts": []})
     with open(journal.path, "a", encoding="utf-8") as out:
+        out.write("".join(json.dumps(record) + "\n" for record in (passed, slow, {"type": "hybrid", "attempts": []})))
         out.write('["not", "a", "record"]\n{"type": "verdict"}\n{"type": "hybrid", "fingerprint": "torn", "att')
     known = known_hybrids(tmp_path)
-    assert list(known.hybrids) == ["valid"] and known.hybrids["valid"][0]["origin"] == "s"
+    assert list(known.hybrids) == ["valid"] and known.hybrids["valid"][0].origin == "s"
     path = journal.path
     assert known.skipped == [
         f"{path}:3: invalid journal record, skipped (attempts[0].status: 'passed' is not one of ok, crash, error)",
@@ -93,7 +91,7 @@ def test_invalid_journal_records_are_skipped_each_with_a_warning_naming_its_line
         f"{path}:7: invalid journal record, skipped (type: 'verdict' is not one of session, hybrid, mlflow)",
         f"{path}: skipped 1 line(s) not JSON, cut short by a kill or edited (line 8)",
     ]
-    assert [r["fingerprint"] for r in journal.records("hybrid")] == ["valid"]
+    assert [r.fingerprint for r in journal.records(HybridRecord)] == ["valid"]
 
 
 def test_json_is_printed_for_usage_errors_the_command_line_parser_finds() -> None:

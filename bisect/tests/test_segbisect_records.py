@@ -24,8 +24,8 @@ from segbisect.project.runner import describe_exit, failed_status
 from segbisect.project.snapshot import ABSENT, Snapshot, StageSnap
 from segbisect.reporting import html as report_html
 from segbisect.reporting import render
-from segbisect.reporting.report import Findings, build
-from segbisect.session.journal import REUSED, SCHEMA, Journal, journal_id, known_hybrids
+from segbisect.reporting.report import Findings, HybridRow, build
+from segbisect.session.journal import SCHEMA, Header, HybridRecord, Journal, journal_id, known_hybrids
 
 METRICS = "eval/metrics.json"
 
@@ -136,11 +136,11 @@ def test_a_hybrid_survives_the_journal_round_trip(tmp_path: Path) -> None:
         outcome=Outcome.GOOD,
         note="ok",
     )
-    journal = Journal(tmp_path / "s", {"session": "s"})
-    journal.append(hybrid.to_record())
+    journal = Journal(tmp_path / "s", Header(session="s"))
+    journal.append(HybridRecord.from_hybrid(hybrid))
     [record] = known_hybrids(tmp_path).hybrids["f" * 64]
-    assert tuple(Attempt.from_record(a) for a in record["attempts"]) == hybrid.attempts
-    assert hybrid.row("m.json")["metrics"] == {"fg": 0.1} and hybrid.row(None)["metrics"] == {}
+    assert record.attempts == hybrid.attempts
+    assert HybridRow.of(hybrid, "m.json").metrics == {"fg": 0.1} and HybridRow.of(hybrid, None).metrics == {}
     assert json.loads(journal.path.read_text().splitlines()[0])["schema"] == SCHEMA
 
 
@@ -150,9 +150,9 @@ def test_a_journal_of_another_schema_is_set_aside_not_misread(tmp_path: Path) ->
     old = [{"type": "session", "session": "s"}, {"type": "hybrid", "fingerprint": "a", "attempts": [{"status": "ok"}]}]
     (folder / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
     assert known_hybrids(tmp_path).hybrids == {}
-    journal = Journal(folder, {"session": "s"})
+    journal = Journal(folder, Header(session="s"))
     assert journal.set_aside == folder / "journal.schema1.jsonl" and journal.set_aside.is_file()
-    assert journal.records("hybrid") == [] and journal.records("session")[0]["schema"] == SCHEMA
+    assert journal.records(HybridRecord) == [] and journal.records(Header)[0].schema == SCHEMA
 
 
 def test_verdict_messages() -> None:
@@ -184,7 +184,7 @@ def test_a_signal_is_the_environment_however_the_shell_reports_it(
 def test_the_journal_tells_what_this_sessions_runs_executed_and_keeps_its_id_until_fresh(tmp_path: Path) -> None:
     folder = tmp_path / "s"
     run_id = journal_id(folder, fresh=False)
-    journal = Journal(folder, {"session": "s", "id": run_id})
+    journal = Journal(folder, Header(session="s", id=run_id))
     ran = Hybrid(
         id="h01",
         label="GOOD",
@@ -196,8 +196,8 @@ def test_the_journal_tells_what_this_sessions_runs_executed_and_keeps_its_id_unt
         outcome=Outcome.GOOD,
         note="",
     )
-    journal.append(ran.to_record())
-    journal.append({**replace(ran, fingerprint="from-another-session").to_record(), REUSED: True})
+    journal.append(HybridRecord.from_hybrid(ran))
+    journal.append(HybridRecord.from_hybrid(replace(ran, fingerprint="from-another-session", reused=True)))
     assert journal.executed_here() == {"ran-here"}
     assert journal_id(folder, fresh=False) == run_id != journal_id(folder, fresh=True)
 
@@ -222,17 +222,7 @@ def test_reports_count_the_stage_executions_of_earlier_runs_of_the_session(tmp_p
         )
         for h, executed in ran.items()
     ]
-    findings = Findings(
-        good=good.ref,
-        bad=bad.ref,
-        inventory=diff(good, bad),
-        hybrids=hybrids,
-        metrics_file=METRICS,
-        key_metrics=[],
-        folder=tmp_path,
-        tracking="off",
-        earlier=frozenset({"h01"}),
-    )
+    findings = replace(untracked_findings(good, bad, hybrids, tmp_path), earlier=frozenset({"h01"}))
     report = build(findings, VerdictKind.AMBIGUOUS, "undecided")
     assert (report.stage_executions, report.stage_executions_earlier, report.stage_executions_total) == (4, 1, 6)
     said = "4 (1 in earlier runs of this session)"
@@ -241,3 +231,54 @@ def test_reports_count_the_stage_executions_of_earlier_runs_of_the_session(tmp_p
     assert "4 stage executions (1 in earlier runs of this session);" in render.summary(report)
     alone = build(replace(findings, earlier=frozenset()), VerdictKind.AMBIGUOUS, "undecided")
     assert "stage executions: 3\n" in render.markdown(alone, tmp_path) and "earlier" not in render.summary(alone)
+
+
+def test_a_cluster_placement_reads_back_typed_and_is_written_as_it_was_journaled(tmp_path: Path) -> None:
+    """The attempt keeps where a cluster ran it as a plain record; the report reads it as a `Placement` and writes
+    the same record to report.json. A hybrid run here has none: `{}` in report.json, `-` in the node column."""
+    good = snapshot(tmp_path / "good", {"prep": {"n": 1}, "train": {"lr": 0.1}})
+    bad = snapshot(tmp_path / "bad", {"prep": {"n": 2}, "train": {"lr": 2.0}})
+    where = {"node": "ab" * 28, "host": "n1", "seconds": {"fetch": 0.5, "run": 2.0, "push": 0.25}}
+    placed = {**where, "restored_from": {"prep": "h01 on node abababab"}}
+    repeated = Attempt(status=AttemptStatus.OK, placement=where)
+    runs = {"h01": (repeated, replace(repeated, placement=placed)), "h02": (attempt(),)}
+    hybrids = [
+        Hybrid(
+            id=h,
+            label=f"<b>{h}</b>",
+            fingerprint=h,
+            from_bad=(),
+            sides={},
+            attempts=attempts,
+            check=None,
+            outcome=Outcome.GOOD,
+            note="",
+        )
+        for h, attempts in runs.items()
+    ]
+    report = build(untracked_findings(good, bad, hybrids, tmp_path), VerdictKind.AMBIGUOUS, "undecided")
+    cluster, local = report.hybrids
+    assert cluster.placement is not None and cluster.placement.node_name == "abababab"
+    assert cluster.placement.restored_from == {"prep": "h01 on node abababab"} and local.placement is None
+    written = json.loads(json.dumps(report.to_dict()))["hybrids"]
+    assert [h["placement"] for h in written] == [placed, {}]
+    table = render.markdown(report, tmp_path)
+    assert "| abababab (fetch/run/push s: 0.5/2/0.25) | prep: h01 on node abababab |" in table
+    assert table.count(" - (fetch/run/push s: -) | - |") == 1
+    page = report_html.page(report)
+    assert "&lt;b&gt;h01&lt;/b&gt;" in page and "<b>h01</b>" not in page, "the user's text is escaped"
+    assert "<span title='prep from h01 on node abababab'>abababab</span>" in page
+
+
+def untracked_findings(good: Snapshot, bad: Snapshot, hybrids: list[Hybrid], folder: Path) -> Findings:
+    """What a session without tracking would report of `hybrids` between `good` and `bad`."""
+    return Findings(
+        good=good.ref,
+        bad=bad.ref,
+        inventory=diff(good, bad),
+        hybrids=hybrids,
+        metrics_file=METRICS,
+        key_metrics=[],
+        folder=folder,
+        tracking="off",
+    )

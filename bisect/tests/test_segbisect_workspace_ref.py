@@ -11,6 +11,7 @@ import yaml
 
 from segbisect.core.errors import UsageError
 from segbisect.core.terms import CULPRIT, FIX
+from segbisect.project.gateway import DirectDvc
 from segbisect.project.refs import resolve
 from segbisect.project.snapshot import load_all, uncommitted_warnings, write_file
 from segbisect_toy import bisect, commit, dvc, sh, tree_state, unit_names
@@ -91,7 +92,7 @@ def test_the_snapshot_takes_untracked_files_the_pipeline_reads_and_leaves_output
     committed = (toy / "metrics.json").read_bytes()
     (toy / "metrics.json").write_text('{"foreground_fraction": 0}')  # a git-tracked output (cache: false)
 
-    [snap] = load_all([(resolve(toy, "workspace", None), tmp_path / "ws")], toy, None)
+    [snap] = load_all([(resolve(toy, "workspace", None), tmp_path / "ws")], toy, DirectDvc())
     assert snap.ref.files == ("dvc.yaml", "helper.py") and snap.ref.untracked == ()
     assert snap.file_bytes("helper.py") == b"X = 1\n" and "helper.py" in snap.stages[2].files
     assert snap.file_bytes("notes.txt") is None, "an untracked file no stage reads stays out"
@@ -120,7 +121,7 @@ def test_the_warning_names_a_params_file_over_head_and_is_not_given_against_the_
     overlay = tmp_path / "[today].yaml"
     overlay.write_text("train: {lr: 2.0}\n")
     refs = [resolve(toy, text, None) for text in (str(overlay), "good", "workspace")]
-    today, good, tree = load_all([(ref, tmp_path / f"s{i}") for i, ref in enumerate(refs)], toy, None)
+    today, good, tree = load_all([(ref, tmp_path / f"s{i}") for i, ref in enumerate(refs)], toy, DirectDvc())
     assert uncommitted_warnings(toy, today, good, FIX) == [
         f"BROKEN '{overlay}' is laid over HEAD's commit; uncommitted changes to train.py are not part of it "
         "(use 'workspace' for the tree as it is on disk)",

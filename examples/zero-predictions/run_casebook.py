@@ -47,8 +47,7 @@ from margins import (
     second_isa,
 )
 from pipeline.numerics import cpu_model_and_flags, numeric_environment, onednn_isa
-from pipeline.scratch import ROOT, git, make_repo
-from segbisect.project.refs import deep_merge
+from pipeline.scratch import ROOT, deep_merge, git, make_repo
 
 GOOD_BRANCH = "main"
 SEGBISECT = Path(segbisect.__file__).resolve().parent

@@ -22,6 +22,18 @@ class AttemptStatus(StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AttemptPolicy:
+    """How a hybrid is attempted, from the command line to the runner as one record: `repeat` attempts while each
+    succeeds (repeats that disagree make it FLAKY), each tried again up to `retries` more times while the environment
+    fails it, each ended past `timeout` seconds (None: no limit) as an environment error.
+    """
+
+    repeat: int = 1
+    retries: int = 1
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Attempt:
     """`metrics` holds every readable metrics file (flattened) by path; `unread` says why the others are not;
     `figures` maps each declared plot image to where it was kept (see figures.py); `placement` says where a

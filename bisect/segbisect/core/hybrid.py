@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from segbisect.core.attempt import Attempt
-from segbisect.core.terms import CULPRIT, Terms
 from segbisect.core.verdict import Outcome
 
 
 @dataclass(frozen=True, kw_only=True)
 class Hybrid:
-    """As journaled (`to_record`) and reported (`row`); `reused` when its attempts came from a journal, `origin`
-    then naming the session whose run computed them.
+    """As journaled (`session.journal.HybridRecord`) and reported (`reporting.report.HybridRow`); `reused` when its
+    attempts came from a journal, `origin` then naming the session whose run computed them.
     """
 
     id: str
@@ -59,39 +58,3 @@ class Hybrid:
         if not self.attempts or metrics_file is None:
             return {}
         return self.attempts[-1].metrics.get(metrics_file, {})
-
-    def to_record(self) -> dict[str, Any]:
-        """The journal line: the configuration and its attempts (the outcome is re-judged on reuse)."""
-        return {
-            "type": "hybrid",
-            "id": self.id,
-            "label": self.label,
-            "fingerprint": self.fingerprint,
-            "from_bad": list(self.from_bad),
-            "sides": self.sides,
-            "attempts": [a.to_record() for a in self.attempts],
-            "check": self.check,
-        }
-
-    def row(self, metrics_file: str | None, terms: Terms = CULPRIT) -> dict[str, Any]:
-        """The report's (and MLflow's) view of this hybrid, its outcome in the bisection's terms."""
-        return {
-            "id": self.id,
-            "label": self.label,
-            "from_bad": list(self.from_bad),
-            "sides": self.sides,
-            "outcome": terms.outcome(self.outcome),
-            "note": self.note,
-            "metrics": self.metrics(metrics_file),
-            "executed": self.executed,
-            "restored": self.restored,
-            "seconds": self.seconds,
-            "stage_seconds": self.stage_seconds,
-            "reused": self.reused,
-            "reused_from": self.origin,
-            "fingerprint": self.fingerprint,
-            "attempts": len(self.attempts),
-            "figures": self.figures,
-            "placement": self.attempts[-1].placement if self.attempts else {},
-            "machine": self.attempts[-1].machine if self.attempts else None,
-        }

@@ -17,28 +17,80 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from segbisect.core.attempt import Attempt, AttemptStatus
+from segbisect.core.attempt import Attempt, AttemptPolicy, AttemptStatus
 from segbisect.core.units import Unit
+from segbisect.project.gateway import Dvc
+from segbisect.project.runner import Task
+from segbisect.project.snapshot import Snapshot
+from segbisect.project.workspace import Workspaces
 from segbisect.tracking.switch import StageTracking
 
 
 @dataclass(frozen=True, kw_only=True)
 class Job:
-    """One hybrid to run: GOOD with `units` taken from BAD, attempted `repeat` times; an attempt the environment
-    failed is tried again up to `retries` times. `fingerprint` names the configuration across sessions. `tracking`,
-    read as the job starts, says whether its stages log to MLflow (None: as the session's stage environment says).
+    """One hybrid to run: GOOD with `units` taken from BAD, attempted as `policy` says. `fingerprint` names the
+    configuration across sessions. `tracking`, read as the job starts, says whether its stages log to MLflow (None:
+    as the session's stage environment says).
     """
 
     hybrid_id: str
     fingerprint: str
     units: tuple[Unit, ...]
-    repeat: int
-    retries: int = 1
+    policy: AttemptPolicy
     tracking: StageTracking | None = None
 
     def stage_env(self, env: Mapping[str, str]) -> dict[str, str]:
         """The session's stage environment `env` as this job's stages, starting now, get it."""
         return dict(env) if self.tracking is None else self.tracking.stage_env(env, self.hybrid_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterOptions:
+    """For `--executor ray`: `address` (None: Ray's own rule, RAY_ADDRESS else a local instance), `remote` (None:
+    the repository's default DVC remote) and the Ray resources one hybrid asks for.
+    """
+
+    address: str | None = None
+    remote: str | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preflight:
+    """What an executor may check before anything runs (a cluster that cannot take a hybrid is reported before a
+    reference is even resolved): the repository, the cluster's options, the MLflow store the stages log to.
+    """
+
+    repo: Path
+    cluster: ClusterOptions
+    tracking: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorContext:
+    """What every executor is built from, one record for all of them (each takes what it uses): both sides'
+    snapshots, the session's task and results `folder` (hybrids' logs and kept figures go under it), how many hybrids
+    at once, the worktrees and DVC of this machine, and the cluster's options with what its preflight found.
+    """
+
+    good: Snapshot
+    bad: Snapshot
+    task: Task
+    folder: Path
+    jobs: int
+    workspaces: Workspaces
+    dvc: Dvc
+    cluster: ClusterOptions
+    checked: Mapping[str, str]
+
+    @property
+    def logs(self) -> Path:
+        return self.folder / "logs"
+
+    @property
+    def figures_root(self) -> Path:
+        return self.folder / "figures"
 
 
 class Executor(Protocol):

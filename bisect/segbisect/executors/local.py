@@ -9,18 +9,16 @@ from typing import Any
 
 from segbisect.core import machine
 from segbisect.core.attempt import Attempt, AttemptStatus
-from segbisect.executors.base import Job, guarded
+from segbisect.executors.base import ExecutorContext, Job, guarded
 from segbisect.project import figures, runner
-from segbisect.project.forked import ForkServer
 from segbisect.project.materialize import materialize
-from segbisect.project.runner import Processes, Task
-from segbisect.project.snapshot import Snapshot
-from segbisect.project.workspace import PROCESSES, Workspaces
+from segbisect.project.runner import Processes, Site, WorktreeHints
+from segbisect.project.workspace import PROCESSES
 
 
 class LocalExecutor:
     """An `Executor` over a thread pool. A repeat re-runs (forced) the stages the first attempt executed and the
-    check every time, restored stages or not. DVC commands fork from `dvc_server` when given (see `forked`).
+    check every time, restored stages or not. DVC commands start through the session's DVC gateway (see `gateway`).
 
     A reused worktree gets a plain `dvc repro`: DVC checks every stage's outputs in place against the lock (its
     state database spares hashing a file whose inode, size and modification time are unchanged), so what a stage or
@@ -29,21 +27,11 @@ class LocalExecutor:
     check, and the check costs what skipping it saves.
     """
 
-    def __init__(
-        self,
-        *,
-        workspaces: Workspaces,
-        good: Snapshot,
-        bad: Snapshot,
-        task: Task,
-        logs: Path,
-        figures_root: Path,
-        jobs: int,
-        dvc_server: ForkServer | None = None,
-    ) -> None:
-        self.workspaces, self.good, self.bad, self.task, self.logs = workspaces, good, bad, task, logs
-        self.figures_root = figures_root
-        self._procs = Processes(workspaces.root / PROCESSES, dvc_server)
+    def __init__(self, context: ExecutorContext) -> None:
+        self.workspaces, self.good, self.bad, self.task = context.workspaces, context.good, context.bad, context.task
+        self.logs, self.figures_root = context.logs, context.figures_root
+        self._procs = Processes(self.workspaces.root / PROCESSES, context.dvc)
+        jobs, good, bad = context.jobs, context.good, context.bad
         self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="segbisect-hybrid")
         stages = [stage for snap in (good, bad) for stage in snap.stages]
         self._outs = sorted({out for stage in stages for out in stage.outs})
@@ -72,10 +60,9 @@ class LocalExecutor:
             materialize(workspace, self.good, self.bad, list(job.units))
             env = {**job.stage_env(self.task.env), "SEGBISECT_HYBRID": job.hybrid_id}
             log = self.logs / f"{job.hybrid_id}.log"
-            lock_stages = self._unchanged_stages(job) if new else ()
-            attempts = runner.attempts(
-                self._procs, workspace, log, self.task, env, job.repeat, job.retries, lock_stages=lock_stages
-            )
+            hints = WorktreeHints(lock_stages=self._unchanged_stages(job) if new else ())
+            site = Site(procs=self._procs, workspace=workspace, log=log, task=self.task, env=env)
+            attempts = runner.attempts(site, job.policy, hints)
             last = attempts[-1]
             if last.status == AttemptStatus.OK and self.task.plots:
                 kept = figures.keep(workspace, self.task.plots, figures.folder(self.figures_root, job.fingerprint))

@@ -29,27 +29,11 @@ from urllib.parse import urlparse
 
 from segbisect.core.attempt import Attempt
 from segbisect.core.errors import UsageError
-from segbisect.executors import base as job_failure
 from segbisect.executors.archive import pack
-from segbisect.executors.base import Job
-from segbisect.executors.ray_worker import WorkerJob, node_name, numeric_environment, run_hybrid
-from segbisect.project import figures
+from segbisect.executors.base import ClusterOptions, ExecutorContext, Job, Preflight, failed, summary
+from segbisect.executors.ray_worker import WorkerJob, WorkerResult, numeric_environment, run_hybrid
+from segbisect.project import figures, gateway
 from segbisect.project.materialize import materialize
-from segbisect.project.runner import Task
-from segbisect.project.snapshot import Snapshot
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClusterOptions:
-    """For `--executor ray`: `address` (None: Ray's own rule, RAY_ADDRESS else a local instance), `remote` (None:
-    the repository's default DVC remote) and the Ray resources one hybrid asks for.
-    """
-
-    address: str | None = None
-    remote: str | None = None
-    cpus: float = 1.0
-    gpus: float = 0.0
-
 
 INSTALL_HINT = "--executor ray needs Ray on this machine and every worker: pip install 'segbisect[ray]'"
 # A task whose node died runs again elsewhere this many times before the hybrid is an environment error.
@@ -98,8 +82,9 @@ class Address:
         return (parsed.hostname, port) if parsed.hostname and port else None
 
 
-def preflight(repo: Path, options: ClusterOptions, tracking: str | None) -> dict[str, str]:
+def preflight(check: Preflight) -> dict[str, str]:
     """Everything that would fail on the workers, checked here first; returns the remote's DVC options."""
+    repo, options, tracking = check.repo, check.cluster, check.tracking
     import_ray()
     if tracking is not None and urlparse(tracking).scheme in LOCAL_STORES:
         raise UsageError(
@@ -137,12 +122,8 @@ def import_ray() -> Any:
 
 def remote_options(repo: Path, name: str | None) -> dict[str, str]:
     """The DVC remote's options as this repository's config resolves them (local paths made absolute)."""
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc_repo:
-        config = dvc_repo.config
-        chosen = name or config["core"].get("remote")
-        remotes = config.get("remote", {})
+    found = gateway.remotes(repo)
+    chosen, remotes = name or found.default, found.options
     if not chosen:
         raise UsageError(
             f"{repo}: --executor ray needs a DVC remote that every worker reaches: pass --remote NAME or set a "
@@ -163,19 +144,11 @@ class RayExecutor:
     inputs, so a later hybrid that restored it can say which hybrid and node computed it.
     """
 
-    def __init__(
-        self,
-        *,
-        good: Snapshot,
-        bad: Snapshot,
-        task: Task,
-        logs: Path,
-        figures_root: Path,
-        options: ClusterOptions,
-        remote: dict[str, str],
-    ) -> None:
-        self.good, self.bad, self.task, self.logs, self.figures_root = good, bad, task, logs, figures_root
-        self.remote = remote
+    def __init__(self, context: ExecutorContext) -> None:
+        self.good, self.bad, self.task = context.good, context.bad, context.task
+        self.logs, self.figures_root = context.logs, context.figures_root
+        self.remote = dict(context.checked)
+        options = context.cluster
         self._ray = import_ray()
         self._started = not self._ray.is_initialized()
         if self._started:
@@ -189,7 +162,7 @@ class RayExecutor:
             num_cpus=options.cpus, num_gpus=options.gpus, max_retries=NODE_RETRIES
         )
         self._probe = self._ray.remote(numeric_environment).options(num_cpus=options.cpus, num_gpus=options.gpus)
-        self._env = {k: v for k, v in task.env.items() if k.startswith(DRIVER_VARIABLES)}
+        self._env = {k: v for k, v in self.task.env.items() if k.startswith(DRIVER_VARIABLES)}
         self._lock = threading.Lock()
         self._pending: set[Any] = set()
         self._computed: dict[str, str] = {}
@@ -200,8 +173,7 @@ class RayExecutor:
             remote=self.remote,
             env=job.stage_env(self._env),
             task=self.task,
-            repeat=job.repeat,
-            retries=job.retries,
+            policy=job.policy,
         )
         ref = self._run.remote(self._archive(job), work)
         with self._lock:
@@ -241,7 +213,7 @@ class RayExecutor:
             materialize(tree, self.good, self.bad, list(job.units))
             return pack(tree)
 
-    def _deliver(self, job: Job, ref: Any, done: Future[dict[str, Any]], out: Future[tuple[Attempt, ...]]) -> None:
+    def _deliver(self, job: Job, ref: Any, done: Future[WorkerResult], out: Future[tuple[Attempt, ...]]) -> None:
         with self._lock:
             self._pending.discard(ref)
         try:
@@ -249,33 +221,34 @@ class RayExecutor:
         except Exception as exc:  # the task itself failed: it raised, its node kept dying, or it was cancelled
             text = ANSI_CODES.sub("", str(exc))
             log = self.logs / f"{job.hybrid_id}.log"
-            out.set_result(job_failure.failed("the Ray task failed", _remote_cause(exc, text), text, log))
+            out.set_result(failed("the Ray task failed", _remote_cause(exc, text), text, log))
             return
         try:
             out.set_result(self._received(job, result))
         except Exception as exc:
             out.set_exception(exc)
 
-    def _received(self, job: Job, result: dict[str, Any]) -> tuple[Attempt, ...]:
-        """Write the log and images where the local executor would, and say where restored stages came from."""
-        (self.logs / f"{job.hybrid_id}.log").write_bytes(result["log"])
+    def _received(self, job: Job, result: WorkerResult) -> tuple[Attempt, ...]:
+        """Write the log and images where the local executor would; every attempt records where it ran, the last
+        also where its restored stages came from.
+        """
+        (self.logs / f"{job.hybrid_id}.log").write_bytes(result.log)
         folder = figures.folder(self.figures_root, job.fingerprint)
         kept = {}
-        for name, data in result["figures"].items():
+        for name, data in result.figures.items():
             target = folder / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             kept[name] = str(target)
-        attempts = [Attempt.from_record(record) for record in result["attempts"]]
-        keys: dict[str, str] = result["stage_keys"]
-        node = attempts[-1].placement.get("node", "?")
+        *earlier, last = result.attempts
+        keys, where = result.stage_keys, result.placement
         with self._lock:
-            ran = {stage for attempt in attempts for stage in attempt.executed if stage in keys}
-            self._computed.update({keys[stage]: f"{job.hybrid_id} on node {node_name(node)}" for stage in ran})
-            origin = {s: self._computed.get(keys.get(s, ""), "before this session") for s in attempts[-1].restored}
-        last = attempts[-1]
-        attempts[-1] = replace(last, figures=kept, placement={**last.placement, "restored_from": origin})
-        return tuple(attempts)
+            ran = {stage for attempt in result.attempts for stage in attempt.executed if stage in keys}
+            self._computed.update({keys[stage]: f"{job.hybrid_id} on node {where.node_name}" for stage in ran})
+            origin = {s: self._computed.get(keys.get(s, ""), "before this session") for s in last.restored}
+        placed = [replace(attempt, placement=where.to_record()) for attempt in earlier]
+        restored = replace(where, restored_from=origin).to_record()
+        return (*placed, replace(last, figures=kept, placement=restored))
 
 
 def _remote_cause(exc: Exception, text: str) -> str:
@@ -284,9 +257,9 @@ def _remote_cause(exc: Exception, text: str) -> str:
     """
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        return job_failure.summary(cause)
+        return summary(cause)
     lines = text.strip().splitlines()
-    return lines[-1].strip() if len(lines) > 1 else job_failure.summary(exc)
+    return lines[-1].strip() if len(lines) > 1 else summary(exc)
 
 
 def _join(ray: Any, address: Address) -> threading.Event:

@@ -1,5 +1,6 @@
 """One hybrid on a cluster worker: unpack its files into a fresh repository, fetch from the shared DVC remote, run,
-push back, and return everything the driver needs as plain data (no path on this node survives the task).
+push back, and return everything the driver needs as data, one `WorkerResult` (no path on this node survives
+the task).
 
 The remote carries stages between nodes: its run-cache says which stage inputs were already computed, anywhere,
 and `dvc repro --pull` restores those stages' outputs from it instead of running them. What this hybrid ran is
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from segbisect.core import machine
-from segbisect.core.attempt import Attempt, AttemptStatus
+from segbisect.core.attempt import Attempt, AttemptPolicy, AttemptStatus
 from segbisect.executors.archive import unpack
-from segbisect.project import figures, reading, runner
-from segbisect.project.runner import STATE_VARIABLE, Processes, Task
+from segbisect.executors.placement import Placement
+from segbisect.project import figures, gateway, reading, runner
+from segbisect.project.runner import STATE_VARIABLE, Processes, Site, Task
 
 REMOTE_NAME = "segbisect"
 LOG_TAIL_BYTES = 256 * 1024
@@ -41,8 +43,21 @@ class WorkerJob:
     remote: dict[str, str]
     env: dict[str, str]
     task: Task
-    repeat: int
-    retries: int
+    policy: AttemptPolicy
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerResult:
+    """What a hybrid's task gives the driver, all of it data (no path on the worker survives the task): the
+    attempts, where they ran (the driver adds it to each, with where restored stages came from), the log's tail,
+    the kept plot images' bytes by declared path, and the stages' run-cache keys (see `stage_keys`).
+    """
+
+    attempts: tuple[Attempt, ...]
+    placement: Placement
+    log: bytes
+    figures: dict[str, bytes]
+    stage_keys: dict[str, str]
 
 
 def numeric_environment() -> dict[str, Any]:
@@ -51,8 +66,8 @@ def numeric_environment() -> dict[str, Any]:
     return machine.describe()
 
 
-def run_hybrid(archive: bytes, job: WorkerJob) -> dict[str, Any]:
-    """The hybrid's attempts as records, its log tail, kept plot images (bytes), phase seconds and stage keys."""
+def run_hybrid(archive: bytes, job: WorkerJob) -> WorkerResult:
+    """The hybrid's attempts, where and how long (by phase) they ran, its log tail, kept images and stage keys."""
     node = _node()
     scratch = Path(tempfile.mkdtemp(prefix=f"segbisect-{job.hybrid_id}-"))
     root, log = scratch / "repo", scratch / "hybrid.log"
@@ -61,27 +76,27 @@ def run_hybrid(archive: bytes, job: WorkerJob) -> dict[str, Any]:
         _prepare(root, job, node)
         env = stage_env(job)
         seconds: dict[str, float] = {}
-        failure = _timed(seconds, "fetch", job.retries, _fetch, root, job.task.data_sources)
+        failure = _timed(seconds, "fetch", job.policy.retries, gateway.fetch, root, job.task.data_sources)
         if failure:
             done = [Attempt(status=AttemptStatus.ERROR, reason=f"fetching from the DVC remote failed: {failure}")]
         else:
             start = time.monotonic()
             # A cancelled task (Ctrl-C on the driver) is interrupted while it waits: the stages it runs end with it.
             task = replace(job.task, repro_args=("--pull",))
-            done = runner.attempts(Processes(), root, log, task, env, job.repeat, job.retries)
+            done = runner.attempts(Site(procs=Processes(), workspace=root, log=log, task=task, env=env), job.policy)
             seconds["run"] = round(time.monotonic() - start, 2)
             if done[-1].status == AttemptStatus.OK:
-                failure = _timed(seconds, "push", job.retries, _push, root)
+                failure = _timed(seconds, "push", job.policy.retries, gateway.push, root)
                 if failure:
                     done[-1] = replace(done[-1], status=AttemptStatus.ERROR, reason=f"pushing failed: {failure}")
         kept = figures.keep(root, job.task.plots, scratch / "figures") if done[-1].status == AttemptStatus.OK else {}
-        placement = {"node": node["id"], "host": node["host"], "seconds": seconds}
-        return {
-            "attempts": [replace(a, placement=placement).to_record() for a in done],
-            "log": _tail(log),
-            "figures": {name: Path(path).read_bytes() for name, path in kept.items()},
-            "stage_keys": stage_keys(root),
-        }
+        return WorkerResult(
+            attempts=tuple(done),
+            placement=Placement(node=node["id"], host=node["host"], seconds=seconds),
+            log=_tail(log),
+            figures={name: Path(path).read_bytes() for name, path in kept.items()},
+            stage_keys=stage_keys(root),
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -99,11 +114,6 @@ def stage_keys(root: Path) -> dict[str, str]:
         inputs = {k: entry.get(k) for k in ("cmd", "deps", "params")}
         keys[name] = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     return keys
-
-
-def node_name(node: str) -> str:
-    """Ray's node ids are 56 hex digits; the first 8 tell the nodes of one cluster apart."""
-    return node[:8]
 
 
 def _node() -> dict[str, str]:
@@ -151,25 +161,6 @@ def _prepare(root: Path, job: WorkerJob, node: dict[str, str]) -> None:
     lines = ["[core]", f"    remote = {REMOTE_NAME}", "[cache]", f"    dir = {cache}", f"['remote \"{REMOTE_NAME}\"']"]
     lines += [f"    {key} = {value}" for key, value in job.remote.items()]
     (root / ".dvc" / "config.local").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _fetch(root: Path, data_sources: tuple[str, ...]) -> None:
-    """The remote's run-cache (every stage computed anywhere) and the data sources the pipeline reads."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        repo.stage_cache.pull(None)
-        present = [d for d in data_sources if (root / d).is_file()]
-        if present:
-            repo.pull(targets=present)
-
-
-def _push(root: Path) -> None:
-    """The outputs this hybrid has and their run-cache entries, for later hybrids on any node."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        repo.push(run_cache=True)
 
 
 def _timed(seconds: dict[str, float], phase: str, retries: int, call: Any, *args: Any) -> str:

@@ -62,7 +62,7 @@ def _enclosing(keys: dict[Key, set[str]]) -> set[Key]:
     many keys costs as many set lookups, not a comparison with every other key.
     """
     prefixes = {
-        (kind, path, keypath[:length])
+        Key(kind, path, keypath[:length])
         for kind, path, keypath in keys
         if kind == "param"
         for length in range(1, len(keypath))
@@ -74,13 +74,13 @@ def _target(key: Key, enclosing: set[Key], good: Snapshot, bad: Snapshot) -> Key
     """The key `key` is compared under: itself, an enclosing key that one side holds as a single value, or none
     (an empty mapping whose other side has values below it).
     """
-    if key[0] != "param":
+    if key.kind != "param":
         return key
-    for length in range(1, len(key[2]) + 1):
-        prefix = (key[0], key[1], key[2][:length])
+    for length in range(1, len(key.keypath) + 1):
+        prefix = key._replace(keypath=key.keypath[:length])
         if prefix not in enclosing:
             continue
-        if not all(isinstance(snap.param(key[1], prefix[2]), dict) for snap in (good, bad)):
+        if not all(isinstance(snap.param(key.path, prefix.keypath), dict) for snap in (good, bad)):
             return prefix
         if prefix == key:
             return None
@@ -89,7 +89,7 @@ def _target(key: Key, enclosing: set[Key], good: Snapshot, bad: Snapshot) -> Key
 
 def _unit_id(key: Key) -> str:
     """A unit's id: its kind, then its params key (dotted; after its file unless params.yaml), path or stage."""
-    kind, path, keypath = UnitKind(key[0]), key[1], key[2]
+    kind, path, keypath = UnitKind(key.kind), key.path, key.keypath
     if kind != UnitKind.PARAM:
         return f"{kind}:{path}"
     dotted = ".".join(str(p) for p in keypath)
@@ -97,7 +97,7 @@ def _unit_id(key: Key) -> str:
 
 
 def _unit(good: Snapshot, bad: Snapshot, key: Key, stages: tuple[str, ...], g: Leaf, b: Leaf) -> Unit:
-    kind, path, keypath = UnitKind(key[0]), key[1], key[2]
+    kind, path, keypath = UnitKind(key.kind), key.path, key.keypath
     ident = _unit_id(key)
     values, detail = (g.value, b.value), ""
     if kind == UnitKind.PARAM:

@@ -8,8 +8,9 @@ and is its children's parent, so it reaps them and reports their exit status. Py
 (multiprocessing) would also re-run the caller's main module in every child, which a script calling segbisect
 without a `__main__` guard does not survive.
 
-The same server answers the session's own questions for DVC (a snapshot's pipeline, the user's cache folder), so
-the session never imports DVC itself: a child runs one of `DRIVERS`, the module's `main(argv)` (see `ask`).
+The same server answers the session's own questions for DVC (a snapshot's pipeline, the user's cache folder): a
+child runs one of `DRIVERS`, the module's `main(argv)` (see `ask`). When to start a server, which one to use and
+what takes the place of one that died is `gateway.ForkedDvc`'s to decide.
 
 Before it forks anything the server patches a few DVC internals for speed (see `dvc_patches`); a patch that no
 longer fits DVC is left out with a warning for the session. The server's stderr goes to a file, never the
@@ -44,8 +45,7 @@ from typing import IO, Any
 # command.
 PRELOAD = (
     "segbisect.project.dvc_run",
-    "segbisect.project.snapshot",
-    "segbisect.project.workspace",
+    "segbisect.project.gateway",
     "dvc.repo.metrics.show",
     "dvc.repo.brancher",
     "dvc_data.fs",
@@ -99,7 +99,7 @@ PRELOAD = (
     "psutil",
 )
 # What a child may run: each module's `main(argv)` returns the exit status.
-DRIVERS = ("segbisect.project.dvc_run", "segbisect.project.snapshot", "segbisect.project.workspace")
+DRIVERS = ("segbisect.project.dvc_run", "segbisect.project.gateway")
 # The server imports DVC before it forks anything; far longer than that means it is stuck.
 STARTUP_SECONDS = 120.0
 # How much of a dead server's stderr is read for its last line.
@@ -108,26 +108,8 @@ TAIL = 4096
 LOST = -signal.SIGKILL
 
 
-_early: ForkServer | None = None
-
-
-def start_early() -> None:
-    """Start the server before the command line imports anything: its imports are the longest wait before the
-    first hybrid, and run on another core meanwhile.
-    """
-    global _early
-    _early = ForkServer()
-
-
-def take_early() -> ForkServer | None:
-    """The server `start_early` started, handed over once (None when there is none)."""
-    global _early
-    server, _early = _early, None
-    return server
-
-
 class ServerDied(OSError):
-    """The fork server is gone; `runner.Processes` decides what takes its place."""
+    """The fork server is gone; `gateway.ForkedDvc` decides what takes its place."""
 
 
 class Warnings:
@@ -161,8 +143,8 @@ class Warnings:
 
 @dataclass(eq=False)
 class Forked:
-    """A command forked by the server, seen as `runner.Processes` sees a `subprocess.Popen`: `pid` also names its
-    process group, `wait` returns the exit status or raises TimeoutExpired.
+    """A command forked by the server, seen as `runner.Processes` sees a `subprocess.Popen` (`gateway.Started`):
+    `pid` also names its process group, `wait` returns the exit status or raises TimeoutExpired.
     """
 
     request: int
@@ -333,12 +315,10 @@ class Answer:
             self.out.unlink(missing_ok=True)
 
 
-def ask(server: ForkServer | None, driver: str, args: list[str], cwd: Path, out: Path) -> Answer:
-    """Have a child of `server` run `driver.main([str(out), *args])`; returns at once. The caller computes the
-    answer itself when `get` returns None (no server, or it failed the child).
+def ask(server: ForkServer, driver: str, args: list[str], cwd: Path, out: Path) -> Answer:
+    """Have a child of `server` run `driver.main([str(out), *args])` in `cwd`; returns at once. The caller computes
+    the answer itself when `get` returns None (the server is gone, or it failed the child).
     """
-    if server is None:
-        return Answer(None, out)
     try:
         return Answer(server._submit(driver, [str(out), *args], str(cwd), dict(os.environ), os.devnull), out)
     except ServerDied:

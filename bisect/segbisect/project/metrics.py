@@ -1,7 +1,7 @@
 """Metrics files found the way `dvc metrics show` finds them, read, and the one a predicate judges chosen.
 
 DVC declares metrics on stages (`metrics:` of an output) and at the top level of `dvc.yaml` (dvclive projects);
-`candidates` asks DVC itself. With several files, the predicate's keys pick the one to judge.
+the gateway asks DVC itself (`gateway.read_pipeline`). With several files, the predicate's keys pick the one to judge.
 """
 
 from __future__ import annotations
@@ -16,12 +16,6 @@ import yaml
 from segbisect.core.errors import UsageError
 from segbisect.core.predicate import Predicate
 from segbisect.project import reading
-
-
-def candidates(repo: Any) -> list[str]:
-    """Every metrics file `dvc metrics show` would read in an open DVC `Repo`, in DVC's order."""
-    shown = repo.metrics.show()
-    return [Path(path).as_posix() for path in shown.get("", {}).get("data", {})]
 
 
 def read(path: Path) -> tuple[dict[str, Any], str]:

@@ -15,7 +15,7 @@ import yaml
 
 from segbisect.core import machine
 from segbisect.core.errors import UsageError
-from segbisect.project import reading
+from segbisect.project import gateway, reading
 from segbisect.project.reading import git, rev_parse_commit, uncommitted
 from segbisect.tracking.store import INSTALL_HINT, NAME_A_STORE, may_hold_runs, mlflow_installed, route_logs
 
@@ -93,19 +93,15 @@ def _exp_ref(repo: Path, text: str, _uri: str | None) -> Reference | None:
     if "/" in text and not text.startswith("refs/exps/"):
         return None
     if not git(repo, "for-each-ref", "--count=1", "refs/exps/").stdout:
-        return None  # no experiment at all: spares importing DVC, which the session itself never needs
-    from dvc.repo.experiments.utils import resolve_name
-    from dvc.scm import SCM
-
-    scm = SCM(str(repo))
+        return None  # no experiment at all: spares importing DVC in the session
     try:
-        info = resolve_name(scm, text).get(text)
-    except Exception as exc:  # AmbiguousExpRefInfo, bad ref format
+        found = gateway.experiment(repo, text)
+    except UsageError as exc:
         raise UsageError(f"reference '{text}': {exc}") from None
-    if info is None:
+    if found is None:
         return None
-    commit = scm.get_ref(str(info))
-    return Reference(text, "exp", commit, detail=f"DVC experiment {info.name} at {commit[:10]}") if commit else None
+    detail = f"DVC experiment {found.name} at {found.commit[:10]}"
+    return Reference(text, "exp", found.commit, detail=detail)
 
 
 def _params_file_ref(repo: Path, text: str, _uri: str | None) -> Reference | None:

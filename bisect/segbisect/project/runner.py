@@ -1,7 +1,8 @@
 """Run `dvc repro` (and an optional `--run` check) in a workspace and read what happened.
 
 DVC runs under `segbisect.project.dvc_run`, which reports the stages it executed or restored and the errors it raised as
-structured events, so cache reuse is measured rather than assumed and no console text is parsed.
+structured events, so cache reuse is measured rather than assumed and no console text is parsed. The session's DVC
+gateway starts each DVC command (see `gateway`); `Processes` keeps track of it as of every other process it runs.
 """
 
 from __future__ import annotations
@@ -10,18 +11,16 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
-from segbisect.core.attempt import Attempt, AttemptStatus
-from segbisect.project import forked
+from segbisect.core.attempt import Attempt, AttemptPolicy, AttemptStatus
 from segbisect.project import metrics as metrics_files
 from segbisect.project.dvc_run import Events, remove_temporaries, running_file, temporaries_file
+from segbisect.project.gateway import DIRECT, Command, Dvc, Started
 
 OWN_WORDS = 300
 GRACE_SECONDS = 5.0
@@ -47,21 +46,22 @@ class Processes:
 
     Each group's id is also a file in `registry` while it runs: a session killed with SIGKILL cannot stop its
     stages, so the next session reads the registry of the dead one and ends them (see `workspace.remove_stale`).
+    `dvc`: the session's DVC gateway, which starts its DVC commands.
     """
 
-    def __init__(self, registry: Path | None = None, server: forked.ForkServer | None = None) -> None:
-        self._procs: set[_Child] = set()
+    def __init__(self, registry: Path | None = None, dvc: Dvc = DIRECT) -> None:
+        self._procs: set[Started] = set()
         self._lock = threading.Lock()
         self.stopping = False
         self.registry = registry
         if registry:
             registry.mkdir(parents=True, exist_ok=True)
-        self._server = server
+        self._gateway = dvc
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float | None = None) -> int:
         """Run `args` in a process group of its own; past `deadline` (monotonic) the group ends and TimedOut."""
 
-        def start() -> _Child:
+        def start() -> Started:
             with open(log, "ab") as out:
                 return subprocess.Popen(
                     args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -72,53 +72,15 @@ class Processes:
     def dvc(
         self, events_file: Path, args: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float | None
     ) -> int:
-        """A DVC command under the events driver: forked from the warm server, or in a fresh interpreter when there
-        is none or it fails to fork.
-        """
-        env = {**env, **OWN_DVC_ENV}
-        server = self._fork_server()
-        if server is not None:
-            try:
-                return self._run(lambda: server.start(str(events_file), args, str(cwd), env, str(log)), cwd, deadline)
-            except forked.ServerDied:
-                with self._lock:
-                    self._replace(server)
-        command = [sys.executable, "-m", "segbisect.project.dvc_run", str(events_file), "--", *args]
-        return self.run(command, cwd, env, log, deadline)
-
-    def _fork_server(self) -> forked.ForkServer | None:
-        """The server to fork the next DVC command from; None: run it in a fresh interpreter."""
-        with self._lock:
-            if self._server is not None and not self._server.alive:
-                self._replace(self._server)
-            return self._server
-
-    def _replace(self, server: forked.ForkServer) -> None:
-        """In place of `server`, gone: a new one if it had served, else none for the rest of the session (a server
-        that cannot start fails the same way every time, and each try costs a DVC import), with one warning. Called
-        holding the lock; a server already replaced is left alone.
-        """
-        if server is not self._server:
-            return
-        self._server = None
-        why = server.last_words()
-        server.close()
-        if server.ready.is_set():
-            self._server = forked.ForkServer(server.warnings)
-            return
-        server.warnings.say(
-            f"the DVC fork server failed to start ({why}): every DVC command of this session runs in a fresh "
-            "interpreter; verdicts are unchanged, commands are slower"
-        )
+        """A DVC command under the events driver, as the gateway starts it (forked, or in a fresh interpreter)."""
+        command = Command(events_file, args, cwd, {**env, **OWN_DVC_ENV}, log)
+        return self._run(lambda: self._gateway.start(command), cwd, deadline)
 
     def close(self) -> None:
-        """End the fork server, if any (after the commands it forked have ended)."""
-        with self._lock:
-            server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        """Close the DVC gateway: its fork server, if any, ends after the commands it forked have ended."""
+        self._gateway.close()
 
-    def _run(self, start: Callable[[], _Child], cwd: Path, deadline: float | None) -> int:
+    def _run(self, start: Callable[[], Started], cwd: Path, deadline: float | None) -> int:
         with self._lock:
             if self.stopping:
                 raise KeyboardInterrupt
@@ -146,15 +108,7 @@ class Processes:
                     os.killpg(proc.pid, signal.SIGTERM)
 
 
-class _Child(Protocol):
-    """A started process that leads its own process group (`subprocess.Popen`, `forked.Forked`)."""
-
-    pid: int
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-
-def _wait(proc: _Child, deadline: float | None) -> int:
+def _wait(proc: Started, deadline: float | None) -> int:
     """The exit status, or TimedOut past `deadline`. Waits in short slices, so an interruption (Ctrl-C, or a
     cluster task being cancelled) reaches this thread while a stage runs.
     """
@@ -166,7 +120,7 @@ def _wait(proc: _Child, deadline: float | None) -> int:
             return proc.wait(timeout=WAIT_SLICE if left is None else min(WAIT_SLICE, left))
 
 
-def _end(proc: _Child) -> None:
+def _end(proc: Started) -> None:
     """SIGTERM to the whole group, SIGKILL if it is still there after a grace period."""
     for sig, grace in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, None)):
         with contextlib.suppress(ProcessLookupError):
@@ -188,107 +142,108 @@ class Task:
     check: str | None = None
     diagnostics: str | None = None
     data_sources: tuple[str, ...] = ()
-    timeout: float | None = None
     plots: tuple[str, ...] = ()
     repro_args: tuple[str, ...] = ()
     state: str = ""
 
 
-def attempts(
-    procs: Processes,
-    workspace: Path,
-    log: Path,
-    task: Task,
-    env: dict[str, str],
-    repeat: int,
-    retries: int,
-    lock_stages: Sequence[str] = (),
-) -> list[Attempt]:
-    """A hybrid's attempts: `repeat` of them, each forcing the stages the first one executed (the check runs every
-    time), and each tried again while the environment fails it (at most `retries` more times). `lock_stages`: see
-    `attempt` (the first attempt's).
+@dataclass(frozen=True, kw_only=True)
+class Site:
+    """Where one hybrid's attempts run: the session's processes, the hybrid's workspace and log, the session's
+    task, and the environment the hybrid's stages get.
+    """
+
+    procs: Processes
+    workspace: Path
+    log: Path
+    task: Task
+    env: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorktreeHints:
+    """What the executor knows of the worktree that spares DVC work: `lock_stages` (DVC targets; in a new
+    worktree, the stages the hybrid takes as its commit has them), whose outputs are checked out from the commit's
+    dvc.lock before the first attempt.
+    """
+
+    lock_stages: tuple[str, ...] = ()
+
+
+def attempts(site: Site, policy: AttemptPolicy, hints: WorktreeHints | None = None) -> list[Attempt]:
+    """A hybrid's attempts: `policy.repeat` of them, each forcing the stages the first one executed (the check runs
+    every time), and each tried again while the environment fails it (at most `policy.retries` more times). `hints`:
+    see `attempt` (the first attempt's).
     """
 
     def tried(force: tuple[str, ...] = (), lock: Sequence[str] = ()) -> Attempt:
-        result = attempt(procs, workspace, log, task, env, force, lock)
-        for _ in range(retries):
+        result = attempt(site, policy.timeout, force, lock)
+        for _ in range(policy.retries):
             if result.status != AttemptStatus.ERROR:
                 break
-            result = attempt(procs, workspace, log, task, env, force, lock)
+            result = attempt(site, policy.timeout, force, lock)
         return result
 
-    first = tried(lock=lock_stages)
+    first = tried(lock=hints.lock_stages if hints else ())
     done = [first]
-    while len(done) < repeat and first.status == AttemptStatus.OK:
+    while len(done) < policy.repeat and first.status == AttemptStatus.OK:
         done.append(tried(first.executed))
     return done
 
 
 def attempt(
-    procs: Processes,
-    workspace: Path,
-    log: Path,
-    task: Task,
-    env: dict[str, str],
-    force: Sequence[str] = (),
-    lock_stages: Sequence[str] = (),
+    site: Site, timeout: float | None = None, force: Sequence[str] = (), lock_stages: Sequence[str] = ()
 ) -> Attempt:
-    """`dvc repro` in `workspace` (forcing `force` stages when repeating), then read metrics and run the check.
+    """`dvc repro` in the site's workspace (forcing `force` stages when repeating), then read metrics and run the
+    check, all ended past `timeout` seconds.
 
     DVC-tracked data (`.dvc` files) is checked out from the shared cache first: a fresh worktree lacks it. The
-    outputs of `lock_stages` (DVC targets; in a new worktree: the stages the hybrid takes as its commit has them)
-    are checked out from the commit's dvc.lock first, in one command: those stages are then skipped in place as
-    unchanged, instead of restored one by one through the run-cache with a lock file rewrite each (about 0.5 s on
-    the tiny pipeline). What the cache lacks, and any failure of that checkout, is left to `dvc repro`: it only
-    saves work.
+    outputs of `lock_stages` (see `WorktreeHints`) are checked out from the commit's dvc.lock first, in one command:
+    those stages are then skipped in place as unchanged, instead of restored one by one through the run-cache with a
+    lock file rewrite each (about 0.5 s on the tiny pipeline). What the cache lacks, and any failure of that
+    checkout, is left to `dvc repro`: it only saves work.
     """
     start, started = time.monotonic(), round(time.time(), 3)
-    deadline = None if task.timeout is None else start + task.timeout
+    deadline = None if timeout is None else start + timeout
     try:
-        done = _attempt(procs, workspace, log, task, env, force, deadline, lock_stages)
+        done = _attempt(site, force, deadline, lock_stages)
     except TimedOut:
         done = Attempt(
             status=AttemptStatus.ERROR,
-            reason=f"hybrid past its time limit (--timeout {task.timeout:g} s): its processes were ended",
+            reason=f"hybrid past its time limit (--timeout {timeout:g} s): its processes were ended",
             seconds=round(time.monotonic() - start, 2),
         )
     return replace(done, started=started)
 
 
-def _attempt(
-    procs: Processes,
-    workspace: Path,
-    log: Path,
-    task: Task,
-    env: dict[str, str],
-    force: Sequence[str],
-    deadline: float | None,
-    lock_stages: Sequence[str],
-) -> Attempt:
+def _attempt(site: Site, force: Sequence[str], deadline: float | None, lock_stages: Sequence[str]) -> Attempt:
     start = time.monotonic()
+    workspace, task = site.workspace, site.task
     if lock_stages:
-        _dvc(procs, workspace, env, log, ["checkout", "--quiet", "--allow-missing", *lock_stages], deadline)
+        _dvc(site, ["checkout", "--quiet", "--allow-missing", *lock_stages], deadline)
     present = [d for d in task.data_sources if (workspace / d).is_file()]
     events = Events()
     if present:
         # Not --quiet: that silences DVC's logger, and with it the error that says why the checkout failed.
-        events = _dvc(procs, workspace, env, log, ["checkout", *present], deadline)
+        events = _dvc(site, ["checkout", *present], deadline)
     if events.rc == 0:
         repro = ["repro", *task.repro_args]
         if force:
             repro += ["--force", "--single-item", *force]
-        events = _dvc(procs, workspace, env, log, repro, deadline)
+        events = _dvc(site, repro, deadline)
     if events.rc != 0:
         return Attempt(
             status=failed_status(events),
             executed=tuple(events.executed),
             restored=tuple(events.restored),
             stage_seconds=events.stage_seconds,
-            reason=_failure(events, log),
+            reason=_failure(events, site.log),
             seconds=round(time.monotonic() - start, 2),
         )
     found, unread = metrics_files.read_all(workspace, task.metrics_files)
-    check_rc = procs.run(["bash", "-c", task.check], workspace, env, log, deadline) if task.check else None
+    check_rc = None
+    if task.check:
+        check_rc = site.procs.run(["bash", "-c", task.check], workspace, site.env, site.log, deadline)
     return Attempt(
         status=AttemptStatus.OK,
         executed=tuple(events.executed),
@@ -302,17 +257,15 @@ def _attempt(
     )
 
 
-def _dvc(
-    procs: Processes, workspace: Path, env: dict[str, str], log: Path, args: list[str], deadline: float | None
-) -> Events:
+def _dvc(site: Site, args: list[str], deadline: float | None) -> Events:
     """One DVC command under the events driver; a driver that died unreported gets its exit status alone.
 
     The events file sits beside the log, in the results folder: a full disk under the worktree cannot lose it. The
     temporary files a driver listed and left (it was killed mid-transfer) go once it has ended, however it ended.
     """
-    events_file = _events_file(log)
+    events_file = _events_file(site.log)
     try:
-        rc = procs.dvc(events_file, args, workspace, env, log, deadline)
+        rc = site.procs.dvc(events_file, args, site.workspace, site.env, site.log, deadline)
         events = Events.read(events_file)
     finally:
         events_file.unlink(missing_ok=True)

@@ -2,26 +2,23 @@
 
 The reference's tree is exported to a temporary folder (git archive, params overlay or the working tree's files
 written in) and read with DVC's own index, so templated `${...}` deps and whole-file params resolve exactly as
-`dvc repro` would.
-Given the fork server (see `forked`), both references are read at once in children that have DVC imported
-already; `main` is that child's entry point.
+`dvc repro` would. The session's DVC gateway reads both references at once (see `gateway.Dvc.pipelines`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from segbisect.core.errors import UsageError
 from segbisect.core.terms import Terms
-from segbisect.project import metrics, reading
-from segbisect.project.forked import ForkServer, ask
+from segbisect.project import reading
+from segbisect.project.gateway import Dvc, StageSnap, under
 from segbisect.project.reading import export_tree, head_bytes, rev_parse_commit, uncommitted
 from segbisect.project.refs import WORKSPACE, Reference, with_files
 
@@ -29,24 +26,16 @@ ABSENT = "<absent>"
 # `json.dumps(value, sort_keys=True, default=str)` without building an encoder per call: a params file of many
 # keys digests every value on both sides.
 _DIGEST_JSON = json.JSONEncoder(sort_keys=True, default=str)
-# A leaf's address: (kind, params file | file | stage name, key path inside a params file).
-Key = tuple[str, str, tuple[Any, ...]]
 
 
-@dataclass
-class StageSnap:
-    """What one stage reads: declared params keys, git-tracked files, and DVC-tracked data (.dvc files)."""
+class Key(NamedTuple):
+    """Where one thing the pipeline reads lives: `kind` (a unit kind's name: param, file, data, stage), `path` (the
+    params file, the file or the stage) and `keypath` inside a params file.
+    """
 
-    name: str
-    params: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
-    files: set[str] = field(default_factory=set)
-    data: set[str] = field(default_factory=set)
-    metrics: list[str] = field(default_factory=list)
-    outs: list[str] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)
-    lock_file: str = "dvc.lock"
-    # DVC runs it on every `dvc repro` (`always_changed`, or a command with neither deps nor outs).
-    always_runs: bool = False
+    kind: str
+    path: str
+    keypath: tuple[Any, ...]
 
 
 @dataclass
@@ -91,11 +80,11 @@ class Snapshot:
         return found
 
     def _keys_read_by(self, stage: StageSnap) -> list[Key]:
-        keys: list[Key] = [("stage", stage.name, ())]
+        keys: list[Key] = [Key("stage", stage.name, ())]
         for file, keypath in sorted(stage.params, key=str):
-            keys.extend(("param", file, path) for path in _param_leaves(self.param(file, keypath), keypath))
-        keys.extend(("file", path, ()) for path in sorted(stage.files))
-        keys.extend(("data", path, ()) for path in sorted(stage.data))
+            keys.extend(Key("param", file, path) for path in _param_leaves(self.param(file, keypath), keypath))
+        keys.extend(Key("file", path, ()) for path in sorted(stage.files))
+        keys.extend(Key("data", path, ()) for path in sorted(stage.data))
         return keys
 
     def leaf_at(self, key: Key) -> Leaf:
@@ -148,68 +137,24 @@ def _param_leaves(value: Any, keypath: tuple[Any, ...]) -> Iterator[tuple[Any, .
         yield keypath
 
 
-# What DVC's index says of one tree: its stages, the params files they read, `.dvc` data sources, metrics files.
-Reading = tuple[list[StageSnap], set[str], list[str], list[str]]
-
-
-def load_all(pairs: Sequence[tuple[Reference, Path]], repo: Path, server: ForkServer | None) -> list[Snapshot]:
-    """Export each reference into its folder and read the pipelines, at once in children of `server` when given
-    (in this process when there is none or it fails them).
-    """
+def load_all(pairs: Sequence[tuple[Reference, Path]], repo: Path, dvc: Dvc) -> list[Snapshot]:
+    """Export each reference into its folder and read the pipelines, all asked of `dvc` at once."""
     for ref, dest in pairs:
         _export(ref, repo, dest)
-    answers = [
-        ask(server, "segbisect.project.snapshot", [str(dest)], dest, dest.with_suffix(".json")) for _, dest in pairs
-    ]
+    answers = dvc.pipelines([dest for _, dest in pairs])
     snapshots = []
     for (ref, dest), answer in zip(pairs, answers, strict=True):
         try:
-            stages, param_files, sources, metrics_files = _decode(answer.get()) or _read_stages(dest)
+            pipeline = answer()
         except UsageError as exc:
             raise UsageError(f"{ref.describe()}: {exc}") from None
+        stages, param_files = pipeline.stages, pipeline.param_files
         if ref.kind == WORKSPACE:
             ref = _settle_working_tree(ref, repo, dest, stages, param_files)
         params_data = {f: _load_yaml(dest / f) for f in sorted(param_files)}
-        snapshots.append(
-            Snapshot(ref, dest, stages, params_data, _load_yaml(dest / "dvc.yaml"), sources, metrics_files)
-        )
+        dvcyaml = _load_yaml(dest / "dvc.yaml")
+        snapshots.append(Snapshot(ref, dest, stages, params_data, dvcyaml, pipeline.sources, pipeline.metrics_files))
     return snapshots
-
-
-def main(argv: list[str]) -> int:
-    """A fork server child: write the pipeline under `argv[1]`, or why it cannot be read, as JSON to `argv[0]`."""
-    out, root = Path(argv[0]), Path(argv[1])
-    try:
-        stages, param_files, sources, metrics_files = _read_stages(root)
-    except UsageError as exc:
-        out.write_text(json.dumps({"error": str(exc)}), encoding="utf-8")
-        return 0
-    encoded = [
-        {
-            **vars(s),
-            "params": sorted([f, list(k)] for f, k in s.params),
-            "files": sorted(s.files),
-            "data": sorted(s.data),
-        }
-        for s in stages
-    ]
-    found = {"stages": encoded, "param_files": sorted(param_files), "sources": sources, "metrics_files": metrics_files}
-    out.write_text(json.dumps(found), encoding="utf-8")
-    return 0
-
-
-def _decode(found: Any) -> Reading | None:
-    if found is None:
-        return None
-    if "error" in found:
-        raise UsageError(found["error"])
-    stages = [
-        StageSnap(
-            **{**s, "params": {(f, tuple(k)) for f, k in s["params"]}, "files": set(s["files"]), "data": set(s["data"])}
-        )
-        for s in found["stages"]
-    ]
-    return stages, set(found["param_files"]), found["sources"], found["metrics_files"]
 
 
 def _export(ref: Reference, repo: Path, dest: Path) -> None:
@@ -238,7 +183,7 @@ def _settle_working_tree(
     """
     outs = [out for stage in stages for out in stage.outs]
     read = _read_paths(stages, param_files)
-    kept = {path for path in ref.files if not any(_under(path, out) for out in outs)}
+    kept = {path for path in ref.files if not any(under(path, out) for out in outs)}
     taken = {path for path in ref.untracked if path in read} - kept
     for path in taken:
         write_file(dest / path, _on_disk(repo, path))
@@ -304,79 +249,6 @@ def write_file(target: Path, content: bytes | None) -> None:
     if content is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
-
-
-def _read_stages(root: Path) -> Reading:
-    import networkx as nx
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(root), config={"core": {"no_scm": True}}) as repo:
-            index = repo.index
-            pipeline = [s for s in index.stages if not s.is_data_source]
-            order = {s: i for i, s in enumerate(index.stages)}
-            graph = index.graph.reverse()
-            ordered = [s for s in nx.lexicographical_topological_sort(graph, key=order.get) if s in pipeline]
-            produced = [_rel(root, o.fs_path) for s in pipeline for o in s.outs]
-            tracked = {
-                _rel(root, o.fs_path): _rel(root, s.path) for s in index.stages if s.is_data_source for o in s.outs
-            }
-            param_files: set[str] = set()
-            snaps = [_stage_snap(root, s, produced, tracked, param_files) for s in ordered]
-            metrics_files = metrics.candidates(repo)
-    except DvcException as exc:
-        raise UsageError(f"cannot read the DVC pipeline: {exc}") from None
-    return snaps, param_files, sorted(set(tracked.values())), metrics_files
-
-
-def _stage_snap(
-    root: Path, stage: Any, produced: list[str], tracked: dict[str, str], param_files: set[str]
-) -> StageSnap:
-    from dvc.dependency.param import ParamsDependency
-
-    dvcfile = _rel(root, stage.dvcfile.path)
-    snap = StageSnap(
-        stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}",
-        lock_file=Path(dvcfile).with_suffix(".lock").as_posix(),
-        always_runs=bool(stage.always_changed or stage.is_callback),
-    )
-    file_deps = []
-    for dep in stage.deps:
-        path = _rel(root, dep.fs_path)
-        if isinstance(dep, ParamsDependency):
-            param_files.add(path)
-            keys = dep.params or list(dep.read_params())
-            snap.params.update((path, tuple(str(k).split("."))) for k in keys)
-        else:
-            file_deps.append(path)
-    for path in file_deps:
-        if path in param_files or any(_under(path, out) for out in produced):
-            continue
-        source = next((dvcfile for out, dvcfile in tracked.items() if _under(path, out)), None)
-        if source:
-            snap.data.add(source)
-        else:
-            snap.files.update(_expand(root, path))
-    snap.outs = [_rel(root, o.fs_path) for o in stage.outs]
-    snap.metrics = [_rel(root, o.fs_path) for o in stage.outs if o.metric]
-    snap.plots = [_rel(root, o.fs_path) for o in stage.outs if o.plot]
-    return snap
-
-
-def _expand(root: Path, path: str) -> set[str]:
-    target = root / path
-    if target.is_dir():
-        return {_rel(root, str(p)) for p in target.rglob("*") if p.is_file()}
-    return {path}
-
-
-def _under(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-def _rel(root: Path, path: str) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
 
 
 def _load_yaml(path: Path) -> Any:

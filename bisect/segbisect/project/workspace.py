@@ -22,7 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from segbisect.project.forked import ForkServer, ask
+import psutil
+
+from segbisect.project.gateway import DIRECT, Dvc
 from segbisect.project.reading import git
 
 OWNER_FILE = "segbisect-owner.json"
@@ -33,17 +35,15 @@ PROCESSES = "processes"
 class Workspaces:
     """The worktrees of one session, always removed at the end (unless `keep`); use as a context manager.
 
-    With `keep`, every hybrid gets a worktree of its own, left for inspection.
+    With `keep`, every hybrid gets a worktree of its own, left for inspection. `dvc`: the session's DVC gateway.
     """
 
-    def __init__(
-        self, repo: Path, keep: bool = False, parent: Path | None = None, server: ForkServer | None = None
-    ) -> None:
+    def __init__(self, repo: Path, keep: bool = False, parent: Path | None = None, dvc: Dvc = DIRECT) -> None:
         self.repo, self.keep = repo, keep
         self.root = Path(tempfile.mkdtemp(prefix="segbisect-ws-", dir=parent))
         (self.root / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "repo": str(repo)}), encoding="utf-8")
         # The user's DVC cache folder (honours cache.dir in their config), asked now, needed by the first worktree.
-        self._cache_answer = ask(server, "segbisect.project.workspace", [str(repo)], repo, self.root / "cache-dir.json")
+        self._cache_answer = dvc.cache_dir(repo)
         self._cache: Path | None = None
         self._lock = threading.Lock()
         self._live: set[Path] = set()
@@ -94,13 +94,9 @@ class Workspaces:
             path = self.root / (name if self.keep else f"w{self._made}")
             self._live.add(path)
             git(self.repo, "worktree", "add", "--detach", "--quiet", str(path), commit)
-            self._cache = self._cache or self._user_cache_dir()
+            self._cache = self._cache or self._cache_answer()
         _share_cache(self.repo, path, self._cache)
         return path
-
-    def _user_cache_dir(self) -> Path:
-        found = self._cache_answer.get()
-        return Path(found) if isinstance(found, str) else _cache_dir(self.repo)
 
     def _remove(self, path: Path) -> None:
         with self._lock:
@@ -141,19 +137,6 @@ def _share_cache(repo: Path, worktree: Path, cache_dir: Path) -> None:
     conf.write()
 
 
-def main(argv: list[str]) -> int:
-    """A fork server child: write the DVC cache folder of the repository `argv[1]` as JSON to `argv[0]`."""
-    Path(argv[0]).write_text(json.dumps(str(_cache_dir(Path(argv[1])))), encoding="utf-8")
-    return 0
-
-
-def _cache_dir(repo: Path) -> Path:
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc_repo:
-        return Path(dvc_repo.cache.local_cache_dir)
-
-
 def remove_stale(repo: Path) -> list[str]:
     """Clean up after killed segbisect sessions (owner process gone): end their stage processes, remove their
     worktrees and temporary folders. Returns what was removed, one line each.
@@ -190,7 +173,7 @@ def _end_groups(root: Path) -> list[int]:
     ended = []
     for marker in sorted((root / PROCESSES).glob("*")):
         pgid = int(marker.name)
-        if any(_cwd(pid).is_relative_to(root) for pid in _members(pgid)):
+        if _runs_inside(pgid, root):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
                 ended.append(pgid)
@@ -198,32 +181,24 @@ def _end_groups(root: Path) -> list[int]:
     return ended
 
 
-def _members(pgid: int) -> list[int]:
-    """The live processes of group `pgid` (its leader may be gone while its children run on)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text(encoding="utf-8", errors="replace").rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                members.append(int(stat.parent.name))
-    return members
-
-
-def _cwd(pid: int) -> Path:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return Path("/nonexistent")
+def _runs_inside(pgid: int, root: Path) -> bool:
+    """Whether a live process of group `pgid` works inside `root` (its leader may be gone while its children run
+    on). A zombie has no working folder, so a group of zombies is left alone, as is a process of another user.
+    """
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and Path(proc.cwd()).is_relative_to(root):
+                return True
+        except (ProcessLookupError, psutil.Error):  # gone meanwhile, a zombie, or not ours to look at
+            continue
+    return False
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether the session with this process id may still run: a zombie still counts (its parent has yet to see it
+    end), and so does an owner file naming no process (-1), which is left alone.
+    """
+    return pid < 0 or bool(psutil.pid_exists(pid))
 
 
 def _owner(marker: Path) -> dict[str, Any]:

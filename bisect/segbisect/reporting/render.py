@@ -1,4 +1,8 @@
-"""The report as files (report.json, report.md, report.html), as a pull-request summary and as a rich table."""
+"""The report as files (report.json, report.md, report.html), as a pull-request summary and as a rich table.
+
+Everything here reads the report's typed records; report.json is the one place they become a JSON object
+(`Report.to_dict`).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from segbisect.executors.ray_worker import node_name
+from segbisect.executors.placement import PHASES
 from segbisect.reporting import html as report_html
-from segbisect.reporting.report import Culprit, Report, earlier_runs, reuse, time_spent
+from segbisect.reporting.report import Culprit, HybridRow, Report, earlier_runs, reuse, time_spent
 
 KEY_METRICS = 2
 COLOURS = {"good": "green", "bad": "red", "fixed": "green", "broken": "red"}
@@ -37,8 +41,8 @@ def summary(report: Report) -> str:
     lines = [f"**segbisect: {report.verdict}** — {report.message}", ""]
     if report.culprit:
         terms = report.terms
-        lines += [f"| unit | {terms['old']} | {terms['new']} |", "| --- | --- | --- |"]
-        lines += [f"| `{u['name']}` | `{u['good']}` | `{u['bad']}` |" for u in report.culprit.units]
+        lines += [f"| unit | {terms.old} | {terms.new} |", "| --- | --- | --- |"]
+        lines += [f"| `{u.name}` | `{u.good}` | `{u.bad}` |" for u in report.culprit.units]
         lines.append("")
     lines.append(
         f"{len(report.hybrids)} hybrids, {report.stage_executions} stage executions{earlier_runs(report)}; "
@@ -48,9 +52,9 @@ def summary(report: Report) -> str:
 
 
 def markdown(report: Report, folder: Path) -> str:
-    clustered = any(h["placement"] for h in report.hybrids)
+    clustered = any(h.placement for h in report.hybrids)
     lines = [
-        f"# segbisect: {report.good['text']} ({report.terms['old']}) vs {report.bad['text']} ({report.terms['new']})",
+        f"# segbisect: {report.good.text} ({report.terms.old}) vs {report.bad.text} ({report.terms.new})",
         "",
         f"**Verdict: {report.verdict}** — {report.message}",
         "",
@@ -61,31 +65,31 @@ def markdown(report: Report, folder: Path) -> str:
         "",
         f"Hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}{earlier_runs(report)}",
         "",
-        f"| hybrid | what | units from {report.terms['new']} | outcome | key metrics | executed | restored | s |"
+        f"| hybrid | what | units from {report.terms.new} | outcome | key metrics | executed | restored | s |"
         + (" node | restored from |" if clustered else ""),
         "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if clustered else ""),
     ]
     for h in report.hybrids:
         lines.append(
-            f"| {h['id']}{reuse(report, h)} | {h['label']} | {len(h['from_bad'])} | "
-            f"{h['outcome']} | {_metrics(h['metrics'], report.key_metrics)} | {', '.join(h['executed']) or '-'} | "
-            f"{', '.join(h['restored']) or '-'} | {time_spent(h)} |" + (_placement(h) if clustered else "")
+            f"| {h.id}{reuse(report, h)} | {h.label} | {len(h.from_bad)} | "
+            f"{h.outcome} | {_metrics(h.metrics, report.key_metrics)} | {', '.join(h.executed) or '-'} | "
+            f"{', '.join(h.restored) or '-'} | {time_spent(h)} |" + (_placement(h) if clustered else "")
         )
     lines += ["", "All differing units:", ""]
-    lines += [f"- `{u['name']}` ({', '.join(u['stages'])}): {u['summary']}" for u in report.units]
+    lines += [f"- `{u.name}` ({', '.join(u.stages)}): {u.summary}" for u in report.units]
     return "\n".join(lines + _figures_markdown(report, folder)) + "\n"
 
 
 def _figures_markdown(report: Report, folder: Path) -> list[str]:
     """The side-by-side images as a table of linked files (relative to the report, so the folder can move)."""
     figures = report.figures
-    if not figures.get("images"):
+    if not figures.images:
         return []
-    sides = [f"{s['label']} ({s['hybrid']})" for s in figures["sides"]]
+    sides = [f"{s.label} ({s.hybrid})" for s in figures.sides]
     lines = ["", "Figures:", "", f"| image | {' | '.join(sides)} |", "|" + " --- |" * (len(sides) + 1)]
-    for image in figures["images"]:
-        cells = [_link(kept, image["path"], folder) for kept in image["kept"]]
-        lines.append(f"| `{image['path']}` | {' | '.join(cells)} |")
+    for image in figures.images:
+        cells = [_link(kept, image.path, folder) for kept in image.kept]
+        lines.append(f"| `{image.path}` | {' | '.join(cells)} |")
     return lines
 
 
@@ -95,13 +99,14 @@ def _link(kept: str | None, name: str, folder: Path) -> str:
     return f"![{Path(name).name}]({Path(os.path.relpath(kept, folder)).as_posix()})"
 
 
-def _placement(hybrid: dict[str, Any]) -> str:
+def _placement(hybrid: HybridRow) -> str:
     """Where a cluster executor ran the hybrid, and which hybrid and node computed each stage it restored."""
-    where = hybrid["placement"]
-    origin = ", ".join(f"{stage}: {source}" for stage, source in where.get("restored_from", {}).items())
-    seconds = where.get("seconds", {})
-    phases = "/".join(f"{seconds[p]:g}" for p in ("fetch", "run", "push") if p in seconds)
-    return f" {node_name(where.get('node', '-'))} (fetch/run/push s: {phases or '-'}) | {origin or '-'} |"
+    where = hybrid.placement
+    if where is None:
+        return " - (fetch/run/push s: -) | - |"
+    origin = ", ".join(f"{stage}: {source}" for stage, source in (where.restored_from or {}).items())
+    phases = "/".join(f"{where.seconds[p]:g}" for p in PHASES if p in where.seconds)
+    return f" {where.node_name} (fetch/run/push s: {phases or '-'}) | {origin or '-'} |"
 
 
 def _culprit_markdown(culprit: Culprit) -> list[str]:
@@ -112,8 +117,8 @@ def _culprit_markdown(culprit: Culprit) -> list[str]:
         "| unit | kind | GOOD | BAD | change |",
         "| --- | --- | --- | --- | --- |",
     ]
-    lines += [f"| `{u['name']}` | {u['kind']} | `{u['good']}` | `{u['bad']}` | {u['summary']} |" for u in culprit.units]
-    lines += [f"\n```diff\n{u['diff']}\n```" for u in culprit.units if u.get("diff")]
+    lines += [f"| `{u.name}` | {u.kind} | `{u.good}` | `{u.bad}` | {u.summary} |" for u in culprit.units]
+    lines += [f"\n```diff\n{u.detail}\n```" for u in culprit.units if u.detail]
     if culprit.diagnostics is not None:
         evidence = json.dumps(culprit.diagnostics, indent=2)
         lines += ["", "Diagnostics of the failing hybrid:", "", f"```json\n{evidence}\n```"]
@@ -121,18 +126,18 @@ def _culprit_markdown(culprit: Culprit) -> list[str]:
 
 
 def show(console: Console, report: Report) -> None:
-    reused = any(h["reused"] for h in report.hybrids)
+    reused = any(h.reused for h in report.hybrids)
     table = Table(title="evidence", caption="* reused from a journal, not run again" if reused else None)
     for column in ("id", "hybrid (units from BAD)", "outcome", "metrics", "ran", "restored", "s"):
         table.add_column(column, overflow="fold")
     for h in report.hybrids:
         table.add_row(
-            h["id"] + ("*" if h["reused"] else ""),
-            escape(h["label"]),
-            f"[{COLOURS.get(h['outcome'], 'yellow')}]{h['outcome']}[/]",
-            escape(_metrics(h["metrics"], report.key_metrics)),
-            escape(", ".join(h["executed"]) or "-"),
-            str(len(h["restored"])),
+            h.id + ("*" if h.reused else ""),
+            escape(h.label),
+            f"[{COLOURS.get(h.outcome, 'yellow')}]{h.outcome}[/]",
+            escape(_metrics(h.metrics, report.key_metrics)),
+            escape(", ".join(h.executed) or "-"),
+            str(len(h.restored)),
             time_spent(h),
         )
     console.print(table)
@@ -140,10 +145,10 @@ def show(console: Console, report: Report) -> None:
     console.print(f"[bold]verdict: {report.verdict}[/] — {escape(report.message)}")
     if report.culprit:
         for unit in report.culprit.units:
-            what = f"({unit['kind']}, {', '.join(unit['stages'])}): {unit['summary']}"
-            console.print(f"  [bold]{escape(unit['name'])}[/] {escape(what)}")
+            what = f"({unit.kind}, {', '.join(unit.stages)}): {unit.summary}"
+            console.print(f"  [bold]{escape(unit.name)}[/] {escape(what)}")
         if report.culprit.diagnostics is not None:
-            console.print(f"  diagnostics: {_diagnosis(report.culprit.diagnostics)}", markup=False)
+            console.print(f"  diagnostics: {_diagnosis(report.culprit)}", markup=False)
     console.print(
         f"hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}{earlier_runs(report)}; "
         f"report: {report.results_dir}/report.html (and report.md)",
@@ -158,9 +163,9 @@ def _metrics(metrics: dict[str, Any], keys: Sequence[str]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in numbers[:KEY_METRICS]) or "-"
 
 
-def _diagnosis(diagnostics: Any) -> str:
+def _diagnosis(culprit: Culprit) -> str:
     """The diagnostics' cause and first pieces of evidence when it has them, else a short excerpt."""
-    if isinstance(diagnostics, dict) and "cause" in diagnostics:
-        evidence = diagnostics.get("evidence") or []
-        return "; ".join([str(diagnostics["cause"]), *map(str, evidence[:3])])
-    return json.dumps(diagnostics, default=str)[:300]
+    found = culprit.diagnosis
+    if found is not None:
+        return "; ".join([found.cause, *found.evidence[:3]])
+    return json.dumps(culprit.diagnostics, default=str)[:300]

@@ -1,32 +1,173 @@
-"""The report of a bisection: the verdict, the culprit with its evidence, and every hybrid (report.json, --json)."""
+"""The report of a bisection: the verdict, the culprit with its evidence, and every hybrid (report.json, --json).
+
+The report is typed records all the way to its edges: `Report.to_dict` writes the JSON object that report.json,
+`--json` and every script reading them see (its fields and their order are the report's schema), and
+`HybridRow.to_dict` the view of one hybrid that report.json lists.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from segbisect.core.hybrid import Hybrid
 from segbisect.core.terms import CULPRIT, Terms
-from segbisect.core.units import Inventory
+from segbisect.core.units import Inventory, Unit
 from segbisect.core.verdict import Outcome, Verdict, VerdictKind
+from segbisect.executors.placement import Placement
 from segbisect.project.refs import Reference
 
 SCHEMA = 2
 
 
 @dataclass(frozen=True, kw_only=True)
+class HybridRow:
+    """One hybrid as the reports and its MLflow run show it: its outcome in the bisection's terms, the stage
+    executions and seconds of all its attempts, the last attempt's metrics (from the judged file), machine,
+    kept images and placement (None: it ran on this machine). `reused_from`: the session whose run computed a
+    reused hybrid.
+    """
+
+    id: str
+    label: str
+    from_bad: tuple[str, ...]
+    sides: dict[str, str]
+    outcome: str
+    note: str
+    metrics: dict[str, Any]
+    executed: tuple[str, ...]
+    restored: tuple[str, ...]
+    seconds: float
+    stage_seconds: dict[str, float]
+    reused: bool
+    reused_from: str | None
+    fingerprint: str
+    attempts: int
+    figures: dict[str, str]
+    placement: Placement | None
+    machine: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, hybrid: Hybrid, metrics_file: str | None, terms: Terms = CULPRIT) -> HybridRow:
+        last = hybrid.attempts[-1] if hybrid.attempts else None
+        return cls(
+            id=hybrid.id,
+            label=hybrid.label,
+            from_bad=hybrid.from_bad,
+            sides=hybrid.sides,
+            outcome=terms.outcome(hybrid.outcome),
+            note=hybrid.note,
+            metrics=hybrid.metrics(metrics_file),
+            executed=tuple(hybrid.executed),
+            restored=tuple(hybrid.restored),
+            seconds=hybrid.seconds,
+            stage_seconds=hybrid.stage_seconds,
+            reused=hybrid.reused,
+            reused_from=hybrid.origin,
+            fingerprint=hybrid.fingerprint,
+            attempts=len(hybrid.attempts),
+            figures=hybrid.figures,
+            placement=Placement.of(last.placement) if last else None,
+            machine=last.machine if last else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "from_bad": list(self.from_bad),
+            "sides": self.sides,
+            "outcome": self.outcome,
+            "note": self.note,
+            "metrics": self.metrics,
+            "executed": list(self.executed),
+            "restored": list(self.restored),
+            "seconds": self.seconds,
+            "stage_seconds": self.stage_seconds,
+            "reused": self.reused,
+            "reused_from": self.reused_from,
+            "fingerprint": self.fingerprint,
+            "attempts": self.attempts,
+            "figures": self.figures,
+            "placement": self.placement.to_record() if self.placement else {},
+            "machine": self.machine,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Diagnosis:
+    """What diagnostics conclude when they say it the way the pipeline's diagnostics do (a mapping with a `cause`
+    and a list of `evidence`); any other diagnostics are shown as they are.
+    """
+
+    cause: str
+    evidence: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Culprit:
-    """The change the verdict names, with the failing hybrid's diagnostics as evidence."""
+    """The change the verdict names (its units, whose `detail` is each one's diff), with the failing hybrid's
+    diagnostics as evidence.
+    """
 
     stage: str | None
     stages: tuple[str, ...]
-    units: tuple[dict[str, Any], ...]
+    units: tuple[Unit, ...]
     sufficient: bool | None
     necessary: bool | None
     minimal: bool
     also_sufficient: tuple[str, ...]
     diagnostics: Any
+
+    @property
+    def diagnosis(self) -> Diagnosis | None:
+        found = self.diagnostics
+        if not (isinstance(found, dict) and "cause" in found):
+            return None
+        return Diagnosis(cause=str(found["cause"]), evidence=tuple(map(str, found.get("evidence") or [])))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "stages": list(self.stages),
+            "units": [{**u.as_dict(), "diff": u.detail} for u in self.units],
+            "sufficient": self.sufficient,
+            "necessary": self.necessary,
+            "minimal": self.minimal,
+            "also_sufficient": list(self.also_sufficient),
+            "diagnostics": self.diagnostics,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class FigureSide:
+    """A column of the side-by-side images: GOOD's, BAD's (in the bisection's terms) or the culprit hybrid's."""
+
+    label: str
+    hybrid: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FigureRow:
+    """One declared plot image, as each side kept it (None: that side drew no such image)."""
+
+    path: str
+    kept: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Figures:
+    """The declared plot images side by side: one column per side, one row per image (see `_figures`)."""
+
+    sides: tuple[FigureSide, ...] = ()
+    images: tuple[FigureRow, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sides": [{"label": s.label, "hybrid": s.hybrid} for s in self.sides],
+            "images": [{"path": i.path, "kept": list(i.kept)} for i in self.images],
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,21 +182,39 @@ class Report:
     message: str
     culprit: Culprit | None
     candidates: tuple[str, ...]
-    good: dict[str, Any]
-    bad: dict[str, Any]
-    units: tuple[dict[str, Any], ...]
-    hybrids: tuple[dict[str, Any], ...]
+    good: Reference
+    bad: Reference
+    units: tuple[Unit, ...]
+    hybrids: tuple[HybridRow, ...]
     stage_executions: int
     stage_executions_total: int
     stage_executions_earlier: int = 0
     results_dir: str
     key_metrics: tuple[str, ...]
     tracking: str = ""
-    terms: dict[str, str] = field(default_factory=lambda: {"old": "GOOD", "new": "BAD"})
-    figures: dict[str, Any] = field(default_factory=dict)
+    terms: Terms = CULPRIT
+    figures: Figures = Figures()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "schema": self.schema,
+            "verdict": self.verdict,
+            "message": self.message,
+            "culprit": self.culprit.to_dict() if self.culprit else None,
+            "candidates": list(self.candidates),
+            "good": _reference(self.good),
+            "bad": _reference(self.bad),
+            "units": [u.as_dict() for u in self.units],
+            "hybrids": [h.to_dict() for h in self.hybrids],
+            "stage_executions": self.stage_executions,
+            "stage_executions_total": self.stage_executions_total,
+            "stage_executions_earlier": self.stage_executions_earlier,
+            "results_dir": self.results_dir,
+            "key_metrics": list(self.key_metrics),
+            "tracking": self.tracking,
+            "terms": {"old": self.terms.old, "new": self.terms.new},
+            "figures": self.figures.to_dict(),
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,17 +242,17 @@ def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict 
         message=message,
         culprit=_culprit(findings, verdict) if verdict and verdict.units else None,
         candidates=verdict.candidates if verdict else (),
-        good=_reference(findings.good),
-        bad=_reference(findings.bad),
-        units=tuple(u.as_dict() for u in findings.inventory.units),
-        hybrids=tuple(h.row(findings.metrics_file, findings.terms) for h in hybrids),
+        good=findings.good,
+        bad=findings.bad,
+        units=tuple(findings.inventory.units),
+        hybrids=tuple(HybridRow.of(h, findings.metrics_file, findings.terms) for h in hybrids),
         stage_executions=sum(len(h.executed) for h in hybrids if not h.reused) + _earlier(findings),
         stage_executions_total=sum(len(h.executed) for h in hybrids),
         stage_executions_earlier=_earlier(findings),
         results_dir=str(findings.folder),
         key_metrics=tuple(findings.key_metrics),
         tracking=findings.tracking,
-        terms={"old": findings.terms.old, "new": findings.terms.new},
+        terms=findings.terms,
         figures=_figures(findings, verdict),
     )
 
@@ -109,21 +268,21 @@ def earlier_runs(report: Report) -> str:
     return f" ({earlier} in earlier runs of this session)" if earlier else ""
 
 
-def reuse(report: Report, row: dict[str, Any]) -> str:
+def reuse(report: Report, row: HybridRow) -> str:
     """What the reports add to a hybrid's id when its result was reused: which session's run computed it (an
     earlier run of this one: the same GOOD and BAD resumed)."""
-    if not row["reused"]:
+    if not row.reused:
         return ""
-    origin = row.get("reused_from")
+    origin = row.reused_from
     if not origin:
         return " (reused)"
     return " (reused from an earlier run)" if origin == Path(report.results_dir).name else f" (reused from {origin})"
 
 
-def time_spent(row: dict[str, Any]) -> str:
+def time_spent(row: HybridRow) -> str:
     """A hybrid row's seconds, and how many of them its stages took (the rest went to restoring and bookkeeping)."""
-    stages = row.get("stage_seconds") or {}
-    return f"{row['seconds']} (stages {round(sum(stages.values()), 2):g})" if stages else str(row["seconds"])
+    stages = row.stage_seconds
+    return f"{row.seconds} (stages {round(sum(stages.values()), 2):g})" if stages else str(row.seconds)
 
 
 def _culprit(findings: Findings, verdict: Verdict) -> Culprit:
@@ -132,7 +291,7 @@ def _culprit(findings: Findings, verdict: Verdict) -> Culprit:
     return Culprit(
         stage=verdict.stage,
         stages=verdict.stages,
-        units=tuple({**by_id[i].as_dict(), "diff": by_id[i].detail} for i in verdict.units),
+        units=tuple(by_id[i] for i in verdict.units),
         sufficient=verdict.sufficient,
         necessary=verdict.necessary,
         minimal=verdict.minimal,
@@ -152,7 +311,7 @@ def _symptom_side(findings: Findings, verdict: Verdict) -> Hybrid | None:
     return next(exact, None) or next((h for h in findings.hybrids if h.label == terms.new), None)
 
 
-def _figures(findings: Findings, verdict: Verdict | None) -> dict[str, Any]:
+def _figures(findings: Findings, verdict: Verdict | None) -> Figures:
     """The declared plot images of the two configurations and of the hybrid that shows the culprit, side by side.
 
     The images are those the first configuration drew (by path in the pipeline), so every column shows the same
@@ -165,13 +324,13 @@ def _figures(findings: Findings, verdict: Verdict | None) -> dict[str, Any]:
     if culprit is not None and culprit not in sides:
         sides.append(culprit)
     names = next((sorted(h.figures) for h in sides if h.figures), [])
-    return {
-        "sides": [
-            {"label": h.label if h.label in (terms.old, terms.new) else "culprit", "hybrid": h.id} for h in sides
-        ],
-        "images": [{"path": name, "kept": [h.figures.get(name) for h in sides]} for name in names],
-    }
+    return Figures(
+        sides=tuple(
+            FigureSide(label=h.label if h.label in (terms.old, terms.new) else "culprit", hybrid=h.id) for h in sides
+        ),
+        images=tuple(FigureRow(path=name, kept=tuple(h.figures.get(name) for h in sides)) for name in names),
+    )
 
 
-def _reference(ref: Reference) -> dict[str, Any]:
+def _reference(ref: Reference) -> dict[str, str]:
     return {"text": ref.text, "kind": ref.kind, "commit": ref.commit, "detail": ref.detail}

@@ -4,7 +4,8 @@ plain `dvc repro` stay top-level).
 
 Everything goes through MlflowClient from the segbisect process. A store and experiment that do not exist yet
 are created before any hybrid starts, so hybrids' stages never race this process (or each other) to create them.
-When the store fails, `StageTracking` turns tracking off and these runs stop.
+When the store fails, `StageTracking` turns tracking off and these runs stop. A hybrid's run shows what its row
+in the report shows (`HybridRow`): the two never tell different stories.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from segbisect.reporting.report import Report
+from segbisect.reporting.report import HybridRow, Report
 from segbisect.tracking.store import THREAD, artifact_location, route_logs, store_ready
 from segbisect.tracking.switch import StageTracking
 
@@ -54,10 +55,10 @@ class Tracker:
         if not store_ready(self.store, self.experiment):
             opening.result()
 
-    def hybrid(self, record: dict[str, Any]) -> None:
+    def hybrid(self, row: HybridRow) -> None:
         """Queue a child run with which side each stage came from, the outcome and the hybrid's metrics."""
         if self._worker is not None:
-            self._worker.submit(self._guarded, record["id"], self._log_hybrid, record)
+            self._worker.submit(self._guarded, row.id, self._log_hybrid, row)
 
     def finish(self, report: Report, status: str = "FINISHED", attachments: Sequence[Path] = ()) -> None:
         """Tag the parent run with the verdict, attach the report's files and close it; returns once every
@@ -111,41 +112,35 @@ class Tracker:
         self._log(run.info.run_id, params=params)
         return str(run.info.run_id)
 
-    def _log_hybrid(self, record: dict[str, Any]) -> None:
+    def _log_hybrid(self, row: HybridRow) -> None:
         tags = {
             "mlflow.parentRunId": self._parent(),
             "segbisect.session": self.session,
             "segbisect.role": "hybrid",
-            "segbisect.hybrid": record["id"],
-            "outcome": record["outcome"],
-            "reused": str(record["reused"]),
-            **{f"side.{group}": side for group, side in record["sides"].items()},
-            **{f"machine.{key}": _tag(value) for key, value in (record.get("machine") or {}).items()},
+            "segbisect.hybrid": row.id,
+            "outcome": row.outcome,
+            "reused": str(row.reused),
+            **{f"side.{group}": side for group, side in row.sides.items()},
+            **{f"machine.{key}": _tag(value) for key, value in (row.machine or {}).items()},
         }
-        run = self.client.create_run(self.experiment_id, run_name=f"{record['id']} {record['label']}"[:250], tags=tags)
-        stage_runs = self._stage_runs(record["id"])
+        run = self.client.create_run(self.experiment_id, run_name=f"{row.id} {row.label}"[:250], tags=tags)
+        stage_runs = self._stage_runs(row.id)
         for stage_run in stage_runs:
             self.client.set_tag(stage_run, "mlflow.parentRunId", run.info.run_id)
-        metrics = {
-            k: v for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        metrics |= {"stages_executed": len(record["executed"]), "seconds": record["seconds"]}
-        metrics |= {f"stage_seconds.{stage}": value for stage, value in record.get("stage_seconds", {}).items()}
-        params = {
-            "from_bad": ", ".join(record["from_bad"]) or "(none)",
-            "label": record["label"],
-            "note": record["note"],
-        }
+        metrics = {k: v for k, v in row.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics |= {"stages_executed": len(row.executed), "seconds": row.seconds}
+        metrics |= {f"stage_seconds.{stage}": value for stage, value in row.stage_seconds.items()}
+        params = {"from_bad": ", ".join(row.from_bad) or "(none)", "label": row.label, "note": row.note}
         held = {"stage_runs": ",".join(stage_runs)} if stage_runs else {}
         self._log(run.info.run_id, params=params, metrics=metrics, tags=held)
-        self.client.set_terminated(run.info.run_id, "FINISHED" if record["outcome"] != "skip" else "FAILED")
+        self.client.set_terminated(run.info.run_id, "FINISHED" if row.outcome != "skip" else "FAILED")
 
     def _close(self, report: Report, status: str, attachments: Sequence[Path]) -> None:
         culprit = report.culprit
         tags = {
             "verdict": str(report.verdict),
             "culprit.stage": str(culprit.stage if culprit else None),
-            "culprit.units": ", ".join(u["name"] for u in culprit.units) if culprit else "",
+            "culprit.units": ", ".join(u.name for u in culprit.units) if culprit else "",
         }
         parent = self._parent()
         metrics: dict[str, float] = {"hybrids": len(report.hybrids), "stage_executions": report.stage_executions}

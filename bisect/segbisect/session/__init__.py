@@ -1,4 +1,8 @@
-"""One bisection from references to report: the glue between refs, snapshots, search, executor and records."""
+"""One bisection, told as its story: resolve GOOD and BAD, snapshot both pipelines, diff them into units, check
+the preconditions (GOOD passes, BAD fails), search, report. Each step is one call here; the rooms below do the work
+(`project` for references, snapshots and units, `core` for the search and judging, `executors` for where hybrids
+run, `reporting` for what people read, `tracking` for the MLflow store).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,12 +34,11 @@ from segbisect.core.search import search
 from segbisect.core.terms import CULPRIT, FIX, Terms
 from segbisect.core.units import Inventory, group
 from segbisect.core.verdict import Outcome, Verdict, VerdictKind
-from segbisect.executors.base import Executor, Tracked
-from segbisect.executors.local import LocalExecutor
-from segbisect.executors.ray import RayExecutor, preflight
-from segbisect.project import forked, metrics
+from segbisect.executors.base import Executor, ExecutorContext, Preflight, Tracked
+from segbisect.executors.registry import EXECUTORS, Registration
+from segbisect.project import gateway, metrics
 from segbisect.project.changes import diff
-from segbisect.project.forked import ForkServer
+from segbisect.project.gateway import Dvc
 from segbisect.project.reading import toplevel
 from segbisect.project.refs import Reference, resolve
 from segbisect.project.runner import STATE_VARIABLE, Task
@@ -43,11 +47,11 @@ from segbisect.project.validate import check_command, check_overlay
 from segbisect.project.workspace import Workspaces, remove_stale
 from segbisect.reporting import render
 from segbisect.reporting.progress import Progress, planned
-from segbisect.reporting.report import Findings, Report, build
+from segbisect.reporting.report import Findings, HybridRow, Report, build
 from segbisect.reporting.runs import Tracker
-from segbisect.session.evaluator import Evaluator, Plan
-from segbisect.session.journal import Journal, Known, journal_id, known_hybrids
-from segbisect.session.options import ExecutorKind, Options
+from segbisect.session.evaluator import Evaluator, Listeners, Plan
+from segbisect.session.journal import Header, HybridRecord, Journal, Known, MlflowRecord, journal_id, known_hybrids
+from segbisect.session.options import Options
 from segbisect.session.settings import load as load_settings
 from segbisect.tracking.store import (
     BOUNDED_WAITS,
@@ -74,41 +78,48 @@ def bisect(opts: Options, console: Console) -> tuple[int, Report]:
     opts = _with_settings(opts, repo)
     if opts.run is not None:
         check_command(opts.run, repo)
-    early = forked.take_early()
-    if opts.executor != ExecutorKind.LOCAL:
-        if early is not None:
-            early.close()
-        return _bisect(opts, console, repo, None)
-    # Started first (unless the console script already did), so that it imports DVC on another core meanwhile.
-    with early or ForkServer() as server:
-        server.on_warning(lambda text: _warn(console, text))
-        return _bisect(opts, console, repo, server)
+    registration = EXECUTORS[opts.executor]
+    # Its fork server started first (unless the console script already did), so that it imports DVC on another core
+    # meanwhile.
+    with gateway.for_session(fork=registration.forks_dvc) as dvc:
+        dvc.on_warning(lambda text: _warn(console, text))
+        return _bisect(_Setup(opts=opts, repo=repo, console=console, executor=registration, dvc=dvc))
 
 
-def _bisect(opts: Options, console: Console, repo: Path, server: ForkServer | None) -> tuple[int, Report]:
-    for name, value in BOUNDED_WAITS.items():
-        os.environ.setdefault(name, value)
-    os.environ.update(QUIET)
+@dataclass(frozen=True, kw_only=True)
+class _Setup:
+    """What a bisection starts from: the options completed by the project's settings, the repository, the console,
+    the executor's registration, and the session's DVC gateway (see `gateway`).
+    """
+
+    opts: Options
+    repo: Path
+    console: Console
+    executor: Registration
+    dvc: Dvc
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Sides:
+    """Both pipelines as read, and the units where they differ."""
+
+    good: Snapshot
+    bad: Snapshot
+    inventory: Inventory
+
+
+def _bisect(setup: _Setup) -> tuple[int, Report]:
+    opts, repo, console = setup.opts, setup.repo, setup.console
+    _bound_mlflow()
     uri = tracking_uri(repo, opts.tracking_uri)
     store = _store(opts, uri, repo, console)
-    remote = preflight(repo, opts.cluster, store.uri) if opts.executor == ExecutorKind.RAY else {}
+    checked = setup.executor.preflight(Preflight(repo=repo, cluster=opts.cluster, tracking=store.uri))
     for line in remove_stale(repo):
         console.print(f"cleaned up after a killed session: {line}", markup=False)
-    good_ref, bad_ref = resolve(repo, opts.good, uri), resolve(repo, opts.bad, uri)
-    for warning in good_ref.warnings + bad_ref.warnings:
-        _warn(console, warning)
-    with Workspaces(repo, keep=opts.keep_workspaces, server=server) as workspaces:
-        good, bad = load_all([(good_ref, workspaces.root / "good"), (bad_ref, workspaces.root / "bad")], repo, server)
-        for line in uncommitted_warnings(repo, good, bad, FIX if opts.find_fix else CULPRIT):
-            _warn(console, line)
-        check_overlay(good_ref, good)
-        check_overlay(bad_ref, bad)
-        inventory = diff(good, bad)
-        if not inventory.units:
-            raise UsageError(
-                f"no differences: {good_ref.describe()} and {bad_ref.describe()} configure the pipeline identically"
-            )
-        bisection = _Bisection.open(opts, repo, store, good, bad, inventory, console, workspaces, remote, server)
+    refs = _resolve(setup, uri)
+    with Workspaces(repo, keep=opts.keep_workspaces, dvc=setup.dvc) as workspaces:
+        sides = _diff(setup, *_snapshots(setup, workspaces, refs))
+        bisection = _Bisection.open(setup, store, sides, workspaces, checked)
         try:
             result = bisection.run()
         finally:
@@ -117,6 +128,43 @@ def _bisect(opts: Options, console: Console, repo: Path, server: ForkServer | No
             kept = f"hybrid worktrees kept in {workspaces.root} (remove with `git worktree remove`)"
             console.print(kept, markup=False)
         return result
+
+
+def _bound_mlflow() -> None:
+    """MLflow's HTTP waits bounded, and its run links kept off stdout, for this process and the stages."""
+    for name, value in BOUNDED_WAITS.items():
+        os.environ.setdefault(name, value)
+    os.environ.update(QUIET)
+
+
+def _resolve(setup: _Setup, uri: str | None) -> tuple[Reference, Reference]:
+    """GOOD and BAD as commits plus what is laid over them, with the warnings resolving them raised."""
+    refs = resolve(setup.repo, setup.opts.good, uri), resolve(setup.repo, setup.opts.bad, uri)
+    for warning in refs[0].warnings + refs[1].warnings:
+        _warn(setup.console, warning)
+    return refs
+
+
+def _snapshots(setup: _Setup, workspaces: Workspaces, refs: tuple[Reference, Reference]) -> tuple[Snapshot, Snapshot]:
+    """Both pipelines read from exports of GOOD and BAD; a params file or run must name keys its pipeline reads."""
+    good_ref, bad_ref = refs
+    pairs = [(good_ref, workspaces.root / "good"), (bad_ref, workspaces.root / "bad")]
+    good, bad = load_all(pairs, setup.repo, setup.dvc)
+    for line in uncommitted_warnings(setup.repo, good, bad, FIX if setup.opts.find_fix else CULPRIT):
+        _warn(setup.console, line)
+    check_overlay(good_ref, good)
+    check_overlay(bad_ref, bad)
+    return good, bad
+
+
+def _diff(setup: _Setup, good: Snapshot, bad: Snapshot) -> _Sides:
+    """The units of change; none at all is a usage error, as there is nothing to bisect."""
+    inventory = diff(good, bad)
+    if not inventory.units:
+        raise UsageError(
+            f"no differences: {good.ref.describe()} and {bad.ref.describe()} configure the pipeline identically"
+        )
+    return _Sides(good=good, bad=bad, inventory=inventory)
 
 
 @dataclass(frozen=True)
@@ -158,7 +206,7 @@ def _store(opts: Options, uri: str | None, repo: Path, console: Console) -> _Sto
     return _Store(uri, f"MLflow {uri}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Bisection:
     """The live parts of one session; `run` takes it through preconditions, search and report."""
 
@@ -186,18 +234,11 @@ class _Bisection:
 
     @classmethod
     def open(
-        cls,
-        opts: Options,
-        repo: Path,
-        store: _Store,
-        good: Snapshot,
-        bad: Snapshot,
-        inventory: Inventory,
-        console: Console,
-        workspaces: Workspaces,
-        remote: dict[str, str],
-        server: ForkServer | None,
+        cls, setup: _Setup, store: _Store, sides: _Sides, workspaces: Workspaces, checked: Mapping[str, str]
     ) -> _Bisection:
+        """The session's judge, folder, executor, journal and MLflow parent run, in that order."""
+        opts, repo, console = setup.opts, setup.repo, setup.console
+        good, bad, inventory = sides.good, sides.bad, sides.inventory
         files = [opts.metrics] if opts.metrics else good.metrics_files
         judge = _judge(opts, repo, files)
         session = _session_id(good.ref, bad.ref, inventory)
@@ -210,15 +251,25 @@ class _Bisection:
             check=opts.run,
             diagnostics=opts.diagnostics,
             data_sources=tuple(sorted({*good.data_sources, *bad.data_sources})),
-            timeout=opts.timeout,
             plots=tuple(dict.fromkeys([*good.plot_paths, *bad.plot_paths])),
         )
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         tracking = StageTracking(store.uri, lambda text: _warn(console, text))
         # First, so that a cluster that cannot take a hybrid is reported before a journal or a run is opened.
-        executor = Tracked(_executor(opts, workspaces, good, bad, task, folder, remote, server), tracking)
+        context = ExecutorContext(
+            good=good,
+            bad=bad,
+            task=task,
+            folder=folder,
+            jobs=opts.jobs,
+            workspaces=workspaces,
+            dvc=setup.dvc,
+            cluster=opts.cluster,
+            checked=checked,
+        )
+        executor = Tracked(setup.executor.build(context), tracking)
         try:
-            header = {"session": session, "id": run_id, "good": good.ref.text, "bad": bad.ref.text}
+            header = Header(session=session, id=run_id, good=good.ref.text, bad=bad.ref.text)
             journal = Journal(folder, header, fresh=opts.fresh)
             if opts.fresh:
                 shutil.rmtree(folder / STATE, ignore_errors=True)
@@ -230,7 +281,20 @@ class _Bisection:
         except BaseException:
             executor.close()
             raise
-        return cls(opts, good, bad, inventory, files, judge, journal, tracker, store, executor, folder, console)
+        return cls(
+            opts=opts,
+            good=good,
+            bad=bad,
+            inventory=inventory,
+            files=files,
+            judge=judge,
+            journal=journal,
+            tracker=tracker,
+            store=store,
+            executor=executor,
+            folder=folder,
+            console=console,
+        )
 
     def __post_init__(self) -> None:
         self.terms = FIX if self.opts.find_fix else CULPRIT
@@ -251,11 +315,10 @@ class _Bisection:
             known=known.hybrids,
             # Asked only when there is something to compare: a cluster answers with a task of its own.
             environment=self.executor.environment() if known.hybrids else {},
-            repeat=self.opts.repeat,
-            retries=self.opts.retries,
+            policy=self.opts.attempts,
             reuse_any_environment=self.opts.reuse_any_environment,
         )
-        self.already = {r["fingerprint"] for r in self.journal.records("hybrid")}
+        self.already = {r.fingerprint for r in self.journal.records(HybridRecord)}
         self.earlier = self.journal.executed_here()
         self.progress = Progress(self.console, self.folder / "logs", planned(groups, self.opts.jobs))
 
@@ -268,9 +331,8 @@ class _Bisection:
             self.held.append(h)
             self._show_settled()
 
-        self.evaluator = Evaluator(
-            plan, self.executor, self.journal, self.judge, started, done, lambda text: _warn(self.console, text)
-        )
+        listeners = Listeners(on_start=started, on_done=done, on_warning=lambda text: _warn(self.console, text))
+        self.evaluator = Evaluator(plan, self.executor, self.journal, self.judge, listeners)
 
     def run(self) -> tuple[int, Report]:
         groups = self.evaluator.plan.groups
@@ -371,34 +433,6 @@ class _Bisection:
         return report
 
 
-def _executor(
-    opts: Options,
-    workspaces: Workspaces,
-    good: Snapshot,
-    bad: Snapshot,
-    task: Task,
-    folder: Path,
-    remote: dict[str, str],
-    server: ForkServer | None,
-) -> Executor:
-    """Where hybrids run: worktrees on this machine, or Ray tasks on a cluster sharing a DVC remote."""
-    logs, figures_root = folder / "logs", folder / "figures"
-    if opts.executor == ExecutorKind.RAY:
-        return RayExecutor(
-            good=good, bad=bad, task=task, logs=logs, figures_root=figures_root, options=opts.cluster, remote=remote
-        )
-    return LocalExecutor(
-        workspaces=workspaces,
-        good=good,
-        bad=bad,
-        task=task,
-        logs=logs,
-        figures_root=figures_root,
-        jobs=opts.jobs,
-        dvc_server=server,
-    )
-
-
 def _ignored(results: Path) -> Path:
     """The results folder ignores itself, as pytest's cache does, so it never shows in the user's `git status`."""
     results.mkdir(parents=True, exist_ok=True)
@@ -440,7 +474,7 @@ def _describe(
         "bad": bad.ref.describe(),
         "judge": opts.run or (judge.predicate.text if judge.predicate else ""),
         "jobs": opts.jobs,
-        "repeat": opts.repeat,
+        "repeat": opts.attempts.repeat,
         "units": len(inventory.units),
         "groups": len(group(inventory.units)),
     }
@@ -451,12 +485,12 @@ def _start_tracking(
     tracker: Tracker, journal: Journal, session: str, tags: dict[str, str], params: dict[str, object]
 ) -> None:
     """Open the MLflow parent run, reopening the one an interrupted run of this session recorded."""
-    parents = [r["parent"] for r in journal.records("mlflow")]
+    parents = [r.parent for r in journal.records(MlflowRecord)]
     previous = parents[-1] if parents else None
 
     def remember(parent: str | None) -> None:
         if parent and parent != previous:
-            journal.append({"type": "mlflow", "parent": parent})
+            journal.append(MlflowRecord(parent=parent))
 
     tracker.start(session, tags, params, previous, remember)
 
@@ -480,7 +514,7 @@ def _done(console: Console, tracker: Tracker, already: set[str], h: Hybrid, judg
     details = escape(f"({h.note}; {how}; {h.seconds}s)")
     console.print(f"[cyan]{h.id}[/] {escape(h.label)}: [{colour}]{terms.outcome(h.outcome)}[/] {details}")
     if h.fingerprint not in already:
-        tracker.hybrid(h.row(judge.metrics_file, terms))
+        tracker.hybrid(HybridRow.of(h, judge.metrics_file, terms))
 
 
 def _hybrid_env(uri: str | None, experiment: str, session: str, state: Path) -> dict[str, str]:

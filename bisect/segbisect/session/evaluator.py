@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from segbisect.core import machine
-from segbisect.core.attempt import Attempt
+from segbisect.core.attempt import Attempt, AttemptPolicy
 from segbisect.core.errors import UndecidableError
 from segbisect.core.hybrid import Hybrid
 from segbisect.core.judge import Judge
@@ -23,7 +23,7 @@ from segbisect.core.search import Config
 from segbisect.core.units import Group, Inventory
 from segbisect.core.verdict import Outcome
 from segbisect.executors.base import Executor, Job
-from segbisect.session.journal import ORIGIN, REUSED, Journal
+from segbisect.session.journal import HybridRecord, Journal
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,33 +36,34 @@ class Plan:
     inventory: Inventory
     groups: list[Group]
     stages: list[str]
-    known: dict[str, list[dict[str, Any]]]
-    repeat: int
-    retries: int = 1
+    known: dict[str, list[HybridRecord]]
+    policy: AttemptPolicy
     environment: dict[str, Any] = field(default_factory=dict)
     reuse_any_environment: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listeners:
+    """Who hears of the evaluation as it goes: a hybrid started, a hybrid finished, a warning (the live line, the
+    session's console and its MLflow run).
+    """
+
+    on_start: Callable[[Hybrid], None]
+    on_done: Callable[[Hybrid], None]
+    on_warning: Callable[[str], None]
 
 
 class Evaluator:
     """Callable `search.Evaluate`: returns outcomes for a wave of configurations, running what is new."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        executor: Executor,
-        journal: Journal,
-        judge: Judge,
-        on_start: Callable[[Hybrid], None],
-        on_done: Callable[[Hybrid], None],
-        on_warning: Callable[[str], None],
-    ) -> None:
+    def __init__(self, plan: Plan, executor: Executor, journal: Journal, judge: Judge, listeners: Listeners) -> None:
         self.plan, self.executor, self.journal, self.judge = plan, executor, journal, judge
-        self.on_start, self.on_done, self.on_warning = on_start, on_done, on_warning
+        self.on_start, self.on_done, self.on_warning = listeners.on_start, listeners.on_done, listeners.on_warning
         self._warned: set[str] = set()
         self.hybrids: list[Hybrid] = []
         self._memo: dict[str, Hybrid] = {}
         self._units = {u.id: u for u in plan.inventory.units}
-        self._journaled = {r["fingerprint"] for r in journal.records("hybrid")}
+        self._journaled = {r.fingerprint for r in journal.records(HybridRecord)}
 
     def __call__(self, batch: list[tuple[Config, str]]) -> list[Outcome]:
         pending: list[Hybrid] = []
@@ -73,7 +74,7 @@ class Evaluator:
             draft = self._draft(config, label, fingerprint)
             record = self._reusable(draft)
             if record is not None:
-                self._finish(replace(draft, reused=True, origin=record[ORIGIN]), self._attempts(record))
+                self._finish(replace(draft, reused=True, origin=record.origin), self._attempts(record))
             else:
                 pending.append(draft)
         self._run_all(pending)
@@ -122,7 +123,7 @@ class Evaluator:
         self._memo[fingerprint] = draft
         return draft
 
-    def _reusable(self, draft: Hybrid) -> dict[str, Any] | None:
+    def _reusable(self, draft: Hybrid) -> HybridRecord | None:
         """The latest journaled record of `draft` with enough attempts of its check computed in this numeric
         environment; failing that, with the plan's leave, the latest computed in another (warned once per session
         and difference).
@@ -130,16 +131,16 @@ class Evaluator:
         records = [
             record
             for record in self.plan.known.get(draft.fingerprint, [])
-            if len(record["attempts"]) >= self.plan.repeat and record["check"] == draft.check
+            if len(record.attempts) >= self.plan.policy.repeat and record.check == draft.check
         ]
         if not records:
             return None
-        here: dict[str, Any] | None = next((r for r in reversed(records) if not self._differences(r)), None)
+        here: HybridRecord | None = next((r for r in reversed(records) if not self._differences(r)), None)
         if here is not None:
             return here
         latest = records[-1]
         differences = "; ".join(self._differences(latest))
-        what = f"results of session {latest[ORIGIN]} computed in another environment ({differences})"
+        what = f"results of session {latest.origin} computed in another environment ({differences})"
         if self.plan.reuse_any_environment:
             self._warn_once(f"--reuse-any-environment: reusing {what}")
             return latest
@@ -149,10 +150,10 @@ class Evaluator:
         )
         return None
 
-    def _attempts(self, record: dict[str, Any]) -> tuple[Attempt, ...]:
-        return tuple(Attempt.from_record(a) for a in record["attempts"][: self.plan.repeat])
+    def _attempts(self, record: HybridRecord) -> tuple[Attempt, ...]:
+        return record.attempts[: self.plan.policy.repeat]
 
-    def _differences(self, record: dict[str, Any]) -> list[str]:
+    def _differences(self, record: HybridRecord) -> list[str]:
         """How the numeric environments of the record's attempts differ from the plan's (each difference once)."""
         here = self.plan.environment
         found = (d for a in self._attempts(record) for d in machine.environment_differences(a.machine, here))
@@ -173,8 +174,7 @@ class Evaluator:
                     hybrid_id=draft.id,
                     fingerprint=draft.fingerprint,
                     units=units,
-                    repeat=self.plan.repeat,
-                    retries=self.plan.retries,
+                    policy=self.plan.policy,
                 )
                 futures[self.executor.submit(job)] = draft
             for future in as_completed(futures):
@@ -189,8 +189,7 @@ class Evaluator:
         # A hybrid this session ran is journaled even where an earlier record of it was not reusable (another
         # environment, fewer repeats), so later sessions find it; a reused one is copied in once.
         if outcome != Outcome.ERROR and not (hybrid.reused and hybrid.fingerprint in self._journaled):
-            reused = {REUSED: True, ORIGIN: hybrid.origin} if hybrid.reused else {}
-            self.journal.append({**hybrid.to_record(), **reused})
+            self.journal.append(HybridRecord.from_hybrid(hybrid))
             self._journaled.add(hybrid.fingerprint)
         self._memo[hybrid.fingerprint] = hybrid
         self.hybrids.append(hybrid)

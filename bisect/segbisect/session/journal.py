@@ -7,6 +7,9 @@ The header carries the journal's schema: a journal written by another version of
 session's journal is copied in marked `reused` (and with the session it came from), so the journal also tells what
 this session's own runs executed. Every line is checked as it is read: one that is not a record segbisect writes
 (torn by a kill, hand-edited, foreign) is skipped with a warning naming it, and what it held runs again.
+
+Its lines are typed records (`Header`, `HybridRecord`, `MlflowRecord`): each is written by its `to_record` and
+read back, once checked, by its `of`; nothing outside this module sees a line's JSON object.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import json
 import os
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import NoneType
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
-from segbisect.core.attempt import NUMBER, OPTIONAL_RECORD_FIELDS, RECORD_FIELDS, Field
+from segbisect.core.attempt import NUMBER, OPTIONAL_RECORD_FIELDS, RECORD_FIELDS, Attempt, Field
+from segbisect.core.hybrid import Hybrid
 
 JOURNAL = "journal.jsonl"
 SCHEMA = 2
@@ -59,21 +63,127 @@ KINDS = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class Header:
+    """The first line: the journal's schema (UNVERSIONED where a journal from before schemas has none), the
+    session, the id of this journal (see `journal_id`) and the references as the user gave them.
+    """
+
+    KIND: ClassVar[str] = "session"
+    schema: int = SCHEMA
+    session: str = ""
+    id: str = ""
+    good: str = ""
+    bad: str = ""
+
+    def to_record(self) -> dict[str, Any]:
+        fields = {"session": self.session, "id": self.id, "good": self.good, "bad": self.bad}
+        return {"type": self.KIND, "schema": self.schema, **fields}
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Header:
+        fields = {name: record[name] for name in ("session", "id", "good", "bad") if name in record}
+        return cls(schema=record.get("schema", UNVERSIONED), **fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HybridRecord:
+    """A finished hybrid: its configuration and attempts (the outcome is judged again on reuse). `reused`: copied
+    from another session's journal, `origin` naming the session whose run computed it.
+    """
+
+    KIND: ClassVar[str] = "hybrid"
+    id: str
+    label: str
+    fingerprint: str
+    from_bad: tuple[str, ...]
+    sides: dict[str, str]
+    attempts: tuple[Attempt, ...]
+    check: str | None
+    reused: bool = False
+    origin: str | None = None
+
+    @classmethod
+    def from_hybrid(cls, hybrid: Hybrid) -> HybridRecord:
+        return cls(
+            id=hybrid.id,
+            label=hybrid.label,
+            fingerprint=hybrid.fingerprint,
+            from_bad=hybrid.from_bad,
+            sides=hybrid.sides,
+            attempts=hybrid.attempts,
+            check=hybrid.check,
+            reused=hybrid.reused,
+            origin=hybrid.origin,
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "type": self.KIND,
+            "id": self.id,
+            "label": self.label,
+            "fingerprint": self.fingerprint,
+            "from_bad": list(self.from_bad),
+            "sides": self.sides,
+            "attempts": [a.to_record() for a in self.attempts],
+            "check": self.check,
+        }
+        if self.reused:
+            record[REUSED] = True
+            if self.origin is not None:
+                record[ORIGIN] = self.origin
+        return record
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> HybridRecord:
+        return cls(
+            id=record["id"],
+            label=record["label"],
+            fingerprint=record["fingerprint"],
+            from_bad=tuple(record["from_bad"]),
+            sides=record["sides"],
+            attempts=tuple(Attempt.from_record(a) for a in record["attempts"]),
+            check=record["check"],
+            reused=record.get(REUSED, False),
+            origin=record.get(ORIGIN),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlflowRecord:
+    """The session's MLflow parent run, so that a session run again reopens it."""
+
+    KIND: ClassVar[str] = "mlflow"
+    parent: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {"type": self.KIND, "parent": self.parent}
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> MlflowRecord:
+        return cls(parent=record["parent"])
+
+
+Record = Header | HybridRecord | MlflowRecord
+R = TypeVar("R", Header, HybridRecord, MlflowRecord)
+PARSERS = {kind.KIND: kind.of for kind in (Header, HybridRecord, MlflowRecord)}
+
+
 @dataclass(frozen=True)
 class Known:
     """The finished hybrids of every current-schema journal under a results folder, by fingerprint, each one's
-    records oldest first and marked with the session whose run computed it (`ORIGIN`); `skipped` says, one
+    records oldest first and marked with the session whose run computed it (`origin`); `skipped` says, one
     warning each, which lines were set aside.
     """
 
-    hybrids: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    hybrids: dict[str, list[HybridRecord]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
 
 class Journal:
     """Append-only log in `folder`; `fresh` discards what an earlier run of this session wrote."""
 
-    def __init__(self, folder: Path, header: dict[str, Any], fresh: bool = False) -> None:
+    def __init__(self, folder: Path, header: Header, fresh: bool = False) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / JOURNAL
         self._lock = threading.Lock()
@@ -84,18 +194,19 @@ class Journal:
         if schema is not None and schema != SCHEMA:
             self.set_aside = self.path.rename(folder / f"journal.schema{schema}.jsonl")
         if not self.path.is_file():
-            self.append({"type": "session", "schema": SCHEMA, **header})
+            self.append(header)
 
-    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in _read(self.path).records if kind is None or r["type"] == kind]
+    def records(self, kind: type[R]) -> list[R]:
+        """The journal's valid records of one kind, oldest first."""
+        return _records(_read(self.path), kind)
 
     def executed_here(self) -> frozenset[str]:
         """Fingerprints of the hybrids that runs of this session executed (not reused from another's journal)."""
-        return frozenset(r["fingerprint"] for r in self.records("hybrid") if not r.get(REUSED))
+        return frozenset(r.fingerprint for r in self.records(HybridRecord) if not r.reused)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: Record) -> None:
         """One line, flushed to disk before returning; a line torn by an earlier kill is closed off first."""
-        line = json.dumps(record, default=str) + "\n"
+        line = json.dumps(record.to_record(), default=str) + "\n"
         with self._lock, open(self.path, "a+b") as out:
             out.seek(0, 2)
             if out.tell():
@@ -114,8 +225,7 @@ def journal_id(folder: Path, fresh: bool) -> str:
     """
     path = folder / JOURNAL
     if not fresh and schema_of(path) == SCHEMA:
-        header = next((r for r in _read(path).records if r["type"] == "session"), {})
-        return str(header.get("id", ""))
+        return next((h.id for h in _records(_read(path), Header)), "")
     return uuid.uuid4().hex[:12]
 
 
@@ -123,8 +233,7 @@ def schema_of(path: Path) -> int | None:
     """The schema a journal was written with (None when there is no journal)."""
     if not path.is_file():
         return None
-    header = next((r for r in _read(path).records if r["type"] == "session"), {})
-    return int(header.get("schema", UNVERSIONED))
+    return next((h.schema for h in _records(_read(path), Header)), UNVERSIONED)
 
 
 def known_hybrids(results_root: Path) -> Known:
@@ -135,10 +244,9 @@ def known_hybrids(results_root: Path) -> Known:
             continue
         lines = _read(path)
         known.skipped.extend(lines.warnings(path))
-        for record in lines.records:
-            if record["type"] == "hybrid":
-                origin = record.get(ORIGIN) or path.parent.name
-                known.hybrids.setdefault(record["fingerprint"], []).append({**record, ORIGIN: origin})
+        for record in _records(lines, HybridRecord):
+            origin = record.origin or path.parent.name
+            known.hybrids.setdefault(record.fingerprint, []).append(replace(record, origin=origin))
     return known
 
 
@@ -148,7 +256,7 @@ class _Lines:
     is wrong with them.
     """
 
-    records: list[dict[str, Any]]
+    records: list[Record]
     torn: list[int]
     invalid: list[tuple[int, str]]
 
@@ -174,8 +282,12 @@ def _read(path: Path) -> _Lines:
         if problem:
             lines.invalid.append((number, problem))
         else:
-            lines.records.append(record)
+            lines.records.append(PARSERS[record["type"]](record))
     return lines
+
+
+def _records(lines: _Lines, kind: type[R]) -> list[R]:
+    return [r for r in lines.records if isinstance(r, kind)]
 
 
 def _problem(record: Any) -> str | None:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
-from segbisect.executors.ray import ClusterOptions
+from segbisect.core.attempt import AttemptPolicy
+from segbisect.executors.base import ClusterOptions
+from segbisect.executors.registry import ExecutorKind
 from segbisect.tracking.store import DEFAULT_EXPERIMENT
-
-
-class ExecutorKind(StrEnum):
-    """Where hybrids run: worktrees on this machine, or Ray tasks on a cluster sharing a DVC remote."""
-
-    LOCAL = "local"
-    RAY = "ray"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,9 +26,7 @@ class Options:
     run: str | None = None
     metrics: str | None = None
     jobs: int = 1
-    repeat: int = 1
-    retries: int = 1
-    timeout: float | None = None
+    attempts: AttemptPolicy = field(default_factory=AttemptPolicy)
     keep_workspaces: bool = False
     mlflow: bool | None = None
     fresh: bool = False
