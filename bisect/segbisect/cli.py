@@ -21,6 +21,7 @@ from typer.core import TyperCommand
 
 from segbisect.core.attempt import AttemptPolicy
 from segbisect.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, SegbisectError, UsageError
+from segbisect.core.tipping import DEFAULT_BUDGET, DEFAULT_TOLERANCE, Tipping
 from segbisect.executors.base import ClusterOptions
 from segbisect.executors.registry import ExecutorKind
 from segbisect.project.validate import check_writable
@@ -271,6 +272,30 @@ def main(
         "PATH, fit to paste into a pull request. The full reports are report.md and report.html in the results "
         "folder.",
     ),
+    tipping_point: bool = typer.Option(
+        False,
+        "--tipping-point",
+        help="When the minimal change is one numeric param, also search where it tips: its value between GOOD's "
+        "and BAD's, every other unit at GOOD's (log scale when the two have the same sign and differ by more than a "
+        "factor of 10, integers for an int param), --jobs values at once (at least two in the first wave, so a "
+        "param that passes again beyond a failing value shows). Each probe is a hybrid like any other. The verdict "
+        "adds 'passes up to X, fails from Y', or says the param is not monotone; the reports show every probe.",
+    ),
+    tipping_tolerance: float | None = typer.Option(
+        None,
+        "--tipping-tolerance",
+        metavar="FACTOR",
+        help=f"With --tipping-point: stop when the passing and failing values are within this factor (on a linear "
+        f"scale: their difference relative to the larger), or adjacent integers. Above 1; default "
+        f"{DEFAULT_TOLERANCE}.",
+    ),
+    tipping_budget: int | None = typer.Option(
+        None,
+        "--tipping-budget",
+        metavar="N",
+        min=1,
+        help=f"With --tipping-point: probe at most N values (hybrids); default {DEFAULT_BUDGET}.",
+    ),
     executor: ExecutorKind = typer.Option(
         ExecutorKind.LOCAL,
         "--executor",
@@ -315,6 +340,7 @@ def main(
     verdict_out = sys.stdout
     try:
         _one_check(fail_if, run)
+        opts = replace(opts, tipping=_tipping(tipping_point, tipping_tolerance, tipping_budget))
         check_writable(summary_md)
         # With --json, stdout carries the verdict alone: what libraries print there (MLflow's run links, Ray's
         # task messages) goes to stderr with the rest of the human output.
@@ -364,3 +390,19 @@ def _one_check(fail_if: str | None, run: str | None) -> None:
     """A hybrid is judged by one check: with both, one of them would be ignored without a word."""
     if fail_if is not None and run is not None:
         raise UsageError("--fail-if and --run given together: hybrids are judged by one check, leave the other out")
+
+
+def _tipping(wanted: bool, tolerance: float | None, budget: int | None) -> Tipping | None:
+    """The tipping-point search asked for; its limits without it would be ignored without a word."""
+    if not wanted:
+        limits = {"--tipping-tolerance": tolerance, "--tipping-budget": budget}
+        given = next((name for name, value in limits.items() if value is not None), None)
+        if given:
+            raise UsageError(f"{given} is a limit of --tipping-point: add --tipping-point, or leave it out")
+        return None
+    if tolerance is not None and not tolerance > 1:
+        raise UsageError(f"--tipping-tolerance {tolerance:g}: must be a factor above 1 (e.g. {DEFAULT_TOLERANCE})")
+    return Tipping(
+        tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        budget=DEFAULT_BUDGET if budget is None else budget,
+    )

@@ -8,6 +8,7 @@ decide a verdict, need MLflow: tests/test_segbisect_tracking.py.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -110,8 +111,10 @@ def test_a_full_disk_in_the_worktree_is_an_error(repo: Path, tmp_path: Path) -> 
     assert "stage 'train' failed (exit 75)" in report["message"] and "No space left on device" in report["message"]
 
 
-def live_stage(name: str) -> list[int]:
-    """Processes of a repo stage still running from a segbisect worktree."""
+def live_stage(name: str, repo: Path) -> list[int]:
+    """Processes of `repo`'s stage still running from a segbisect worktree of it: other tests' toy stages, running
+    beside this one, are not its.
+    """
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -119,9 +122,20 @@ def live_stage(name: str) -> list[int]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if name.encode() in cmdline and "segbisect-ws-" in cwd:
+        if name.encode() in cmdline and "segbisect-ws-" in cwd and worktree_of(Path(cwd), repo):
             found.append(int(proc.name))
     return found
+
+
+def worktree_of(folder: Path, repo: Path) -> bool:
+    """Whether `folder` is inside a git worktree of `repo` (its `.git` file points into `repo`'s git folder)."""
+    for parent in (folder, *folder.parents):
+        marker = parent / ".git"
+        if marker.is_file():
+            with contextlib.suppress(OSError):
+                return marker.read_text(encoding="utf-8").strip().startswith(f"gitdir: {repo / '.git'}")
+            return False
+    return False
 
 
 def test_a_hybrid_past_its_time_limit_is_ended_and_is_an_error(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +143,7 @@ def test_a_hybrid_past_its_time_limit_is_ended_and_is_an_error(repo: Path, monke
     start = time.monotonic()
     code, report, _ = bisect_outside(repo, "good", "bad", "--timeout", "4", "--retries", "0")
     assert code == 1 and "hybrid past its time limit (--timeout 4 s)" in report["message"]
-    assert time.monotonic() - start < 60 and not live_stage("train.py")
+    assert time.monotonic() - start < 60 and not live_stage("train.py", repo)
 
 
 def test_repeats_that_disagree_end_with_verdict_flaky(repo: Path, tmp_path: Path) -> None:
@@ -203,16 +217,16 @@ def test_after_a_kill_9_the_next_session_ends_the_dead_sessions_stage_processes(
     args = [SEGBISECT, "good", "bad", "--repo", str(repo), "--no-mlflow", "--results", str(tmp_path / "r")]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not live_stage("train.py") and time.monotonic() < deadline:
+    while not live_stage("train.py", repo) and time.monotonic() < deadline:
         time.sleep(0.2)
-    hung = live_stage("train.py")
+    hung = live_stage("train.py", repo)
     assert hung, "the hung stage never started"
     proc.kill()
     proc.wait()
-    assert live_stage("train.py") == hung, "SIGKILL leaves the stage running"
+    assert live_stage("train.py", repo) == hung, "SIGKILL leaves the stage running"
     code, report, human = bisect(repo, "good", "bad", "--results", str(tmp_path / "r"))
     assert "cleaned up after a killed session: stage process group" in human
-    assert code == 0 and unit_names(report) == ["train.lr"] and not live_stage("train.py")
+    assert code == 0 and unit_names(report) == ["train.lr"] and not live_stage("train.py", repo)
 
 
 def test_two_sessions_on_one_repository_at_once_both_reach_their_verdicts(repo: Path, tmp_path: Path) -> None:

@@ -366,7 +366,10 @@ def test_the_reversed_question_names_the_fix_in_its_own_words(toy: Path) -> None
     bad_commit(toy, {"train": {"lr": 2.0}})
     code, report, human = bisect(toy, "bad", "good", "--find-fix")
     assert code == 0 and report["verdict"] == "fix"
-    assert report["message"] == "stage 'train' holds the fix, sufficient and necessary; minimal change: 1 unit(s)"
+    assert report["message"] == (
+        "stage 'train' holds the fix, sufficient and necessary; minimal change: 1 unit(s); "
+        "rerun with --tipping-point to find where train.lr tips"
+    )
     assert unit_names(report) == ["train.lr"] and report["terms"] == {"old": "BROKEN", "new": "FIXED"}
     outcomes = {h["label"]: h["outcome"] for h in report["hybrids"]}
     assert outcomes["BROKEN"] == "broken" and outcomes["FIXED"] == "fixed"

@@ -68,6 +68,31 @@ class Predicate:
         """The metrics the expression reads (resolved names once checked)."""
         return [self._aliases.get(k, k) for k in self.keys]
 
+    @property
+    def bound(self) -> tuple[str, float | str] | None:
+        """The metric the check holds to a threshold and that threshold, when the check is one comparison (what a
+        plot of that metric draws): a number, or the key of the metric on the comparison's other side (a tolerance
+        the metrics file carries, as in `foreground_fraction <= all_zero_threshold`); None for any other expression.
+        """
+        node = self._tree
+        if not (isinstance(node, ast.Compare) and len(node.ops) == 1):
+            return None
+        left, right = node.left, node.comparators[0]
+        for metric, number in ((left, right), (right, left)):
+            try:
+                value = ast.literal_eval(number)
+            except ValueError:
+                continue
+            if _is_key(metric) and _number(value):
+                return self._resolved(metric), float(value)
+        if _is_key(left) and _is_key(right):
+            return self._resolved(left), self._resolved(right)
+        return None
+
+    def _resolved(self, node: ast.AST) -> str:
+        key = _key(node, self.text)
+        return self._aliases.get(key, key)
+
     def fits(self, available: list[str]) -> bool:
         """Whether every key names exactly one of `available` metrics."""
         return all(len(_matches(key, available)) == 1 for key in self.keys)
@@ -183,3 +208,11 @@ def _key(node: ast.AST, text: str) -> str:
     if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
         return f"{_key(node.value, text)}.{node.slice.value!s}"
     raise PredicateError(f"--fail-if '{text}': '{ast.unparse(node)}' is not a metric key")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_key(node: ast.AST) -> bool:
+    return isinstance(node, (ast.Name, ast.Attribute, ast.Subscript))

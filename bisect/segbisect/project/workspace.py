@@ -185,9 +185,11 @@ def _runs_inside(pgid: int, root: Path) -> bool:
     """Whether a live process of group `pgid` works inside `root` (its leader may be gone while its children run
     on). A zombie has no working folder, so a group of zombies is left alone, as is a process of another user.
     """
-    for proc in psutil.process_iter():
+    # Fresh `Process` objects: `process_iter` hands out the ones it cached on earlier calls, and a process that
+    # reused a cached one's id reads as gone.
+    for pid in psutil.pids():
         try:
-            if os.getpgid(proc.pid) == pgid and Path(proc.cwd()).is_relative_to(root):
+            if os.getpgid(pid) == pgid and Path(psutil.Process(pid).cwd()).is_relative_to(root):
                 return True
         except (ProcessLookupError, psutil.Error):  # gone meanwhile, a zombie, or not ours to look at
             continue

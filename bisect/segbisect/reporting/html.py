@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from segbisect.executors.placement import Placement
 from segbisect.reporting.report import HybridRow, Report, earlier_runs, reuse, time_spent
+from segbisect.reporting.tipping import plot as tipping_plot
 
 TEMPLATE = "report.html.j2"
 BAR_PIXELS = 240
@@ -48,6 +49,7 @@ def _environment() -> Environment:
         unit_names=_unit_names,
         bar_width=_bar_width,
         origin=_origin,
+        tipping_plot=tipping_plot,
     )
     return env
 

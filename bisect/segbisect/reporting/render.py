@@ -18,10 +18,12 @@ from rich.table import Table
 
 from segbisect.executors.placement import PHASES
 from segbisect.reporting import html as report_html
+from segbisect.reporting import tipping
 from segbisect.reporting.report import Culprit, HybridRow, Report, earlier_runs, reuse, time_spent
 
 KEY_METRICS = 2
 COLOURS = {"good": "green", "bad": "red", "fixed": "green", "broken": "red"}
+BROUGHT_BY = "Brought by (the commits on the first-parent path from GOOD to BAD that gave each unit its BAD value):"
 
 
 def write(folder: Path, report: Report) -> list[Path]:
@@ -44,6 +46,10 @@ def summary(report: Report) -> str:
         lines += [f"| unit | {terms.old} | {terms.new} |", "| --- | --- | --- |"]
         lines += [f"| `{u.name}` | `{u.good}` | `{u.bad}` |" for u in report.culprit.units]
         lines.append("")
+        origins = _brought_by(report.culprit, nested=False)
+        lines += [*origins, ""] if origins else []
+    if report.tipping_point:
+        lines += [tipping.summary(report.tipping_point, report.terms), ""]
     lines.append(
         f"{len(report.hybrids)} hybrids, {report.stage_executions} stage executions{earlier_runs(report)}; "
         f"full report: `{report.results_dir}/report.html`"
@@ -61,6 +67,8 @@ def markdown(report: Report, folder: Path) -> str:
     ]
     if report.culprit:
         lines += _culprit_markdown(report.culprit)
+    if report.tipping_point:
+        lines += tipping.markdown(report.tipping_point, report.terms)
     lines += [
         "",
         f"Hybrids: {len(report.hybrids)}, stage executions: {report.stage_executions}{earlier_runs(report)}",
@@ -118,11 +126,30 @@ def _culprit_markdown(culprit: Culprit) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     lines += [f"| `{u.name}` | {u.kind} | `{u.good}` | `{u.bad}` | {u.summary} |" for u in culprit.units]
+    origins = _brought_by(culprit, nested=True)
+    lines += ["", *origins] if origins else []
     lines += [f"\n```diff\n{u.detail}\n```" for u in culprit.units if u.detail]
     if culprit.diagnostics is not None:
         evidence = json.dumps(culprit.diagnostics, indent=2)
         lines += ["", "Diagnostics of the failing hybrid:", "", f"```json\n{evidence}\n```"]
     return lines
+
+
+def _brought_by(culprit: Culprit, nested: bool) -> list[str]:
+    """Where each unit's BAD value came from: a list item per traced unit, its commits oldest first (`nested`:
+    one sub-item each when there are several, else joined on the unit's line).
+    """
+    origins = culprit.origins()
+    if not origins:
+        return []
+    items = []
+    for unit, found in origins:
+        lines = found.lines()
+        if nested and len(lines) > 1:
+            items += [f"- `{unit.name}`:", *(f"  - {line}" for line in lines)]
+        else:
+            items.append(f"- `{unit.name}`: {'; then '.join(lines)}")
+    return [BROUGHT_BY, "", *items]
 
 
 def show(console: Console, report: Report) -> None:
@@ -141,12 +168,16 @@ def show(console: Console, report: Report) -> None:
             time_spent(h),
         )
     console.print(table)
+    if report.tipping_point:
+        tipping.show(console, report.tipping_point, report.terms)
     # Names, paths and messages are the user's text, printed as they are, never read as markup.
     console.print(f"[bold]verdict: {report.verdict}[/] — {escape(report.message)}")
     if report.culprit:
         for unit in report.culprit.units:
             what = f"({unit.kind}, {', '.join(unit.stages)}): {unit.summary}"
             console.print(f"  [bold]{escape(unit.name)}[/] {escape(what)}")
+            for line in report.culprit.traced(unit).lines(commits_after="brought by "):
+                console.print(f"    {line}", markup=False)
         if report.culprit.diagnostics is not None:
             console.print(f"  diagnostics: {_diagnosis(report.culprit)}", markup=False)
     console.print(

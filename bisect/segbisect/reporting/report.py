@@ -7,15 +7,17 @@ The report is typed records all the way to its edges: `Report.to_dict` writes th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segbisect.core.hybrid import Hybrid
 from segbisect.core.terms import CULPRIT, Terms
+from segbisect.core.tipping import TippingPoint
 from segbisect.core.units import Inventory, Unit
 from segbisect.core.verdict import Outcome, Verdict, VerdictKind
 from segbisect.executors.placement import Placement
+from segbisect.project.provenance import Provenance
 from segbisect.project.refs import Reference
 
 SCHEMA = 2
@@ -108,7 +110,7 @@ class Diagnosis:
 @dataclass(frozen=True, kw_only=True)
 class Culprit:
     """The change the verdict names (its units, whose `detail` is each one's diff), with the failing hybrid's
-    diagnostics as evidence.
+    diagnostics as evidence and, by unit id, the commits that brought each unit's BAD value (`provenance`).
     """
 
     stage: str | None
@@ -119,6 +121,7 @@ class Culprit:
     minimal: bool
     also_sufficient: tuple[str, ...]
     diagnostics: Any
+    provenance: dict[str, Provenance] = field(default_factory=dict)
 
     @property
     def diagnosis(self) -> Diagnosis | None:
@@ -127,11 +130,19 @@ class Culprit:
             return None
         return Diagnosis(cause=str(found["cause"]), evidence=tuple(map(str, found.get("evidence") or [])))
 
+    def traced(self, unit: Unit) -> Provenance:
+        """Where `unit`'s BAD value came from (nothing, where it was not traced)."""
+        return self.provenance.get(unit.id, Provenance())
+
+    def origins(self) -> list[tuple[Unit, Provenance]]:
+        """The units whose origin has something to tell, with it, as the reports list them."""
+        return [(unit, found) for unit in self.units if (found := self.traced(unit)).lines()]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
             "stages": list(self.stages),
-            "units": [{**u.as_dict(), "diff": u.detail} for u in self.units],
+            "units": [{**u.as_dict(), "diff": u.detail, **_traced(self.traced(u))} for u in self.units],
             "sufficient": self.sufficient,
             "necessary": self.necessary,
             "minimal": self.minimal,
@@ -175,6 +186,7 @@ class Report:
     """Everything a person (or a script, through `--json`) needs to act on a bisection. `stage_executions`: the
     stages this session's runs executed, `stage_executions_earlier` of them in runs before this one (an interrupted
     session run again); `stage_executions_total` also counts the hybrids reused from other sessions.
+    `tipping_point`: where the culprit param tips, when that was searched (`--tipping-point`).
     """
 
     schema: int = SCHEMA
@@ -194,6 +206,7 @@ class Report:
     tracking: str = ""
     terms: Terms = CULPRIT
     figures: Figures = Figures()
+    tipping_point: TippingPoint | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,13 +227,15 @@ class Report:
             "tracking": self.tracking,
             "terms": {"old": self.terms.old, "new": self.terms.new},
             "figures": self.figures.to_dict(),
+            "tipping_point": self.tipping_point.to_dict(self.terms) if self.tipping_point else None,
         }
 
 
 @dataclass(frozen=True, kw_only=True)
 class Findings:
     """What a session found, whatever its verdict: the references, the units and the hybrids it ran; `earlier`:
-    the fingerprints of the hybrids earlier runs of this session executed (see `Journal.executed_here`).
+    the fingerprints of the hybrids earlier runs of this session executed (see `Journal.executed_here`);
+    `provenance`: where the culprit's units came from, by unit id (traced once the verdict names them).
     """
 
     good: Reference
@@ -233,6 +248,8 @@ class Findings:
     tracking: str
     terms: Terms = CULPRIT
     earlier: frozenset[str] = frozenset()
+    provenance: dict[str, Provenance] = field(default_factory=dict)
+    tipping_point: TippingPoint | None = None
 
 
 def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict | None = None) -> Report:
@@ -254,6 +271,7 @@ def build(findings: Findings, kind: VerdictKind, message: str, verdict: Verdict 
         tracking=findings.tracking,
         terms=findings.terms,
         figures=_figures(findings, verdict),
+        tipping_point=findings.tipping_point,
     )
 
 
@@ -297,6 +315,7 @@ def _culprit(findings: Findings, verdict: Verdict) -> Culprit:
         minimal=verdict.minimal,
         also_sufficient=verdict.also_sufficient,
         diagnostics=failing.attempts[-1].diagnostics if failing and failing.attempts else None,
+        provenance={i: findings.provenance[i] for i in verdict.units if i in findings.provenance},
     )
 
 
@@ -330,6 +349,11 @@ def _figures(findings: Findings, verdict: Verdict | None) -> Figures:
         ),
         images=tuple(FigureRow(path=name, kept=tuple(h.figures.get(name) for h in sides)) for name in names),
     )
+
+
+def _traced(found: Provenance) -> dict[str, Any]:
+    """A culprit unit's provenance in report.json: the commits, oldest first, and the note where none tells."""
+    return {"provenance": [c.to_dict() for c in found.commits], "provenance_note": found.note}
 
 
 def _reference(ref: Reference) -> dict[str, str]:

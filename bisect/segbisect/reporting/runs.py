@@ -10,13 +10,15 @@ in the report shows (`HybridRow`): the two never tell different stories.
 
 from __future__ import annotations
 
+import posixpath
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from segbisect.reporting.report import HybridRow, Report
+from segbisect.reporting.report import Culprit, HybridRow, Report
 from segbisect.tracking.store import THREAD, artifact_location, route_logs, store_ready
 from segbisect.tracking.switch import StageTracking
 
@@ -141,6 +143,7 @@ class Tracker:
             "verdict": str(report.verdict),
             "culprit.stage": str(culprit.stage if culprit else None),
             "culprit.units": ", ".join(u.name for u in culprit.units) if culprit else "",
+            **(provenance_tags(culprit) if culprit else {}),
         }
         parent = self._parent()
         metrics: dict[str, float] = {"hybrids": len(report.hybrids), "stage_executions": report.stage_executions}
@@ -183,6 +186,21 @@ class Tracker:
             params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
             tags=[RunTag(k, v) for k, v in (tags or {}).items()],
         )
+
+
+def provenance_tags(culprit: Culprit) -> dict[str, str]:
+    """One tag per traced culprit unit, `segbisect.provenance.<unit id>`: the latest commit that brought its BAD
+    value ("hash subject"), else where the value came from. MLflow takes tag names of letters, digits and `_-.:/`
+    that stay themselves as a path; anything else in a unit id becomes `_`.
+    """
+    tags = {}
+    for unit, found in culprit.origins():
+        latest = found.commits[-1] if found.commits else None
+        name = re.sub(r"[^\w.\-:/]", "_", f"segbisect.provenance.{unit.id}")
+        if posixpath.normpath(name) != name:
+            name = name.replace("/", "_")
+        tags[name] = f"{latest.commit} {latest.subject}" if latest else found.note
+    return tags
 
 
 def _tag(value: Any) -> str:

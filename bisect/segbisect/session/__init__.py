@@ -32,6 +32,7 @@ from segbisect.core.judge import Judge
 from segbisect.core.predicate import Predicate
 from segbisect.core.search import search
 from segbisect.core.terms import CULPRIT, FIX, Terms
+from segbisect.core.tipping import TippingPoint
 from segbisect.core.units import Inventory, group
 from segbisect.core.verdict import Outcome, Verdict, VerdictKind
 from segbisect.executors.base import Executor, ExecutorContext, Preflight, Tracked
@@ -39,6 +40,7 @@ from segbisect.executors.registry import EXECUTORS, Registration
 from segbisect.project import gateway, metrics
 from segbisect.project.changes import diff
 from segbisect.project.gateway import Dvc
+from segbisect.project.provenance import trace
 from segbisect.project.reading import toplevel
 from segbisect.project.refs import Reference, resolve
 from segbisect.project.runner import STATE_VARIABLE, Task
@@ -53,6 +55,7 @@ from segbisect.session.evaluator import Evaluator, Listeners, Plan
 from segbisect.session.journal import Header, HybridRecord, Journal, Known, MlflowRecord, journal_id, known_hybrids
 from segbisect.session.options import Options
 from segbisect.session.settings import load as load_settings
+from segbisect.session.tipping import tip
 from segbisect.tracking.store import (
     BOUNDED_WAITS,
     INSTALL_HINT,
@@ -211,6 +214,7 @@ class _Bisection:
     """The live parts of one session; `run` takes it through preconditions, search and report."""
 
     opts: Options
+    repo: Path
     good: Snapshot
     bad: Snapshot
     inventory: Inventory
@@ -231,6 +235,7 @@ class _Bisection:
     # runs of this session executed (their stage executions count as this session's).
     already: set[str] = field(init=False)
     earlier: frozenset[str] = field(init=False)
+    tipping_point: TippingPoint | None = field(init=False, default=None)
 
     @classmethod
     def open(
@@ -283,6 +288,7 @@ class _Bisection:
             raise
         return cls(
             opts=opts,
+            repo=repo,
             good=good,
             bad=bad,
             inventory=inventory,
@@ -320,7 +326,8 @@ class _Bisection:
         )
         self.already = {r.fingerprint for r in self.journal.records(HybridRecord)}
         self.earlier = self.journal.executed_here()
-        self.progress = Progress(self.console, self.folder / "logs", planned(groups, self.opts.jobs))
+        probes = self.opts.tipping.budget if self.opts.tipping else 0
+        self.progress = Progress(self.console, self.folder / "logs", planned(groups, self.opts.jobs) + probes)
 
         def started(h: Hybrid) -> None:
             self.progress.started(h)
@@ -340,7 +347,8 @@ class _Bisection:
             with self.progress:
                 self._preconditions()
                 verdict = search(groups, self.evaluator, self.opts.jobs)
-            verdict = verdict.as_fix() if self.terms.find_fix else verdict
+                verdict = verdict.as_fix() if self.terms.find_fix else verdict
+                self.tipping_point, tipped = tip(verdict, self.evaluator, self.judge, self.opts)
         except PreconditionError as exc:
             self._forget_state()
             return EXIT_PRECONDITION, self._close(VerdictKind.PRECONDITION_FAILED, str(exc), None, "FAILED")
@@ -352,7 +360,7 @@ class _Bisection:
             self.tracker.finish(stopped, "KILLED")
             raise
         self._forget_state()
-        report = self._close(verdict.kind, verdict.message(), verdict)
+        report = self._close(verdict.kind, verdict.message() + tipped, verdict)
         return (EXIT_CULPRIT if verdict.names_a_change else EXIT_NO_CULPRIT), report
 
     def _preconditions(self) -> None:
@@ -422,10 +430,16 @@ class _Bisection:
             tracking=self.tracker.tracking.describe(self.store.description),
             terms=self.terms,
             earlier=self.earlier,
+            tipping_point=self.tipping_point,
         )
 
     def _close(self, kind: VerdictKind, message: str, verdict: Verdict | None, status: str = "FINISHED") -> Report:
-        report = build(self._findings(), kind, message, verdict)
+        findings = self._findings()
+        if verdict and verdict.units:
+            # Read from git's history alone, once the verdict names its units: nothing more runs.
+            culprit = [u for u in self.inventory.units if u.id in verdict.units]
+            findings = replace(findings, provenance=trace(self.repo, self.good.ref, self.bad.ref, culprit))
+        report = build(findings, kind, message, verdict)
         files = render.write(self.folder, report)
         if self.opts.summary_md:
             self.opts.summary_md.write_text(render.summary(report), encoding="utf-8")

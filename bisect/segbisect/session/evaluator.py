@@ -62,7 +62,6 @@ class Evaluator:
         self._warned: set[str] = set()
         self.hybrids: list[Hybrid] = []
         self._memo: dict[str, Hybrid] = {}
-        self._units = {u.id: u for u in plan.inventory.units}
         self._journaled = {r.fingerprint for r in journal.records(HybridRecord)}
 
     def __call__(self, batch: list[tuple[Config, str]]) -> list[Outcome]:
@@ -106,14 +105,18 @@ class Evaluator:
 
     def _draft(self, config: Config, label: str, fingerprint: str) -> Hybrid:
         sides = {stage: "same" for stage in self.plan.stages}
+        inventory = self.plan.inventory
+        # A probe's group shows "probe": its unit takes neither GOOD's value nor BAD's.
+        probed = {inventory.probes[i][0].sets for i in config if i in inventory.probes}
         for group in self.plan.groups:
             taken = group.ids & config
-            sides[group.name] = "bad" if taken == group.ids else ("good" if not taken else "mixed")
+            side = "bad" if taken == group.ids else ("good" if not taken else "mixed")
+            sides[group.name] = "probe" if group.ids & probed else side
         draft = Hybrid(
             id=f"h{len(self._memo) + 1:02d}",
             label=label,
             fingerprint=fingerprint,
-            from_bad=tuple(u.id for u in self.plan.inventory.units if u.id in config),
+            from_bad=inventory.taken(config),
             sides=sides,
             attempts=(),
             check=self.judge.check,
@@ -169,7 +172,7 @@ class Evaluator:
         try:
             for draft in drafts:
                 self.on_start(draft)
-                units = tuple(self._units[u] for u in draft.from_bad)
+                units = tuple(self.plan.inventory.unit(u) for u in draft.from_bad)
                 job = Job(
                     hybrid_id=draft.id,
                     fingerprint=draft.fingerprint,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segbisect.core.attempt import AttemptPolicy
+from segbisect.core.tipping import Tipping
 from segbisect.executors.base import ClusterOptions
 from segbisect.executors.registry import ExecutorKind
 from segbisect.tracking.store import DEFAULT_EXPERIMENT
@@ -16,7 +17,8 @@ class Options:
     """Completed by the project's `[tool.segbisect]` settings where the command line is silent.
     `reuse_any_environment`: reuse journaled hybrids computed in another numeric environment too (see machine.py).
     `mlflow`: None tracks when a store is named (MLFLOW_TRACKING_URI or the project's `tracking_uri`), True
-    requires one, False never tracks.
+    requires one, False never tracks. `tipping`: search where the culprit tips when it is one numeric param (None:
+    only offer it in the verdict's message).
     """
 
     good: str
@@ -39,3 +41,4 @@ class Options:
     summary_md: Path | None = None
     executor: ExecutorKind = ExecutorKind.LOCAL
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    tipping: Tipping | None = None
