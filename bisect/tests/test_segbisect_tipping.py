@@ -34,7 +34,8 @@ from segbisect.core.verdict import Outcome
 from segbisect.project.snapshot import digest
 from segbisect.reporting.tipping import plot
 from segbisect.tracking.store import mlflow_installed
-from segbisect_toy import bad_commit, bisect, commit, dvc
+from segbisect_toy import bad_commit, bisect, commit, dvc, sh
+from test_segbisect_dvc import STAGES, project, set_n
 
 Oracle = Callable[[Number], Outcome]
 
@@ -445,3 +446,31 @@ def test_a_culprit_that_is_not_one_numeric_param_has_no_tipping_point(toy: Path)
     assert report["tipping_point"] is None
     assert report["message"].endswith("; no tipping point searched: the minimal change is not one numeric param")
     assert not any(h["label"].startswith("probe") for h in report["hybrids"])
+
+
+@pytest.mark.e2e
+def test_on_a_project_of_another_shape_the_commit_and_the_tipping_point_are_found(tmp_path: Path) -> None:
+    """Both answers are generic: a dvclive-style project (top-level metrics, two stages, its own check) whose
+    `make.n` fails from 6, raised in a commit of its own on the way from GOOD to BAD.
+    """
+    stages = {**STAGES, "score": {**STAGES["score"], "outs": [{"out": {"cache": False}}]}}
+    repo = project(tmp_path / "p", stages, top_level_metrics=["out/metrics.json"])
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "good")
+    sh(repo, "git", "tag", "good")
+    (repo / "notes.txt").write_text("unrelated\n")
+    sh(repo, "git", "add", "notes.txt")
+    sh(repo, "git", "commit", "-qm", "an unrelated commit")
+    set_n(repo, 9)
+    sh(repo, "git", "commit", "-qam", "count to nine")
+    raised = sh(repo, "git", "rev-parse", "HEAD").strip()
+    code, report, _ = bisect(
+        repo, "good", "HEAD", "--fail-if", "fg == 0", "--tipping-point", "--results", str(tmp_path / "r")
+    )
+    assert code == 0 and [u["name"] for u in report["culprit"]["units"]] == ["make.n"]
+    (unit,) = report["culprit"]["units"]
+    assert [c["commit"] for c in unit["provenance"]] == [raised] and unit["provenance"][0]["subject"] == "count to nine"
+    tipping = report["tipping_point"]
+    assert (tipping["answer"], tipping["passes_up_to"], tipping["fails_from"]) == ("boundary", 5, 6)
+    assert tipping["integer"] and all(isinstance(p["value"], int) for p in tipping["probes"])
+    assert len([p for p in tipping["probes"] if p["wave"] > 0]) <= tipping["budget"]
