@@ -60,6 +60,11 @@ pipeline reads). Force a kind with git:, exp:, file:, mlflow: or workspace:.
 A git revision or params file at HEAD leaves uncommitted changes out (warned).
 
 \b
+Under each unit of the minimal change the verdict names the commits on the
+first-parent path from GOOD to BAD that brought BAD's value (read from git
+alone), or where a value laid over a commit came from.
+
+\b
 Project settings: the repository's pyproject.toml may hold
   [tool.segbisect]
   fail-if = "EXPR"          # the default --fail-if
@@ -174,7 +179,9 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings=
 @app.command(epilog=EPILOG, cls=_Command)
 def main(
     good: str = typer.Argument(
-        ..., metavar="GOOD", help="Known-good configuration (revision, DVC experiment, params file or MLflow run id)."
+        ...,
+        metavar="GOOD",
+        help="Known-good configuration (revision, DVC experiment, params file, MLflow run id or workspace).",
     ),
     bad: str = typer.Argument(..., metavar="BAD", help="Failing configuration, same kinds as GOOD."),
     fail_if: str | None = typer.Option(
@@ -285,8 +292,8 @@ def main(
         None,
         "--tipping-tolerance",
         metavar="FACTOR",
-        help=f"With --tipping-point: stop when the passing and failing values are within this factor (on a linear "
-        f"scale: their difference relative to the larger), or adjacent integers. Above 1; default "
+        help=f"With --tipping-point: stop when the passing and failing values are within this factor (for values "
+        f"on either side of zero: their difference relative to the larger), or adjacent integers. Above 1; default "
         f"{DEFAULT_TOLERANCE}.",
     ),
     tipping_budget: int | None = typer.Option(

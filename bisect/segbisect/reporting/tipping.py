@@ -140,7 +140,9 @@ def plot(tipping: TippingPoint, terms: Terms) -> Plot:
         y_of = _y_scale(bounds)
         heights = [y_of(min(bounds) if p.metric is None else p.metric) for p in probes]
         y_ticks = tuple(Tick(at=y_of(v), label=f"{v:.4g}") for v in sorted({min(bounds), max(bounds)}))
-        threshold = None if tipping.threshold is None else Tick(at=y_of(tipping.threshold), label="threshold")
+        threshold = None
+        if tipping.threshold is not None:
+            threshold = Tick(at=y_of(tipping.threshold), label=f"the check's threshold {tipping.threshold:.4g}")
         y_title = tipping.metric
     points = tuple(
         Point(
