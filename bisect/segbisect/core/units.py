@@ -74,6 +74,10 @@ class Inventory:
     bad: dict[str, str]
     units: list[Unit]
     probes: dict[str, tuple[Unit, str]] = field(default_factory=dict)
+    _by_id: dict[str, Unit] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_id = {u.id: u for u in self.units}
 
     def fingerprint(self, from_bad: frozenset[str]) -> str:
         """Content fingerprint of the configuration GOOD + the BAD side of `from_bad` (a probe's value for a probe's
@@ -97,7 +101,7 @@ class Inventory:
         """The unit, or probe, of `ident`."""
         if ident in self.probes:
             return self.probes[ident][0]
-        return next(u for u in self.units if u.id == ident)
+        return self._by_id[ident]
 
     def taken(self, config: frozenset[str]) -> tuple[str, ...]:
         """The ids of `config`'s units in inventory order, its probes after them."""
