@@ -24,14 +24,16 @@ Without the symptom the category is none; consistency findings are still listed 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
 
-# The all-zero symptom: predicted foreground at most SYMPTOM_RELATIVE of the true foreground share, and never
-# less than SYMPTOM_FLOOR of the valid pixels. A collapsed model still paints a fraction of a percent here and
-# there (how much depends on the CPU's kernels), which must not hide the symptom, also when the masks themselves
-# hold no foreground (then the relative part is zero and only the floor counts).
+# The all-zero symptom: predicted foreground at most SYMPTOM_RELATIVE of the foreground the data holds, and never
+# less than SYMPTOM_FLOOR of the valid pixels. The data's foreground is the larger of the test masks' share and the
+# raw masks' share before the label map (prepare's record): when the labels themselves lost their foreground, the
+# test masks hold none, yet a collapsed model that still paints a fraction of a percent (how much depends on the
+# CPU's kernels) must show the symptom.
 SYMPTOM_RELATIVE = 0.05
 SYMPTOM_FLOOR = 0.001
 # Eval inputs whose channel mean moved by more than this many training stds, or whose std changed by
@@ -43,6 +45,16 @@ MIN_INTERPOLATED_VALUES = 3
 # A best validation mIoU this far above the background-only level means the model once found foreground.
 LEARNED_MARGIN = 0.1
 SATURATED = 0.99
+# A lowest training loss at least this share of the class prior's loss, and foreground IoUs below CHANCE_IOU on the
+# training batches and on validation: training learned nothing from the images (a healthy training ends near 0.2
+# of the prior's loss with IoUs near 0.8; pairs misaligned against each other stay above 0.75 with IoUs near 0.1).
+PRIOR_LOSS_SHARE = 0.7
+CHANCE_IOU = 0.25
+# A foreground IoU this high on the training batches (BatchNorm in training mode, the batch's own statistics) means
+# the model learned the foreground; validation (inference mode, the moving statistics) finding none in any epoch
+# then means the statistics stored for inference are wrong. A healthy training finds validation foreground by the
+# epoch its training IoU passes about 0.5.
+LEARNED_TRAIN_IOU = 0.6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +87,14 @@ class Evidence:
     train_foreground_share: float | None = None
     val_foreground_share: float | None = None
     val_iou_per_class: list[float | None] | None = None
+    raw_foreground_fraction: float | None = None
+    prepared_foreground_fraction: float | None = None
+    train_foreground_ious: list[float] | None = None
+    val_foreground_ious: list[float] | None = None
+    epochs_run: int | None = None
+    max_epochs: int | None = None
+    min_loss: float | None = None
+    loss: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +111,7 @@ def diagnose(ev: Evidence) -> dict[str, Any]:
     """The diagnostics record: symptom, category, cause, evidence strings, candidate findings, fields, raw numbers."""
     f = fields(ev)
     notes = observations(ev, f)
-    if not is_all_zero(ev.foreground_fraction, ev.true_foreground_fraction):
+    if ev.foreground_fraction > f["all_zero_threshold"]:
         warnings = _consistency_findings(ev, f)
         none = Finding("none", "none", [e for w in warnings for e in w.evidence])
         return _record(ev, f, False, none, notes, warnings)
@@ -99,14 +119,11 @@ def diagnose(ev: Evidence) -> dict[str, Any]:
     return _record(ev, f, True, _verdict(ev, f, findings), notes, findings)
 
 
-def all_zero_threshold(true_foreground_fraction: float) -> float:
-    """The largest predicted foreground share that still counts as the all-zero symptom."""
-    return max(SYMPTOM_RELATIVE * true_foreground_fraction, SYMPTOM_FLOOR)
-
-
-def is_all_zero(foreground_fraction: float, true_foreground_fraction: float) -> bool:
-    """The symptom: (almost) no pixel predicted as foreground, measured against how much foreground there is."""
-    return foreground_fraction <= all_zero_threshold(true_foreground_fraction)
+def all_zero_threshold(true_foreground_fraction: float, raw_foreground_fraction: float | None = None) -> float:
+    """The largest predicted foreground share that still counts as the all-zero symptom, measured against the
+    foreground the data holds: the test masks' share, or the raw masks' before the label map where larger."""
+    held = max(true_foreground_fraction, raw_foreground_fraction or 0.0)
+    return max(SYMPTOM_RELATIVE * held, SYMPTOM_FLOOR)
 
 
 def fields(ev: Evidence) -> Fields:
@@ -127,13 +144,18 @@ def fields(ev: Evidence) -> Fields:
         "predicted_foreground_share": ev.foreground_fraction,
         "reference_foreground_share": ev.reference_foreground_fraction,
         "test_foreground_share": ev.true_foreground_fraction,
-        "all_zero_threshold": all_zero_threshold(ev.true_foreground_fraction),
+        "raw_foreground_share": ev.raw_foreground_fraction,
+        "prepared_foreground_share": ev.prepared_foreground_fraction,
+        "all_zero_threshold": all_zero_threshold(ev.true_foreground_fraction, ev.raw_foreground_fraction),
         "label_values": sorted(ev.label_counts),
         "ignored_share": ignored / total if total else 0.0,
         "out_of_range_labels": {str(v): c for v, c in out_of_range.items()},
+        "out_of_range_value_count": len(out_of_range),
+        "out_of_range_value_span": [min(out_of_range), max(out_of_range)] if out_of_range else None,
         "output_range": [ev.output_min, ev.output_max],
         "output_mean": ev.output_mean,
         "output_kind": output_kind(ev),
+        "double_softmax_ceiling": math.e / (math.e + max(ev.model_classes, 2) - 1),
         "saturated_share": ev.saturated_fraction,
         "saturated_level": SATURATED,
         "postprocess": ev.postprocess,
@@ -144,6 +166,14 @@ def fields(ev: Evidence) -> Fields:
         "val_foreground_share": ev.val_foreground_share,
         "val_iou_per_class": ev.val_iou_per_class,
         "val_foreground_iou": max(foreground_ious) if foreground_ious else None,
+        "max_train_foreground_iou": max(ev.train_foreground_ious) if ev.train_foreground_ious else None,
+        "last_train_foreground_iou": ev.train_foreground_ious[-1] if ev.train_foreground_ious else None,
+        "max_val_foreground_iou": max(ev.val_foreground_ious) if ev.val_foreground_ious else None,
+        "epochs_run": ev.epochs_run,
+        "max_epochs": ev.max_epochs,
+        "loss": ev.loss,
+        "min_loss": ev.min_loss,
+        "prior_loss": prior_loss(ev),
         "best_val_mean_iou": ev.best_val_mean_iou,
         "background_only_iou": 1.0 / ev.num_classes,
         "class_weights": ev.class_weights,
@@ -169,8 +199,27 @@ def _findings(ev: Evidence, f: Fields) -> list[Finding]:
     post = postprocessing_rule(ev, f)
     if post is not None:
         logits = from_logits_rule(ev, f)
+        if logits is not None and post.cause == "threshold_too_high" and _capped_by_double_softmax(f):
+            return [_double_softmax_caps_threshold(logits, f)]
         return [post] + ([logits] if logits is not None else [])
     return _consistency_findings(ev, f)
+
+
+def _capped_by_double_softmax(f: Fields) -> bool:
+    """No probability above the ceiling a softmax of probabilities has: the outputs were squashed twice."""
+    return f["max_foreground_probability"] <= f["double_softmax_ceiling"] * (1 + 1e-6)
+
+
+def _double_softmax_caps_threshold(logits: Finding, f: Fields) -> Finding:
+    """A threshold out of reach only because the model's probabilities went through a second softmax: the model,
+    not the post-processing, is what a fix changes."""
+    ceiling = (
+        f"the largest foreground probability {_num(f['max_foreground_probability'])} stays under "
+        f"{_num(f['double_softmax_ceiling'])}, the most a softmax of probabilities over {f['model_classes']} classes "
+        f"can give (e / (e + classes - 1)): the threshold {_num(f['threshold'])} is out of reach because the "
+        "outputs were squashed twice, and would not be for a model trained on logits"
+    )
+    return Finding(logits.category, logits.cause, [*logits.evidence, ceiling])
 
 
 def _verdict(ev: Evidence, f: Fields, findings: list[Finding]) -> Finding:
@@ -185,7 +234,7 @@ def _verdict(ev: Evidence, f: Fields, findings: list[Finding]) -> Finding:
 
 def postprocessing_rule(ev: Evidence, f: Fields) -> Finding | None:
     """The argmax over the class axis of the raw outputs has foreground, the post-processed prediction none."""
-    if is_all_zero(ev.reference_foreground_fraction, ev.true_foreground_fraction):
+    if ev.reference_foreground_fraction <= f["all_zero_threshold"]:
         return None
     lines = [
         f"argmax over the class axis (the last) of the raw outputs predicts "
@@ -214,9 +263,20 @@ def postprocessing_rule(ev: Evidence, f: Fields) -> Finding | None:
 
 
 def class_count_rule(ev: Evidence, f: Fields) -> Finding | None:
-    """A model with a different number of output classes than the data: which side is wrong is unknowable."""
+    """A model with a different number of output classes than the data: which side is wrong is unknowable, unless
+    the model has one channel that outputs 1 everywhere, a softmax over a single channel that nothing can train."""
     if f["model_classes"] == f["num_classes"]:
         return None
+    if f["model_classes"] == 1 and f["output_range"] == [1.0, 1.0]:
+        return Finding(
+            "training",
+            "single_channel_softmax",
+            [
+                f"the model outputs {f['model_classes']} class where the data declares {f['num_classes']}, and every "
+                f"raw output is {_num(ev.output_max)}: a softmax over a single channel is 1 whatever its input, so "
+                "training has no gradient to follow and the argmax is class 0 everywhere"
+            ],
+        )
     return Finding(
         "unknown",
         "class_count_mismatch",
@@ -227,14 +287,14 @@ def class_count_rule(ev: Evidence, f: Fields) -> Finding | None:
 def labels_rule(ev: Evidence, f: Fields) -> Finding | None:
     """Test masks without foreground or with class ids the model cannot output; training labels without foreground."""
     out_of_range = f["out_of_range_labels"]
-    if len(out_of_range) >= MIN_INTERPOLATED_VALUES:
-        values = [int(v) for v in out_of_range]
+    if f["out_of_range_value_count"] >= MIN_INTERPOLATED_VALUES:
+        low, high = f["out_of_range_value_span"]
         return Finding(
             "preprocessing",
             "mask_interpolation",
             [
-                f"{len(values)} distinct mask values between the class ids and the ignore index "
-                f"(from {min(values)} to {max(values)}): masks were interpolated, not resized with nearest"
+                f"{f['out_of_range_value_count']} distinct mask values between the class ids and the ignore index "
+                f"(from {low} to {high}): masks were interpolated, not resized with nearest"
             ],
         )
     if out_of_range:
@@ -253,10 +313,9 @@ def labels_rule(ev: Evidence, f: Fields) -> Finding | None:
 
 
 def _no_foreground_labels(f: Fields) -> Finding:
-    """Masks without foreground: ignore pixels where it should be point at the label map; none leaves it open.
-
-    Without ignore pixels the foreground may have been lost when labelling or when resizing the masks (or the
-    test split has none), and the test masks alone cannot tell which.
+    """Masks without foreground: ignore pixels where it should be point at the label map, and so does a label map
+    that made nothing of the raw masks' foreground; foreground that prepare wrote but the processed masks lack was
+    lost in mask preprocessing. Without prepare's record the test masks alone cannot tell which.
     """
     lines = ["the test masks contain no foreground class id at all"]
     split_shares = _split_shares(f)
@@ -264,17 +323,35 @@ def _no_foreground_labels(f: Fields) -> Finding:
         shares = [f[key] for key in ("train_foreground_share", "val_foreground_share") if f[key] is not None]
         lines.append(split_shares + (": no split holds any foreground" if not any(shares) else ""))
     if not f["ignored_share"]:
-        lines.append(
-            "no pixel holds the ignore index either: the foreground was lost in labelling or in mask "
-            "preprocessing (or the test split has none), which the masks alone cannot tell apart"
-        )
-        return Finding("unknown", "no_foreground_labels", lines)
+        return _where_the_foreground_went(f, lines)
     lines.append(
         f"{_pct(f['ignored_share'])} of mask pixels hold the ignore index {f['ignore_index']}: "
         "the label map sends real classes to ignore "
         "(e.g. foreground stored as the ignore value and mapped to ignore, or ids shifted by one)"
     )
     return Finding("labels", "no_foreground_labels", lines)
+
+
+def _where_the_foreground_went(f: Fields, lines: list[str]) -> Finding:
+    """No foreground and no ignore pixel in the test masks: prepare's record of the same split says which stage
+    lost it (the raw masks' non-zero share before the label map, the prepared masks' foreground after it)."""
+    raw, prepared = f["raw_foreground_share"], f["prepared_foreground_share"]
+    if prepared is not None and prepared > 0.0:
+        lines.append(
+            f"prepare wrote the test masks with {_pct(prepared)} foreground, the processed test masks hold none: "
+            "the foreground was lost after prepare, in mask preprocessing (reading, resizing or scaling the masks)"
+        )
+        return Finding("preprocessing", "mask_foreground_lost", lines)
+    if prepared is not None and raw is not None and raw > 0.0:
+        lines.append(
+            f"{_pct(raw)} of the raw test mask pixels are not 0, yet the label map made none of them foreground"
+        )
+        return Finding("labels", "no_foreground_labels", lines)
+    lines.append(
+        "no pixel holds the ignore index either: the foreground was lost in labelling or in mask "
+        "preprocessing (or the test split has none), which the masks alone cannot tell apart"
+    )
+    return Finding("unknown", "no_foreground_labels", lines)
 
 
 def _no_foreground_training_labels(f: Fields) -> Finding | None:
@@ -285,9 +362,9 @@ def _no_foreground_training_labels(f: Fields) -> Finding | None:
     """
     train, val = f["train_foreground_share"], f["val_foreground_share"]
     if train is not None and train <= 0.0:
-        cause, what = "training_labels_no_foreground", "training labels hold no foreground"
+        cause, what = "training_labels_no_foreground", "the batches training consumed held no foreground"
     elif val is not None and val <= 0.0:
-        cause, what = "validation_labels_no_foreground", "validation labels hold no foreground"
+        cause, what = "validation_labels_no_foreground", "the validation batches held no foreground"
     else:
         return None
     return Finding(
@@ -301,8 +378,9 @@ def _no_foreground_training_labels(f: Fields) -> Finding | None:
 
 
 def _split_shares(f: Fields) -> str:
+    """The labels as the model consumed them, batch by batch (train_meta.json), not as the files hold them."""
     parts = [
-        f"{name} labels {_pct(f[key])} foreground"
+        f"{name} batches {_pct(f[key])} foreground"
         for name, key in (("training", "train_foreground_share"), ("validation", "val_foreground_share"))
         if f[key] is not None
     ]
@@ -362,6 +440,9 @@ def collapse_rule(ev: Evidence, f: Fields) -> Finding:
         return Finding(
             "unknown", "insufficient_evidence", [f"cannot rule out other causes without: {', '.join(missing)}"]
         )
+    learned = batchnorm_rule(f) or stopped_rule(f) or prior_rule(f)
+    if learned is not None:
+        return learned
     best, background_only = f["best_val_mean_iou"], f["background_only_iou"]
     val_share, val_iou = f["val_foreground_share"], f["val_foreground_iou"]
     if best is not None and best > background_only + LEARNED_MARGIN:
@@ -392,10 +473,92 @@ def collapse_rule(ev: Evidence, f: Fields) -> Finding:
     if best is not None:
         lines.append(f"best validation mIoU {_num(best)} (background-only level {_num(background_only)})")
     if val_share is not None and val_iou is not None:
-        lines.append(f"validation labels {_pct(val_share)} foreground, foreground IoU {_num(val_iou)}")
+        lines.append(f"validation batches {_pct(val_share)} foreground, foreground IoU {_num(val_iou)}")
     if f["class_weights"] is None:
         lines.append("training used no class weights")
     return Finding("training", "collapse_to_majority", lines)
+
+
+def _never_found_validation_foreground(f: Fields) -> bool:
+    """Validation labels with foreground, and no validation epoch (inference mode) found any of it."""
+    share, iou = f["val_foreground_share"], f["max_val_foreground_iou"]
+    return share is not None and share > 0.0 and iou is not None and iou <= 0.0
+
+
+def batchnorm_rule(f: Fields) -> Finding | None:
+    """The model found the foreground on its training batches (BatchNorm normalizing by each batch's own
+    statistics), never on validation (the moving statistics stored for inference): those statistics are wrong."""
+    learned = f["max_train_foreground_iou"]
+    if learned is None or learned < LEARNED_TRAIN_IOU or not _never_found_validation_foreground(f):
+        return None
+    return Finding(
+        "training",
+        "batchnorm_statistics",
+        [
+            f"on its training batches (BatchNorm in training mode, each batch's own statistics) the model reached a "
+            f"foreground IoU of {_num(learned)}, yet in {f['epochs_run']} epochs no validation pass (inference mode, "
+            f"the moving statistics) found any of the validation labels' {_pct(f['val_foreground_share'])} "
+            "foreground: the statistics BatchNorm stores for inference do not match the activations (a momentum too "
+            "slow for the training's length, statistics frozen or never updated)"
+        ],
+    )
+
+
+def stopped_rule(f: Fields) -> Finding | None:
+    """Training used every epoch it was given while its training foreground IoU was still at its best, and no
+    validation epoch had found foreground yet: it stopped while learning, before the model predicted any."""
+    run, budget = f["epochs_run"], f["max_epochs"]
+    last, best = f["last_train_foreground_iou"], f["max_train_foreground_iou"]
+    if run is None or budget is None or last is None or run < budget:
+        return None
+    if not (last > 0.0 and last >= best) or not _never_found_validation_foreground(f):
+        return None
+    return Finding(
+        "training",
+        "stopped_while_learning",
+        [
+            f"training ran all {f['max_epochs']} epochs it was given and ended at its best training foreground IoU "
+            f"({_num(last)}), still rising, before any validation epoch found foreground: it stopped while the model "
+            "was learning (too few epochs)"
+        ],
+    )
+
+
+def prior_loss(ev: Evidence) -> float | None:
+    """The weighted cross-entropy of the best constant prediction, the class prior of the batches training
+    consumed: the loss a model reaches that learned nothing from its images. Known for two classes under the
+    cross-entropy loss only."""
+    share, weights = ev.train_foreground_share, ev.class_weights or [1.0, 1.0]
+    if ev.loss != "crossentropy" or share is None or ev.num_classes != 2 or len(weights) != 2:
+        return None
+    background, foreground = weights[0] * (1.0 - share), weights[1] * share
+    if background <= 0.0 or foreground <= 0.0:
+        return None
+    p = foreground / (background + foreground)
+    return -(background * math.log(1.0 - p) + foreground * math.log(p))
+
+
+def prior_rule(f: Fields) -> Finding | None:
+    """Training never got far below the class prior's loss, and neither its batches' foreground nor validation's
+    was found beyond chance overlaps: the images told the model nothing about their masks, as when images and masks
+    do not belong together. (A training cut short learns its batches' foreground first: see `stopped_rule`.)"""
+    prior, lowest = f["prior_loss"], f["min_loss"]
+    train_iou, val_iou = f["max_train_foreground_iou"], f["max_val_foreground_iou"]
+    if prior is None or lowest is None or train_iou is None or val_iou is None:
+        return None
+    if lowest < PRIOR_LOSS_SHARE * prior or max(train_iou, val_iou) >= CHANCE_IOU:
+        return None
+    return Finding(
+        "labels",
+        "misaligned_pairs",
+        [
+            f"training's lowest loss {_num(lowest)} never fell far below {_num(prior)}, the loss of predicting the "
+            f"class prior of its batches ({_pct(f['train_foreground_share'])} foreground) everywhere, and its best "
+            f"foreground IoU was {_num(train_iou)} on the training batches and {_num(val_iou)} on validation: the "
+            "images told the model nothing about their masks, as when images and masks are misaligned (pairs "
+            "shuffled against each other, or augmented with separate random draws)"
+        ],
+    )
 
 
 def observations(ev: Evidence, f: Fields) -> list[str]:

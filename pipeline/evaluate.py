@@ -266,6 +266,7 @@ def build_evidence(
     meta: TrainMeta,
     params: EvaluateParams,
 ) -> diagnostics.Evidence:
+    test = spec.splits["test"]
     return diagnostics.Evidence(
         num_classes=spec.num_classes,
         model_classes=pred.model_classes,
@@ -285,6 +286,8 @@ def build_evidence(
         max_foreground_probability=pred.outputs.max_foreground_probability,
         eval_normalization=spec.normalization,
         eval_input_stats=pred.inputs.result(),
+        raw_foreground_fraction=test.raw_foreground_share,
+        prepared_foreground_fraction=test.prepared_foreground_share,
         **training_evidence(meta),
     )
 
@@ -300,6 +303,12 @@ def training_evidence(meta: TrainMeta) -> dict[str, Any]:
         "train_foreground_share": meta.train_foreground_share,
         "val_foreground_share": meta.val_foreground_share,
         "val_iou_per_class": meta.val_iou_per_class,
+        "train_foreground_ious": meta.train_foreground_iou,
+        "val_foreground_ious": meta.val_foreground_iou,
+        "epochs_run": meta.epochs_run,
+        "max_epochs": meta.epochs,
+        "min_loss": meta.min_loss,
+        "loss": meta.loss,
     }
 
 

@@ -16,6 +16,7 @@ from pipeline.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 SPLITS = ("train", "val", "test")  # prepare makes them, preprocess keeps them, train and evaluate read them
+PREPARED_LABELS = "labels.json"  # prepare's per-split foreground shares in its output folder; preprocess reads it
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
-from pipeline.params import SPLITS, ClassesParams, load_section
+from pipeline.params import PREPARED_LABELS, SPLITS, ClassesParams, load_section
 from pipeline.tracking import log_artifact, log_metric, stage_run
 
 OUT_DIR = Path("data/prepared")
@@ -46,6 +46,30 @@ class Pair:
     stem: str
     image: np.ndarray
     mask: np.ndarray
+    raw_foreground: int  # raw mask pixels that are not 0, before the label map
+
+
+@dataclasses.dataclass
+class SplitLabels:
+    """A split's pixel count per class id, and its raw mask pixels that were not 0 before the label map.
+
+    WiSe (like most binary mask formats) stores background as 0, so the raw share is the foreground the data holds
+    whatever the label map makes of it: evaluation measures the all-zero symptom against it too, and a foreground
+    that prepare wrote but the processed masks lack was lost after prepare.
+    """
+
+    counts: np.ndarray
+    raw_foreground: int = 0
+
+    def shares(self, classes: ClassesParams) -> dict[str, float | None]:
+        total = int(self.counts.sum())
+        valid = self.counts[: classes.num_classes].copy()
+        if 0 <= classes.ignore_index < classes.num_classes:
+            valid[classes.ignore_index] = 0
+        return {
+            "raw_foreground_share": self.raw_foreground / total if total else None,
+            "foreground_share": float((valid.sum() - valid[0]) / valid.sum()) if valid.sum() else None,
+        }
 
 
 def check_label_map(label_map: dict[int, int], classes: ClassesParams) -> None:
@@ -133,7 +157,8 @@ def load_pair(stem: str, image_path: Path, mask_path: Path, label_map: dict[int,
     if image.size != mask.size:
         raise PipelineError(f"{mask_path}: mask size {mask.size} differs from image size {image.size} of {image_path}")
     raw = np.asarray(mask if mask.mode != "1" else mask.convert("L"))
-    return Pair(stem, np.asarray(image.convert("RGB")), map_labels(raw, label_map, mask_path))
+    mapped = map_labels(raw, label_map, mask_path)
+    return Pair(stem, np.asarray(image.convert("RGB")), mapped, int(np.count_nonzero(raw)))
 
 
 # How a complete file of each format ends: the IEND chunk (empty, with its fixed CRC), the end-of-image marker.
@@ -190,19 +215,20 @@ def split_stems(stems: list[str], fractions: dict[str, float], seed: int) -> dic
 
 def write_split(
     folder: Path, found: RawPairs, stems: list[str], label_map: dict[int, int], num_classes: int
-) -> np.ndarray:
+) -> SplitLabels:
     """Load, check and write one pair at a time, so memory never holds the split; returns its pixel count per mask
-    value, all `class_frequencies` needs.
+    value, all `class_frequencies` needs, and its raw foreground.
     """
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir(parents=True)
-    counts = np.zeros(256, np.int64)
+    labels = SplitLabels(np.zeros(256, np.int64))
     for stem in stems:
         pair = load_pair(stem, *found.paths(stem), label_map)
         Image.fromarray(pair.image, mode="RGB").save(folder / "images" / f"{stem}.png")
         mask_image(pair.mask, num_classes).save(folder / "masks" / f"{stem}.png")
-        counts += np.bincount(pair.mask.ravel(), minlength=256)
-    return counts
+        labels.counts += np.bincount(pair.mask.ravel(), minlength=256)
+        labels.raw_foreground += pair.raw_foreground
+    return labels
 
 
 def class_frequencies(counts: np.ndarray, classes: ClassesParams) -> dict[str, float]:
@@ -223,14 +249,15 @@ def main() -> None:
     found = find_pairs(Path(params.raw_dir))
     splits = split_stems(list(found.suffixes), params.split, params.seed)
     with atomic_dir(OUT_DIR) as out:
-        counts = {
+        labels = {
             name: write_split(out / name, found, stems, params.label_map, classes.num_classes)
             for name, stems in splits.items()
         }
+        write_json(out / PREPARED_LABELS, {name: split.shares(classes) for name, split in labels.items()})
         summary: dict[str, Any] = {
             "n_images": len(found.suffixes),
             "splits": {
-                name: {"n_images": len(stems), "class_pixel_frequency": class_frequencies(counts[name], classes)}
+                name: {"n_images": len(stems), "class_pixel_frequency": class_frequencies(labels[name].counts, classes)}
                 for name, stems in splits.items()
             },
         }

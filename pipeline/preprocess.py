@@ -12,14 +12,15 @@ import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from pipeline import normalization
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import atomic_dir, write_json
-from pipeline.params import SPLITS, ClassesParams, load_section
+from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.params import PREPARED_LABELS, SPLITS, ClassesParams, load_section
 from pipeline.processed import SPEC_FILE, Spec, Split, SplitWriter, encode_png, example
 from pipeline.tracking import log_dict, stage_run
 
@@ -87,6 +88,25 @@ def write_split(pairs: Iterable[Resized], writer: SplitWriter, moments: normaliz
     return writer.close()
 
 
+def with_prepared_shares(split: Split, shares: dict[str, Any]) -> Split:
+    """The split with the foreground shares prepare recorded for it carried on, so evaluation can tell a foreground
+    the data never had from one lost after prepare."""
+    return dataclasses.replace(
+        split,
+        raw_foreground_share=shares.get("raw_foreground_share"),
+        prepared_foreground_share=shares.get("foreground_share"),
+    )
+
+
+def prepared_shares() -> dict[str, Any]:
+    """prepare's per-split label record; an older prepared folder without one leaves the shares unknown."""
+    path = IN_DIR / PREPARED_LABELS
+    data = read_json(path, "prepare") if path.exists() else {}
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: expected a JSON object")
+    return {name: data[name] if isinstance(data.get(name), dict) else {} for name in SPLITS}
+
+
 def image_paths(split: str) -> list[Path]:
     return sorted((IN_DIR / split / "images").glob("*.png"))
 
@@ -110,11 +130,15 @@ def main() -> None:
         stage_run("preprocess", params, out / "preprocess_run.json"),
         ThreadPoolExecutor(workers()) as pool,
     ):
+        shares = prepared_shares()
         splits = {
-            name: write_split(
-                resized_pairs(paths[name], params.image_size, pool),
-                SplitWriter(out, name, shard_bytes),
-                moments if name == "train" else None,
+            name: with_prepared_shares(
+                write_split(
+                    resized_pairs(paths[name], params.image_size, pool),
+                    SplitWriter(out, name, shard_bytes),
+                    moments if name == "train" else None,
+                ),
+                shares[name],
             )
             for name in SPLITS
         }

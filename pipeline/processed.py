@@ -37,8 +37,13 @@ class Shard:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
+    """A split's shards, and the foreground shares prepare recorded for it (None when it recorded none): the raw
+    masks' before the label map, and the prepared masks' after it."""
+
     images: int
     shards: tuple[Shard, ...]
+    raw_foreground_share: float | None = None
+    prepared_foreground_share: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +119,12 @@ def _parse_splits(raw: Any, path: Path) -> dict[str, Split]:
     for name in SPLITS:
         try:
             shards = tuple(Shard(**shard) for shard in raw[name]["shards"])
-            split = Split(images=int(raw[name]["images"]), shards=shards)
+            split = Split(
+                images=int(raw[name]["images"]),
+                shards=shards,
+                raw_foreground_share=_share(raw[name].get("raw_foreground_share")),
+                prepared_foreground_share=_share(raw[name].get("prepared_foreground_share")),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"{path}: splits.{name} is malformed ({type(exc).__name__}: {exc})") from None
         held = sum(shard.images for shard in shards)
@@ -122,6 +132,13 @@ def _parse_splits(raw: Any, path: Path) -> dict[str, Split]:
             raise PipelineError(f"{path}: splits.{name} counts {split.images} images, its shards {held}")
         splits[name] = split
     return splits
+
+
+def _share(value: Any) -> float | None:
+    """A recorded share, or None (unknown) for a missing or malformed one: it only informs the diagnosis."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    return None
 
 
 def _check_shard(path: Path, shard: Shard) -> None:

@@ -25,6 +25,7 @@ class SynthesizeParams:
     image_size: int
     seed: int
     mask_values: list[int]
+    empty_share: float = 0.0
 
     def validate(self) -> None:
         if self.n_images < 3:
@@ -37,6 +38,8 @@ class SynthesizeParams:
             or not all(0 <= v <= 255 for v in self.mask_values)
         ):
             raise ValueError(f"mask_values must be two distinct values in [0, 255], got {self.mask_values}")
+        if not 0 <= self.empty_share <= 1:
+            raise ValueError(f"empty_share must be in [0, 1], got {self.empty_share}")
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -70,11 +73,22 @@ def _foreground_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(mask) > 127
 
 
-def make_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One (RGB uint8 image, boolean foreground mask) pair; the same (seed, index) always gives the same pair."""
+def empty_indices(params: SynthesizeParams) -> set[int]:
+    """The images drawn without foreground: `empty_share` of them (rounded), picked at random by the seed."""
+    count = round(params.empty_share * params.n_images)
+    order = np.random.default_rng([params.seed, params.n_images]).permutation(params.n_images)
+    return {int(i) for i in order[:count]}
+
+
+def make_sample(seed: int, index: int, size: int, empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One (RGB uint8 image, boolean foreground mask) pair; the same (seed, index) always gives the same pair.
+
+    An empty sample is the same image with no foreground drawn on it: its background and colours stay those of
+    the (seed, index) pair, so adding background-only images changes nothing else in the data.
+    """
     rng = np.random.default_rng([seed, index])
     image = _background(rng, size)
-    fg = _foreground_mask(rng, size)
+    fg = _foreground_mask(rng, size) & (not empty)
     fg_color = rng.uniform(170, 245, size=3)
     fg_color[int(rng.integers(0, 3))] = rng.uniform(40, 90)
     stripes = 12 * np.sin(np.arange(size)[None, :, None] * rng.uniform(0.5, 1.2) + rng.uniform(0, 6.3))
@@ -90,8 +104,9 @@ def main() -> None:
         (out / "images").mkdir()
         (out / "masks").mkdir()
         fg_pixels = 0
+        empty = empty_indices(params)
         for i in range(params.n_images):
-            image, fg = make_sample(params.seed, i, params.image_size)
+            image, fg = make_sample(params.seed, i, params.image_size, i in empty)
             stem = f"wise_{i:05d}"
             Image.fromarray(image, mode="RGB").save(out / "images" / f"{stem}.png")
             Image.fromarray(np.where(fg, foreground, background).astype(np.uint8), mode="L").save(

@@ -26,7 +26,7 @@ from pipeline.resume import Backup, Progress, backup_callback, backup_key, claim
 from pipeline.tracking import TRACKING_SWITCH, log_artifact, log_keras_model, log_metrics, set_tag, stage_run
 from pipeline.train_data import Batching, pixel_weight_table, read_labels, training_batches, validation_batches
 from pipeline.train_meta import FILE as META_FILE
-from pipeline.train_meta import TrainMeta, confusion_matrix, counts_foreground_share, iou_per_class
+from pipeline.train_meta import TrainMeta, confusion_matrix, iou_per_class
 
 PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
@@ -58,6 +58,8 @@ class TrainParams:
     distribute: accelerate.Distribute = "none"
     jit_compile: bool = False
     shuffle_buffer: int = 1024
+    loss: Literal["crossentropy", "dice", "crossentropy+dice"] = "crossentropy"
+    dice_smooth: float = 1.0
 
     def validate(self) -> None:
         """Reject values that would crash deep inside Keras or silently train nothing."""
@@ -84,6 +86,10 @@ class TrainParams:
                 raise ValueError("class_weights are all zero: nothing would be learned")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
+        if self.loss not in ("crossentropy", "dice", "crossentropy+dice"):
+            raise ValueError(f"loss must be crossentropy, dice or crossentropy+dice, got {self.loss!r}")
+        if not (math.isfinite(self.dice_smooth) and self.dice_smooth >= 0):
+            raise ValueError(f"dice_smooth must be a non-negative number, got {self.dice_smooth}")
 
 
 def build_model(
@@ -98,6 +104,8 @@ def build_model(
     import keras
     import tensorflow as tf
 
+    from pipeline.label_metrics import ForegroundShare, foreground_iou
+    from pipeline.losses import segmentation_loss
     from pipeline.model import build_deeplabv3plus
 
     with accelerate.dtype_policy(params.mixed_precision):
@@ -118,8 +126,12 @@ def build_model(
     )
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_index),
-        metrics=[keras.metrics.MeanIoU(num_classes, name="mean_iou", ignore_class=ignore_index, sparse_y_pred=False)],
+        loss=segmentation_loss(params.loss, num_classes, ignore_index, params.dice_smooth),
+        metrics=[
+            keras.metrics.MeanIoU(num_classes, name="mean_iou", ignore_class=ignore_index, sparse_y_pred=False),
+            ForegroundShare(num_classes, ignore_index),
+            foreground_iou(num_classes, ignore_index),
+        ],
         **accelerate.compile_options(params.jit_compile, params.mixed_precision, tf.distribute.get_strategy()),
     )
     return model
@@ -246,7 +258,7 @@ def train_meta(
 ) -> TrainMeta:
     """What evaluate needs to use the model and to diagnose a train/eval mismatch.
 
-    labels: `train_foreground_share`, `val_foreground_share` and `val_iou_per_class` (see `label_evidence`).
+    labels: what training saw and made of it (see `label_evidence`).
     """
     return TrainMeta(
         from_logits=True,
@@ -262,14 +274,22 @@ def train_meta(
     )
 
 
-def label_evidence(
-    train_counts: np.ndarray, val_counts: np.ndarray, val_iou: list[float | None], spec: Spec
-) -> dict[str, Any]:
-    """The foreground share of the training and validation labels, and the best epoch's per-class val IoU."""
+def label_evidence(history: dict[str, list[float]], val_iou: list[float | None], params: TrainParams) -> dict[str, Any]:
+    """What the model saw and made of it, from the metrics fit logged over the batches it consumed (see
+    label_metrics), never from a separate pass over the files: the training labels' foreground share (the mean
+    over epochs), the validation labels' (the last epoch's), each epoch's foreground IoU on the training batches
+    (BatchNorm in training mode) and on validation (inference mode), the lowest training loss, which loss it was and
+    the epochs it was given; and the restored best epoch's per-class val IoU.
+    """
     return {
-        "train_foreground_share": counts_foreground_share(train_counts, spec.num_classes, spec.ignore_index),
-        "val_foreground_share": counts_foreground_share(val_counts, spec.num_classes, spec.ignore_index),
+        "train_foreground_share": float(np.mean(history["foreground_share"])),
+        "val_foreground_share": history["val_foreground_share"][-1],
         "val_iou_per_class": val_iou,
+        "train_foreground_iou": history["foreground_iou"],
+        "val_foreground_iou": history["val_foreground_iou"],
+        "epochs": params.epochs,
+        "min_loss": min(history["loss"]),
+        "loss": params.loss,
     }
 
 
@@ -340,7 +360,7 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
         os.environ[TRACKING_SWITCH] = "off"
     spec = read_spec(processed, params)
     train_labels = read_labels(spec, processed, "train")
-    val_labels = read_labels(spec, processed, "val")
+    read_labels(spec, processed, "val")  # checks every validation mask value before training starts
     keras.utils.set_random_seed(params.seed)
     if not params.jit_compile:
         tf.config.experimental.enable_op_determinism()
@@ -362,7 +382,7 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
         metrics = summarize(progress.history, progress.seconds, spec.splits["train"].images, params.epochs)
         digest = file_sha256(out / MODEL_FILE)
         val_iou = validation_iou(model, data.val, spec.num_classes, spec.ignore_index)
-        labels = label_evidence(train_labels.counts, val_labels.counts, val_iou, spec)
+        labels = label_evidence(progress.history, val_iou, params)
         train_meta(spec, params, metrics, train_labels.inputs.result(), digest, labels).write(out / META_FILE)
         if chief:
             write_json(METRICS_FILE, metrics)

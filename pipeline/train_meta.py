@@ -9,6 +9,7 @@ only a file that is not a JSON object is an error. The label measurements train 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ class TrainMeta:
     train_foreground_share: float | None = None
     val_foreground_share: float | None = None
     val_iou_per_class: list[float | None] | None = None
+    train_foreground_iou: list[float] | None = None
+    val_foreground_iou: list[float] | None = None
+    epochs: int | None = None
+    min_loss: float | None = None
+    loss: str | None = None
 
     def write(self, path: Path) -> None:
         write_json(path, dataclasses.asdict(self))
@@ -101,6 +107,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_ious(value: Any) -> bool:
+    """One IoU per epoch."""
+    return isinstance(value, list) and bool(value) and all(_is_number(x) and 0.0 <= x <= 1.0 for x in value)
+
+
 def _is_stats(value: Any) -> bool:
     """Per-channel mean and std of 3 values each (min and max are informative only)."""
     return isinstance(value, dict) and all(
@@ -120,16 +131,24 @@ CHECKS: dict[str, Callable[[Any], bool]] = {
     "model_sha256": lambda v: isinstance(v, str),
     "train_foreground_share": lambda v: _is_number(v) and 0.0 <= v <= 1.0,
     "val_foreground_share": lambda v: _is_number(v) and 0.0 <= v <= 1.0,
+    "train_foreground_iou": _is_ious,
+    "val_foreground_iou": _is_ious,
+    "epochs": _is_int,
+    "min_loss": lambda v: _is_number(v) and math.isfinite(v),
+    "loss": lambda v: isinstance(v, str),
     "val_iou_per_class": lambda v: (
         isinstance(v, list) and bool(v) and all(x is None or (_is_number(x) and 0.0 <= x <= 1.0) for x in v)
     ),
 }
-FLOATS = ("best_val_mean_iou", "train_foreground_share", "val_foreground_share")
+FLOATS = ("best_val_mean_iou", "train_foreground_share", "val_foreground_share", "min_loss")
+LISTS = ("train_foreground_iou", "val_foreground_iou")
 
 
 def _valid(name: str, value: Any) -> Any:
     if not CHECKS[name](value):
         return None
+    if name in LISTS:
+        return [float(x) for x in value]
     if name == "val_iou_per_class":
         return [None if x is None else float(x) for x in value]
     return float(value) if name in FLOATS else value

@@ -72,5 +72,5 @@ def test_case_is_found_by_segbisect_and_diagnosed(case, casebook_base: tuple[Pat
     )
     assert outcome.stage == case.stage
     assert outcome.units == case.units
-    assert outcome.category in {*case.diagnosis, "unknown"}, outcome.diagnosis
+    assert outcome.diagnosis == case.diagnosis
     assert outcome.bad_ref.startswith("params file" if case.bad_params is not None else "commit")

@@ -95,6 +95,16 @@ def test_a_folder_the_runner_did_not_write_is_refused_and_left_alone(tmp_path: P
         casebook.plan_good(out / "chapter1.tex", casebook.good_inputs(OVERLAY))
 
 
+def test_a_case_must_name_one_exact_diagnosis(tmp_path: Path) -> None:
+    """The test asserts each case's exact category and cause: a list of acceptable ones is refused, naming the file."""
+    folder = Path(shutil.copytree(casebook.CASES_DIR / "01-ignore-255", tmp_path / "01-ignore-255"))
+    assert casebook.load_case(folder).diagnosis == "labels/no_foreground_labels"
+    spec = yaml.safe_load((folder / "case.yaml").read_text())
+    (folder / "case.yaml").write_text(yaml.safe_dump({**spec, "diagnosis": ["labels", "unknown"]}))
+    with pytest.raises(SystemExit, match=r"01-ignore-255/case.yaml: diagnosis must be one `category/cause`"):
+        casebook.load_case(folder)
+
+
 def test_missing_good_params_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         casebook.main(["--out", str(tmp_path / "out"), "--good-params", str(tmp_path / "good.yaml")])

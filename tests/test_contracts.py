@@ -27,6 +27,11 @@ META = TrainMeta(
     train_foreground_share=0.08,
     val_foreground_share=0.07,
     val_iou_per_class=[0.97, 0.71],
+    train_foreground_iou=[0.3, 0.71],
+    val_foreground_iou=[0.0, 0.74],
+    epochs=3,
+    min_loss=0.12,
+    loss="crossentropy",
 )
 
 
@@ -56,11 +61,16 @@ def test_malformed_fields_become_unknown_not_a_crash(tmp_path: Path) -> None:
                 "input_stats": {"mean": "oops"},
                 "best_val_mean_iou": True,
                 "epochs_run": 2.5,
+                "val_foreground_iou": [0.5, 1.5],
+                "epochs": 2.0,
+                "min_loss": float("nan"),
+                "loss": 3,
             }
         )
     )
     read = TrainMeta.read(path)
     assert (read.from_logits, read.input_stats, read.best_val_mean_iou, read.epochs_run) == (None, None, None, None)
+    assert (read.val_foreground_iou, read.epochs, read.min_loss, read.loss) == (None, None, None, None)
     assert read.class_weights == [1.0, 2.0] and read.num_classes == 2
 
 

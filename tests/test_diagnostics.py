@@ -5,11 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.diagnostics import SYMPTOM_FLOOR, Evidence, all_zero_threshold, diagnose
+from pipeline.params import ClassesParams
+from pipeline.prepare import SplitLabels, map_labels
 
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?")
 
@@ -120,7 +125,7 @@ VARIANTS = {
     "no_labels": {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 940, 255: 60}},
     "no_labels_no_ignore": {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 1000}},
     "out_of_range": {**ALL_ZERO, "label_counts": {0: 900, 1: 50, 2: 50}},
-    "interpolated": {**ALL_ZERO, "label_counts": {0: 900, 1: 40, 2: 3, 17: 2, 128: 4, 255: 51}},
+    "interpolated": {**ALL_ZERO, "label_counts": {0: 900, 1: 40, 2: 5, 17: 2, 128: 6, 200: 7, 255: 51}},
     "stats": {**ALL_ZERO, "train_input_stats": {"mean": [0.0] * 3, "std": [1.0] * 3}},
     "config": {**ALL_ZERO, "train_normalization": {"method": "standardize", "mean": [0.5] * 3, "std": [0.2] * 3}},
     "probabilities": {**ALL_ZERO, **PROBABILITIES},
@@ -129,6 +134,36 @@ VARIANTS = {
     "scaling": {"foreground_fraction": 0.0, "postprocess": "threshold", "outputs_bounded": True, "output_min": 0.5},
     "classes": {**ALL_ZERO, "model_classes": 3},
     "missing": {**ALL_ZERO, "train_input_stats": None},
+    "lost_in_preprocessing": {
+        **ALL_ZERO,
+        "true_foreground_fraction": 0.0,
+        "label_counts": {0: 1000},
+        "raw_foreground_fraction": 0.13,
+        "prepared_foreground_fraction": 0.12,
+    },
+    "one_channel": {**ALL_ZERO, **PROBABILITIES, "model_classes": 1, "output_min": 1.0, "output_max": 1.0},
+    "double_softmax": {
+        **PROBABILITIES,
+        "foreground_fraction": 0.0,
+        "postprocess": "threshold",
+        "threshold": 0.8,
+        "max_foreground_probability": 0.72,
+    },
+    "misaligned": {
+        **ALL_ZERO,
+        "loss": "crossentropy",
+        "min_loss": 0.3,
+        "train_foreground_ious": [0.05, 0.11],
+        "val_foreground_ious": [0.0, 0.02],
+    },
+    "batchnorm": {**ALL_ZERO, "train_foreground_ious": [0.16, 0.36, 0.69, 0.68], "val_foreground_ious": [0.0] * 4},
+    "stopped": {
+        **ALL_ZERO,
+        "train_foreground_ious": [0.16, 0.36],
+        "val_foreground_ious": [0.0, 0.0],
+        "epochs_run": 2,
+        "max_epochs": 2,
+    },
 }
 
 
@@ -175,7 +210,7 @@ def test_training_labels_without_foreground_are_labels_never_found_foreground():
     """A perfect val mIoU from a background-only validation split must not count as having found foreground."""
     record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **NO_TRAINING_FOREGROUND))
     assert (record["category"], record["cause"]) == ("labels", "training_labels_no_foreground")
-    assert any("training labels hold no foreground" in line for line in record["evidence"])
+    assert any("the batches training consumed held no foreground" in line for line in record["evidence"])
     assert not any("found foreground" in line for line in record["evidence"])
     assert_evidence_from_fields(record)
 
@@ -210,7 +245,7 @@ def test_ignore_255_labels_everywhere_name_the_labels_with_every_split():
     no_labels = {"true_foreground_fraction": 0.0, "label_counts": {0: 940, 255: 60}}
     record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **no_labels, **NO_TRAINING_FOREGROUND))
     assert (record["category"], record["cause"]) == ("labels", "no_foreground_labels")
-    assert any("training labels 0% foreground, validation labels 0% foreground" in e for e in record["evidence"])
+    assert any("training batches 0% foreground, validation batches 0% foreground" in e for e in record["evidence"])
     assert not any("found foreground" in line for line in record["evidence"])
     assert_evidence_from_fields(record)
 
@@ -239,7 +274,7 @@ def test_label_values_beyond_the_classes_point_at_labels():
 
 
 def test_a_continuum_of_label_values_points_at_mask_interpolation():
-    counts = {0: 900, 1: 40, 2: 3, 17: 2, 128: 4, 255: 51}
+    counts = {0: 900, 1: 40, 2: 5, 17: 2, 128: 6, 200: 7, 255: 51}
     assert verdict(**ALL_ZERO, label_counts=counts) == ("preprocessing", "mask_interpolation")
 
 
@@ -315,3 +350,204 @@ def test_model_and_data_class_counts_differ_is_unknown():
 def test_no_symptom_means_none_even_with_odd_evidence(fraction):
     category, _ = verdict(foreground_fraction=0.02, reference_foreground_fraction=fraction, model_classes=3)
     assert category == "none"
+
+
+def test_the_symptom_is_measured_against_the_raw_masks_foreground_too():
+    """Labels that lost their foreground leave the test masks none; the raw masks still say how much there is, so
+    a collapsed model that paints half a percent shows the symptom (the floor alone would hide it)."""
+    lost = {"true_foreground_fraction": 0.0, "label_counts": {0: 1000}, "reference_foreground_fraction": 0.005}
+    record = diagnose(dataclasses.replace(HEALTHY, **lost, foreground_fraction=0.005, raw_foreground_fraction=0.11))
+    assert (record["symptom"], record["all_zero_threshold"]) == (True, pytest.approx(0.0055))
+    assert not diagnose(dataclasses.replace(HEALTHY, **lost, foreground_fraction=0.005))["symptom"]
+    assert all_zero_threshold(0.0, 0.11) == pytest.approx(0.0055)
+    assert all_zero_threshold(0.06, 0.02) == pytest.approx(0.003)
+
+
+def prepared_shares(raw: np.ndarray, label_map: dict[int, int]) -> dict[str, float | None]:
+    """prepare's record of one split, from a raw mask through its own label map and counting."""
+    mapped = map_labels(raw, label_map, Path("mask.png"))
+    labels = SplitLabels(np.bincount(mapped.ravel(), minlength=256), int(np.count_nonzero(raw)))
+    return labels.shares(ClassesParams(num_classes=2, names=["background", "foreground"], ignore_index=255))
+
+
+RAW_MASK = np.where(np.add.outer(np.arange(20), np.arange(20)) < 6, 255, 0).astype(np.uint8)
+
+
+def test_foreground_prepare_wrote_but_the_processed_masks_lack_points_at_preprocessing():
+    shares = prepared_shares(RAW_MASK, {0: 0, 255: 1})
+    lost = {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 1000}}
+    record = diagnose(
+        dataclasses.replace(
+            HEALTHY,
+            **lost,
+            raw_foreground_fraction=shares["raw_foreground_share"],
+            prepared_foreground_fraction=shares["foreground_share"],
+        )
+    )
+    assert (record["category"], record["cause"]) == ("preprocessing", "mask_foreground_lost")
+    assert record["fields"]["prepared_foreground_share"] == pytest.approx(21 / 400)
+    assert_evidence_from_fields(record)
+    # Without prepare's record the masks alone cannot tell the label map from the preprocessing.
+    assert verdict(**lost) == ("unknown", "no_foreground_labels")
+
+
+def test_a_label_map_that_made_nothing_of_the_raw_foreground_points_at_labels():
+    shares = prepared_shares(RAW_MASK, {0: 0, 255: 0})
+    assert shares == {"raw_foreground_share": pytest.approx(21 / 400), "foreground_share": 0.0}
+    lost = {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 1000}}
+    record = diagnose(
+        dataclasses.replace(
+            HEALTHY,
+            **lost,
+            raw_foreground_fraction=shares["raw_foreground_share"],
+            prepared_foreground_fraction=shares["foreground_share"],
+        )
+    )
+    assert (record["category"], record["cause"]) == ("labels", "no_foreground_labels")
+    assert_evidence_from_fields(record)
+    # Raw masks without foreground either: nothing says where it went, or that there was any.
+    empty = prepared_shares(np.zeros((20, 20), np.uint8), {0: 0, 255: 1})
+    assert verdict(
+        **lost,
+        raw_foreground_fraction=empty["raw_foreground_share"],
+        prepared_foreground_fraction=empty["foreground_share"],
+    ) == ("unknown", "no_foreground_labels")
+
+
+@pytest.mark.parametrize("size", [7, 13, 31])
+def test_the_interpolated_value_count_is_a_field_and_matches_the_masks(size):
+    """Class-id masks (0/1, an ignore border of 255) resized bilinearly: the count the sentence gives is the
+    number of distinct values the resized masks hold between the classes and the ignore index."""
+    mask = np.full((40, 40), 255, np.uint8)
+    mask[4:-4, 4:-4] = 0
+    mask[12:30, 10:33] = 1
+    resized = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.BILINEAR))
+    counts = np.bincount(resized.ravel(), minlength=256)
+    between = [v for v in np.flatnonzero(counts) if 2 <= v < 255]
+    record = diagnose(
+        dataclasses.replace(HEALTHY, **ALL_ZERO, label_counts={int(v): int(counts[v]) for v in np.flatnonzero(counts)})
+    )
+    assert (record["category"], record["cause"]) == ("preprocessing", "mask_interpolation")
+    assert record["fields"]["out_of_range_value_count"] == len(between) >= 3
+    assert record["fields"]["out_of_range_value_span"] == [min(between), max(between)]
+    assert record["evidence"][0].startswith(f"{len(between)} distinct mask values")
+    assert_evidence_from_fields(json.loads(json.dumps(record)))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def double_softmax(threshold: float) -> dict[str, Any]:
+    """A softmax head under a logits loss, post-processed by a threshold on the softmax of its outputs."""
+    probabilities = softmax(np.random.default_rng(0).normal(0.0, 8.0, (4, 8, 8, 2)))
+    return {
+        **PROBABILITIES,
+        "foreground_fraction": 0.0,
+        "output_min": float(probabilities.min()),
+        "output_max": float(probabilities.max()),
+        "postprocess": "threshold",
+        "threshold": threshold,
+        "max_foreground_probability": float(softmax(probabilities)[..., 1].max()),
+    }
+
+
+def test_a_threshold_above_the_double_softmax_ceiling_points_at_the_model():
+    record = diagnose(dataclasses.replace(HEALTHY, **double_softmax(0.75)))
+    assert (record["category"], record["cause"]) == ("training", "from_logits_mismatch")
+    assert record["fields"]["max_foreground_probability"] <= record["fields"]["double_softmax_ceiling"]
+    assert any("squashed twice" in line for line in record["evidence"])
+    assert_evidence_from_fields(record)
+    # A threshold too high for probabilities above that ceiling could be either stage's fault.
+    above = {**double_softmax(0.75), "max_foreground_probability": 0.74}
+    assert verdict(**above) == ("unknown", "ambiguous")
+
+
+def test_a_softmax_over_one_channel_points_at_the_model():
+    outputs = softmax(np.random.default_rng(1).normal(0.0, 3.0, (4, 8, 8, 1)))
+    one = {"model_classes": 1, "output_min": float(outputs.min()), "output_max": float(outputs.max())}
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **{**PROBABILITIES, **one}))
+    assert (record["category"], record["cause"]) == ("training", "single_channel_softmax")
+    assert_evidence_from_fields(record)
+    # One sigmoid channel varies: which side has the class count wrong stays open.
+    sigmoid = 1.0 / (1.0 + np.exp(-np.random.default_rng(1).normal(0.0, 3.0, (4, 8, 8, 1))))
+    varies = {"model_classes": 1, "output_min": float(sigmoid.min()), "output_max": float(sigmoid.max())}
+    assert verdict(**ALL_ZERO, **varies) == ("unknown", "class_count_mismatch")
+
+
+def keras_loss_of_the_prior(share: float, weights: list[float]) -> float:
+    """Keras' weighted cross-entropy of the best constant prediction on labels holding `share` foreground."""
+    import keras
+
+    labels = (np.arange(1000) < round(share * 1000)).astype(np.int32).reshape(1, 10, 100)
+    a, b = weights[0] * (1 - share), weights[1] * share
+    logits = np.broadcast_to(np.log([a / (a + b), b / (a + b)]), (1, 10, 100, 2)).astype(np.float32)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return float(loss(labels, logits, sample_weight=np.asarray(weights, np.float32)[labels]))
+
+
+CROSS_ENTROPY = {"loss": "crossentropy", "class_weights": [1.0, 2.0], "train_foreground_share": 0.11}
+
+
+def test_the_prior_loss_is_the_loss_keras_gives_the_class_prior():
+    expected = keras_loss_of_the_prior(0.11, [1.0, 2.0])
+    assert diagnose(dataclasses.replace(HEALTHY, **CROSS_ENTROPY))["fields"]["prior_loss"] == pytest.approx(
+        expected, rel=1e-4
+    )
+
+
+def test_training_that_never_beat_the_class_prior_points_at_misaligned_pairs():
+    prior = keras_loss_of_the_prior(0.11, [1.0, 2.0])
+    flat = {
+        **ALL_ZERO,
+        **CROSS_ENTROPY,
+        "train_foreground_ious": [0.02, 0.08, 0.12],
+        "val_foreground_ious": [0.0] * 3,
+        "val_iou_per_class": [0.89, 0.0],
+    }
+    record = diagnose(dataclasses.replace(HEALTHY, **flat, min_loss=0.97 * prior))
+    assert (record["category"], record["cause"]) == ("labels", "misaligned_pairs")
+    assert_evidence_from_fields(record)
+    # A loss well below the prior: the images did teach it something, it collapsed later.
+    assert verdict(**flat, min_loss=0.5 * prior) == ("training", "collapse_to_majority")
+    # Foreground found in one validation epoch: not misaligned either.
+    assert verdict(**{**flat, "val_foreground_ious": [0.0, 0.3, 0.1]}, min_loss=0.97 * prior)[1] != "misaligned_pairs"
+    # The training batches' foreground learned: the images did tell the model where it is.
+    assert verdict(**{**flat, "train_foreground_ious": [0.2, 0.4]}, min_loss=0.97 * prior)[1] != "misaligned_pairs"
+    # Another loss than cross-entropy has no prior to compare with.
+    assert verdict(**{**flat, "loss": "dice"}, min_loss=0.97 * prior) == ("training", "collapse_to_majority")
+
+
+# Per-epoch foreground IoU on the training batches (BatchNorm in training mode) and on validation (inference mode),
+# as train_meta.json records them: a healthy training finds validation foreground once it learned the training's.
+LEARNING = [0.16, 0.36, 0.42, 0.51, 0.57, 0.61, 0.63]
+HEALTHY_VALIDATION = [0.0, 0.0, 0.0, 0.014, 0.27, 0.55, 0.62]
+
+
+def test_foreground_learned_in_training_mode_but_never_seen_in_inference_points_at_batchnorm():
+    never = {**ALL_ZERO, "train_foreground_ious": LEARNING, "val_foreground_ious": [0.0] * 7, "epochs_run": 7}
+    record = diagnose(dataclasses.replace(HEALTHY, **never))
+    assert (record["category"], record["cause"]) == ("training", "batchnorm_statistics")
+    assert record["fields"]["max_train_foreground_iou"] == max(LEARNING)
+    assert_evidence_from_fields(record)
+    # Validation found foreground once: the stored statistics work, whatever made the test predictions empty.
+    assert verdict(**{**never, "val_foreground_ious": HEALTHY_VALIDATION})[1] != "batchnorm_statistics"
+    # A model that never learned the training batches' foreground either: nothing points at the statistics.
+    assert verdict(**{**never, "train_foreground_ious": [0.1, 0.2, 0.3]}) == ("training", "collapse_to_majority")
+    # No validation foreground to find: its IoU of 0 proves nothing.
+    assert verdict(**{**never, "val_foreground_share": 0.0})[1] == "validation_labels_no_foreground"
+
+
+def test_a_training_that_ended_while_still_learning_points_at_too_few_epochs():
+    early = {**ALL_ZERO, "train_foreground_ious": LEARNING[:2], "val_foreground_ious": [0.0, 0.0]}
+    record = diagnose(dataclasses.replace(HEALTHY, **early, epochs_run=2, max_epochs=2))
+    assert (record["category"], record["cause"]) == ("training", "stopped_while_learning")
+    assert_evidence_from_fields(record)
+    # Early stopping ended it before its budget: not a budget too small.
+    assert verdict(**early, epochs_run=2, max_epochs=50) == ("training", "collapse_to_majority")
+    # Its training foreground IoU had already peaked: more epochs were not learning.
+    assert verdict(**{**early, "train_foreground_ious": [0.3, 0.2]}, epochs_run=2, max_epochs=2) == (
+        "training",
+        "collapse_to_majority",
+    )

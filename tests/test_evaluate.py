@@ -263,7 +263,7 @@ def test_diagnostics_fields_recomputed_from_the_data(workspace):
     assert fields["val_foreground_iou"] == 0.0
     assert (record["category"], record["cause"]) == ("training", "collapse_to_majority")
     assert any(
-        f"validation labels {100 * fields['val_foreground_share']:.3g}% foreground" in e for e in record["evidence"]
+        f"validation batches {100 * fields['val_foreground_share']:.3g}% foreground" in e for e in record["evidence"]
     )
     assert_evidence_from_fields(record)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -135,6 +136,19 @@ def test_prepare_writes_class_id_masks_and_summary(prepare_dir: Path) -> None:
     assert summary["n_images"] == 4
     assert summary["splits"]["train"]["class_pixel_frequency"]["foreground"] == pytest.approx(4 / 64)
     assert (prepare_dir / "data/prepared/prepare_run.json").exists()
+    labels = json.loads((prepare_dir / "data/prepared/labels.json").read_text())
+    assert labels["test"] == {"raw_foreground_share": pytest.approx(4 / 64), "foreground_share": pytest.approx(4 / 64)}
+
+
+def test_labels_record_the_raw_foreground_a_label_map_sends_to_ignore(prepare_dir: Path) -> None:
+    """255 mapped to ignore: the prepared masks hold no foreground, the raw masks' share still says how much."""
+    params = yaml.safe_load((prepare_dir / "params.yaml").read_text())
+    params["prepare"]["label_map"] = {0: 0, 255: 255}
+    (prepare_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(prepare_dir, "prepare")
+    assert result.returncode == 0, result.stderr
+    labels = json.loads((prepare_dir / "data/prepared/labels.json").read_text())
+    assert labels["train"] == {"raw_foreground_share": pytest.approx(4 / 64), "foreground_share": 0.0}
 
 
 def _expect_clean_failure(repo: Path, message: str) -> None:

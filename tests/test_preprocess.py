@@ -129,6 +129,11 @@ def test_preprocess_stage_writes_spec_and_shards_that_read_back_bit_exactly(stag
     train = spec.splits["train"]
     assert train.images == 13 and len(train.shards) > 2
     assert len({shard.images for shard in train.shards}) > 1, "expected a partial last shard"
+    labels = json.loads((folder / "data/prepared/labels.json").read_text())
+    for split in SPLITS:
+        carried = (spec.splits[split].raw_foreground_share, spec.splits[split].prepared_foreground_share)
+        assert carried == (labels[split]["raw_foreground_share"], labels[split]["foreground_share"])
+        assert carried[1] is not None and carried[1] > 0.0
     for split in SPLITS:
         images, masks, stems = read_split(folder / "data/processed", split)
         expected_images, expected_masks, expected_stems = prepared_split(folder, split, 16)

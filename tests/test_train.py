@@ -61,6 +61,11 @@ META_KEYS = {
     "train_foreground_share",
     "val_foreground_share",
     "val_iou_per_class",
+    "train_foreground_iou",
+    "val_foreground_iou",
+    "epochs",
+    "min_loss",
+    "loss",
 }
 
 
@@ -246,6 +251,12 @@ def test_tiny_run_writes_the_contract_outputs(workdir: Path, tracking_uri: str) 
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[:4] == ["epoch", "loss", "val_loss", "val_mean_iou"]
     assert [r["epoch"] for r in rows] == [str(i + 1) for i in range(meta["epochs_run"])]
+    assert meta["loss"] == "crossentropy"
+    assert meta["min_loss"] == pytest.approx(min(float(r["loss"]) for r in rows), rel=1e-5)
+    for key in ("train_foreground_iou", "val_foreground_iou"):
+        column = "foreground_iou" if key.startswith("train") else key
+        assert meta[key] == pytest.approx([float(r[column]) for r in rows], rel=1e-5)
+    assert meta["epochs"] == TINY_PARAMS["epochs"]
     metrics = json.loads((workdir / "reports/train_metrics.json").read_text())
     assert metrics["best_val_mean_iou"] == pytest.approx(meta["best_val_mean_iou"])
     assert 0.0 <= metrics["best_val_mean_iou"] <= 1.0 and metrics["images_per_second"] > 0
@@ -279,6 +290,26 @@ def test_class_weights_must_match_num_classes(workdir: Path) -> None:
     with pytest.raises(PipelineError, match=r"class_weights has 3 values but .* has 2 classes"):
         train.main()
     assert not (workdir / "models").exists()
+
+
+@pytest.mark.e2e
+def test_label_shares_are_those_of_the_consumed_batches(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault in the input path after the files (every training label sent to background on its way to fit)
+    shows in train_meta.json, though the shards still hold foreground: the diagnosis reasons from what the model
+    saw."""
+    intact = train.training_batches
+
+    def erased(*args: Any, **kwargs: Any) -> Any:
+        return intact(*args, **kwargs).map(lambda x, y, w: (x, y * 0, w))
+
+    monkeypatch.setattr(train, "training_batches", erased)
+    train.main()
+    meta = json.loads((workdir / "models/train_meta.json").read_text())
+    assert meta["train_foreground_share"] == 0.0
+    assert read_split(workdir / "data" / "processed", "train")[1].max() >= 1, "the shards keep their foreground"
+    masks = read_split(workdir / "data" / "processed", "val")[1]
+    valid = masks != IGNORE
+    assert meta["val_foreground_share"] == pytest.approx((valid & (masks == 1)).sum() / valid.sum())
 
 
 @pytest.mark.e2e

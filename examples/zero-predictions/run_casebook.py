@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,7 +90,7 @@ class Case:
     description: str
     stage: str
     units: list[str]
-    diagnosis: list[str]
+    diagnosis: str  # the exact `category/cause` evaluate's diagnostics must give BAD
     good: dict[str, Any] = field(default_factory=dict)
     bad_params: Path | None = None
     bad_patch: Path | None = None
@@ -139,10 +140,6 @@ class Outcome:
         """Category/cause from the failing hybrid's diagnostics.json (segbisect carries it in the verdict)."""
         diag = self.culprit.get("diagnostics") or {}
         return f"{diag.get('category', 'missing')}/{diag.get('cause', 'missing')}"
-
-    @property
-    def category(self) -> str:
-        return self.diagnosis.split("/", 1)[0]
 
     @property
     def margin(self) -> tuple[float, str]:
@@ -205,6 +202,9 @@ def load_cases(names: list[str] | None = None) -> list[Case]:
 
 def load_case(folder: Path) -> Case:
     spec = yaml.safe_load((folder / "case.yaml").read_text())
+    diagnosis = spec.get("diagnosis")
+    if not re.fullmatch(r"\w+/\w+", str(diagnosis)):
+        raise SystemExit(f"{folder / 'case.yaml'}: diagnosis must be one `category/cause`, got {diagnosis!r}")
     params, patch = folder / "bad.yaml", folder / "bad.patch"
     return Case(
         folder.name,
@@ -212,7 +212,7 @@ def load_case(folder: Path) -> Case:
         " ".join(spec["description"].split()),
         spec["stage"],
         spec["units"],
-        spec["diagnosis"],
+        diagnosis,
         spec.get("good") or {},
         params if params.is_file() else None,
         patch if patch.is_file() else None,
