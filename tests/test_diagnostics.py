@@ -373,45 +373,39 @@ def prepared_shares(raw: np.ndarray, label_map: dict[int, int]) -> dict[str, flo
 RAW_MASK = np.where(np.add.outer(np.arange(20), np.arange(20)) < 6, 255, 0).astype(np.uint8)
 
 
-def test_foreground_prepare_wrote_but_the_processed_masks_lack_points_at_preprocessing():
-    shares = prepared_shares(RAW_MASK, {0: 0, 255: 1})
-    lost = {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 1000}}
-    record = diagnose(
+LOST = {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 1000}}
+
+
+def diagnose_lost(shares: dict[str, float | None]) -> dict[str, Any]:
+    """Test masks without foreground or ignore pixels, with prepare's record of the split."""
+    return diagnose(
         dataclasses.replace(
             HEALTHY,
-            **lost,
+            **LOST,
             raw_foreground_fraction=shares["raw_foreground_share"],
             prepared_foreground_fraction=shares["foreground_share"],
         )
     )
+
+
+def test_foreground_prepare_wrote_but_the_processed_masks_lack_points_at_preprocessing():
+    record = diagnose_lost(prepared_shares(RAW_MASK, {0: 0, 255: 1}))
     assert (record["category"], record["cause"]) == ("preprocessing", "mask_foreground_lost")
     assert record["fields"]["prepared_foreground_share"] == pytest.approx(21 / 400)
     assert_evidence_from_fields(record)
     # Without prepare's record the masks alone cannot tell the label map from the preprocessing.
-    assert verdict(**lost) == ("unknown", "no_foreground_labels")
+    assert verdict(**LOST) == ("unknown", "no_foreground_labels")
 
 
 def test_a_label_map_that_made_nothing_of_the_raw_foreground_points_at_labels():
     shares = prepared_shares(RAW_MASK, {0: 0, 255: 0})
     assert shares == {"raw_foreground_share": pytest.approx(21 / 400), "foreground_share": 0.0}
-    lost = {**ALL_ZERO, "true_foreground_fraction": 0.0, "label_counts": {0: 1000}}
-    record = diagnose(
-        dataclasses.replace(
-            HEALTHY,
-            **lost,
-            raw_foreground_fraction=shares["raw_foreground_share"],
-            prepared_foreground_fraction=shares["foreground_share"],
-        )
-    )
+    record = diagnose_lost(shares)
     assert (record["category"], record["cause"]) == ("labels", "no_foreground_labels")
     assert_evidence_from_fields(record)
     # Raw masks without foreground either: nothing says where it went, or that there was any.
-    empty = prepared_shares(np.zeros((20, 20), np.uint8), {0: 0, 255: 1})
-    assert verdict(
-        **lost,
-        raw_foreground_fraction=empty["raw_foreground_share"],
-        prepared_foreground_fraction=empty["foreground_share"],
-    ) == ("unknown", "no_foreground_labels")
+    empty = diagnose_lost(prepared_shares(np.zeros((20, 20), np.uint8), {0: 0, 255: 1}))
+    assert (empty["category"], empty["cause"]) == ("unknown", "no_foreground_labels")
 
 
 @pytest.mark.parametrize("size", [7, 13, 31])
