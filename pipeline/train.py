@@ -349,6 +349,22 @@ def output_dir(models: Path, chief: bool) -> Iterator[Path]:
             yield Path(scratch)
 
 
+def compile_for_saving(model: Any, params: TrainParams, num_classes: int, ignore_index: int | None) -> None:
+    """Recompile the trained model with what Keras alone can load (its loss, its mean IoU, the trained optimizer and
+    its state): the label metrics of `label_metrics` only feed fit's logs, and a model.keras naming them would not
+    load where this package is not imported (MLflow's Keras flavor, a user's `keras.models.load_model`).
+    """
+    import keras
+    import tensorflow as tf
+
+    model.compile(
+        optimizer=model.optimizer,
+        loss=model.loss,
+        metrics=[keras.metrics.MeanIoU(num_classes, name="mean_iou", ignore_class=ignore_index, sparse_y_pred=False)],
+        **accelerate.compile_options(params.jit_compile, params.mixed_precision, tf.distribute.get_strategy()),
+    )
+
+
 def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = MODELS_DIR) -> dict[str, Any]:
     """Run the whole stage; returns the metrics written to reports/train_metrics.json."""
     import keras
@@ -378,6 +394,8 @@ def train(params: TrainParams, processed: Path = PROCESSED_DIR, models: Path = M
             model = build_model(params, (spec.image_size, spec.image_size, 3), spec.num_classes, spec.ignore_index)
         fit(model, data, params, backup, progress)
         check_finite(progress.history, params.learning_rate)
+        with strategy.scope():
+            compile_for_saving(model, params, spec.num_classes, spec.ignore_index)
         model.save(out / MODEL_FILE)
         metrics = summarize(progress.history, progress.seconds, spec.splits["train"].images, params.epochs)
         digest = file_sha256(out / MODEL_FILE)

@@ -313,6 +313,23 @@ def test_label_shares_are_those_of_the_consumed_batches(workdir: Path, monkeypat
 
 
 @pytest.mark.e2e
+def test_the_saved_model_loads_with_keras_alone(workdir: Path) -> None:
+    """The label metrics feed fit's logs only: model.keras loads, compiled, in a process that imports Keras and
+    nothing of this project (as MLflow's Keras flavor or a user would load it)."""
+    train.main()
+    load = "import sys, keras; print(keras.models.load_model(sys.argv[1]).count_params())"
+    done = subprocess.run(
+        [sys.executable, "-c", load, str(workdir / "models/model.keras")],
+        cwd=workdir.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 0
+
+
+@pytest.mark.e2e
 def test_nan_loss_stops_the_stage_with_one_line(workdir: Path) -> None:
     write_params(workdir, backbone="resnet18", optimizer="sgd", learning_rate=1e30, epochs=3, augment_flips=False)
     result = subprocess.run([sys.executable, "-m", "pipeline.train"], cwd=workdir, capture_output=True, text=True)
