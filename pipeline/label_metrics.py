@@ -1,9 +1,9 @@
 """Keras metrics over the batches fit actually consumes: what the model saw, not what the files on disk hold.
 
 A fault in the input path after the files (a transform in train_data, a flip applied to the image alone) shows
-only here: the foreground share of the labels each epoch trained and validated on, and the foreground IoU of each
-validation epoch. fit logs them per epoch (`foreground_share`, `val_foreground_share`, `val_foreground_iou`);
-train_meta.json keeps what the diagnosis reasons from.
+only here: the foreground share of the labels each epoch trained and validated on, and each epoch's foreground IoU
+on both. fit logs them per epoch (`foreground_share`, `foreground_iou` and their `val_` twins); train_meta.json
+keeps what the diagnosis reasons from.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 evaluate reads it leniently: a field that is missing or malformed becomes None (unknown), so a broken record
 weakens the diagnosis instead of crashing the stage (and a file written before a field existed stays readable);
-only a file that is not a JSON object is an error. The label measurements train records (`foreground_share`,
-`confusion_matrix`, `iou_per_class`) live here too, numpy only, beside the fields they fill.
+only a file that is not a JSON object is an error. The measurements train makes after fit (`confusion_matrix`,
+`iou_per_class`) live here too, numpy only, beside the field they fill; the label shares come from the batches fit
+consumed (pipeline/label_metrics.py).
 """
 
 from __future__ import annotations
@@ -55,32 +56,12 @@ class TrainMeta:
         return cls(**{f.name: _valid(f.name, data.get(f.name)) for f in dataclasses.fields(cls)})
 
 
-BACKGROUND = 0
-
-
 def valid_pixels(masks: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
     """Pixels holding a class id: neither the ignore index nor out of range."""
     valid = np.asarray(masks) < num_classes
     if ignore_index is not None:
         valid &= np.asarray(masks) != ignore_index
     return valid
-
-
-def foreground_share(masks: np.ndarray, num_classes: int, ignore_index: int | None) -> float | None:
-    """Share of the valid pixels whose class is not background (None with no valid pixel)."""
-    return counts_foreground_share(
-        np.bincount(np.asarray(masks, np.uint8).ravel(), minlength=256), num_classes, ignore_index
-    )
-
-
-def counts_foreground_share(counts: np.ndarray, num_classes: int, ignore_index: int | None) -> float | None:
-    """`foreground_share` from the pixel count of each mask value (0..255), as a streaming pass gathers them."""
-    valid = np.asarray(counts[:num_classes], np.int64).copy()
-    if ignore_index is not None and 0 <= ignore_index < num_classes:
-        valid[ignore_index] = 0
-    total = int(valid.sum())
-    foreground = total - int(valid[BACKGROUND])
-    return float(foreground / total) if total else None
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.train_meta import TrainMeta, confusion_matrix, foreground_share, iou_per_class
+from pipeline.train_meta import TrainMeta, confusion_matrix, iou_per_class
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
 META = TrainMeta(
@@ -96,10 +96,8 @@ def test_malformed_label_fields_become_unknown(tmp_path: Path) -> None:
 
 
 def test_label_measurements_leave_out_ignore_and_absent_classes() -> None:
-    """Shares are of the valid pixels; a class absent from truth and prediction has no IoU (None), not 1 or 0."""
+    """Counts are of the valid pixels; a class absent from truth and prediction has no IoU (None), not 1 or 0."""
     masks = np.array([[0, 0, 1, 255], [0, 0, 0, 255]], np.uint8)
-    assert foreground_share(masks, 2, 255) == pytest.approx(1 / 6)
-    assert foreground_share(np.full((2, 2), 255, np.uint8), 2, 255) is None
     pred = np.array([[0, 0, 1, 1], [0, 1, 0, 1]])
     cm = confusion_matrix(masks, pred, 3, 255)
     assert cm.tolist() == [[4, 1, 0], [0, 1, 0], [0, 0, 0]]
