@@ -13,7 +13,10 @@ Order of reasoning, given the all-zero symptom:
      test masks hold foreground but the labels given to training hold none), preprocessing
      (mask_interpolation, normalization_mismatch), training (from_logits_mismatch), unknown
      (class_count_mismatch). Findings in more than one category -> unknown/ambiguous.
-  3. Nothing inconsistent -> training/collapse_to_majority, unless evidence is missing
+  3. Nothing inconsistent -> what the model's outputs and training history say: logits clipped at 0
+     (training/clipped_logits), foreground learned in training mode only (training/batchnorm_statistics), a training
+     cut off while learning (training/stopped_while_learning), a loss that never left the class prior's
+     (labels/misaligned_pairs); else training/collapse_to_majority, unless evidence is missing
      (unknown/insufficient_evidence) or validation shows the model had learned foreground
      (unknown/collapse_only_at_evaluation: only from validation labels with foreground and a foreground IoU above
      zero, since training's validation mean IoU (Keras' MeanIoU) averages only the classes present and is perfect
@@ -55,6 +58,9 @@ CHANCE_IOU = 0.25
 # then means the statistics stored for inference are wrong. A healthy training finds validation foreground by the
 # epoch its training IoU passes about 0.5.
 LEARNED_TRAIN_IOU = 0.6
+# Raw outputs never below 0 with at least this share exactly 0 are logits clipped by an activation: a linear
+# classifier's logits take both signs and are exactly 0 almost nowhere.
+CLIPPED_SHARE = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +80,7 @@ class Evidence:
     outputs_are_probabilities: bool
     outputs_bounded: bool
     saturated_fraction: float
+    zero_output_fraction: float | None = None
     postprocess: str = "argmax"
     threshold: float | None = None
     max_foreground_probability: float | None = None
@@ -157,6 +164,7 @@ def fields(ev: Evidence) -> Fields:
         "output_kind": output_kind(ev),
         "double_softmax_ceiling": math.e / (math.e + max(ev.model_classes, 2) - 1),
         "saturated_share": ev.saturated_fraction,
+        "zero_output_share": ev.zero_output_fraction,
         "saturated_level": SATURATED,
         "postprocess": ev.postprocess,
         "threshold": ev.threshold,
@@ -440,7 +448,7 @@ def collapse_rule(ev: Evidence, f: Fields) -> Finding:
         return Finding(
             "unknown", "insufficient_evidence", [f"cannot rule out other causes without: {', '.join(missing)}"]
         )
-    learned = batchnorm_rule(f) or stopped_rule(f) or prior_rule(f)
+    learned = clipped_logits_rule(ev, f) or batchnorm_rule(f) or stopped_rule(f) or prior_rule(f)
     if learned is not None:
         return learned
     best, background_only = f["best_val_mean_iou"], f["background_only_iou"]
@@ -477,6 +485,25 @@ def collapse_rule(ev: Evidence, f: Fields) -> Finding:
     if f["class_weights"] is None:
         lines.append("training used no class weights")
     return Finding("training", "collapse_to_majority", lines)
+
+
+def clipped_logits_rule(ev: Evidence, f: Fields) -> Finding | None:
+    """Logits never below 0 and often exactly 0 went through an activation that clips them (a ReLU on the
+    classifier): a foreground logit that the majority of background pixels push below 0 stops there with no gradient
+    to bring it back, and argmax breaks a tie between two zeros toward class 0, background."""
+    share = f["zero_output_share"]
+    if ev.outputs_are_probabilities or share is None or ev.output_min != 0.0 or share < CLIPPED_SHARE:
+        return None
+    return Finding(
+        "training",
+        "clipped_logits",
+        [
+            f"{_pct(share)} of the raw outputs on the test images are exactly 0 and none is below 0 (raw outputs in "
+            f"[{_num(ev.output_min)}, {_num(ev.output_max)}]): an activation clips the logits at 0 (a ReLU on the "
+            "classifier; a linear classifier's logits take both signs), so a foreground logit pushed below 0 stays at "
+            "0 with no gradient to raise it, and argmax gives a tie between zeros to class 0 (background)"
+        ],
+    )
 
 
 def _never_found_validation_foreground(f: Fields) -> bool:

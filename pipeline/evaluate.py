@@ -85,6 +85,7 @@ class OutputStats:
         self.saturated_raw = 0
         self.saturated_softmax = 0
         self.pixels = 0
+        self.zeros = 0
         self.max_foreground_probability = 0.0
 
     def update(self, outputs: np.ndarray) -> None:
@@ -92,6 +93,7 @@ class OutputStats:
         self.high = max(self.high, float(outputs.max()))
         self.total += float(outputs.sum(dtype=np.float64))
         self.count += outputs.size
+        self.zeros += int(np.count_nonzero(outputs == 0.0))
         self.worst_sum_error = max(self.worst_sum_error, float(np.abs(outputs.sum(axis=-1) - 1.0).max()))
         self.pixels += outputs.size // outputs.shape[-1]
         self.saturated_raw += int((outputs.max(axis=-1) >= diagnostics.SATURATED).sum())
@@ -116,6 +118,10 @@ class OutputStats:
         Of the raw outputs if they are probabilities, else of their softmax.
         """
         return (self.saturated_raw if self.probabilities else self.saturated_softmax) / self.pixels
+
+    @property
+    def zero_fraction(self) -> float:
+        return self.zeros / self.count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +287,7 @@ def build_evidence(
         outputs_are_probabilities=pred.outputs.probabilities,
         outputs_bounded=pred.outputs.bounded,
         saturated_fraction=pred.outputs.saturated_fraction,
+        zero_output_fraction=pred.outputs.zero_fraction,
         postprocess=params.postprocess,
         threshold=params.threshold,
         max_foreground_probability=pred.outputs.max_foreground_probability,

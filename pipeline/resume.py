@@ -37,7 +37,7 @@ BACKUP_ROOT = Path(".train-backup")
 STATE_VARIABLE = "SEGBISECT_STATE_DIR"
 STATE_BACKUPS = "train-backup"
 LATEST = "latest.json"
-WEIGHTS = "state.weights.h5"
+STATE = "state.npz"
 BEST = "best.npz"
 PIPELINE_DIR = Path(__file__).resolve().parent
 EARLY_STOPPING_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
@@ -89,9 +89,10 @@ class Backup:
             return
         state = json.loads(latest.read_text())
         epoch_dir = self.folder / state["dir"]
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(epoch_dir / WEIGHTS)
+        with np.load(epoch_dir / STATE) as saved:
+            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        for variable, value in zip(_state_variables(model), values, strict=True):
+            variable.assign(value)
         for name, value in state["progress"]["early_stopping"].items():
             setattr(early_stopping, name, value)
         if (epoch_dir / BEST).exists():
@@ -103,7 +104,7 @@ class Backup:
         epoch_dir = self.folder / f"epoch-{progress.epochs_done:05d}"
         shutil.rmtree(epoch_dir, ignore_errors=True)
         epoch_dir.mkdir(parents=True)
-        model.save_weights(epoch_dir / WEIGHTS)
+        np.savez(epoch_dir / STATE, *(np.asarray(variable) for variable in _state_variables(model)))
         if early_stopping.best_weights is not None:
             np.savez(epoch_dir / BEST, *early_stopping.best_weights)
         progress.early_stopping = {name: _plain(getattr(early_stopping, name)) for name in EARLY_STOPPING_STATE}
@@ -157,6 +158,13 @@ def _locked(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def _state_variables(model: Any) -> list[Any]:
+    """What a resumed training needs, in the order the same model's build gives: every weight (BatchNorm's moving
+    statistics included) and the optimizer's state. One npz of their values, not `save_weights`: Keras walks every
+    layer into an HDF5 group, 0.5 s of each epoch of the casebook's trainings where the npz takes 0.08 s."""
+    return [*model.weights, *model.optimizer.variables]
 
 
 def _plain(value: Any) -> Any:

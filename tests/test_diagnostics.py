@@ -164,6 +164,7 @@ VARIANTS = {
         "epochs_run": 2,
         "max_epochs": 2,
     },
+    "clipped": {**ALL_ZERO, "output_min": 0.0, "output_max": 0.283, "zero_output_fraction": 0.5},
 }
 
 
@@ -544,4 +545,41 @@ def test_a_training_that_ended_while_still_learning_points_at_too_few_epochs():
     assert verdict(**{**early, "train_foreground_ious": [0.3, 0.2]}, epochs_run=2, max_epochs=2) == (
         "training",
         "collapse_to_majority",
+    )
+
+
+def classifier_outputs(activation: str) -> dict[str, Any]:
+    """The evidence evaluation records for a 1x1 classifier over features in which the foreground logit lost to the
+    background's everywhere, as a class imbalance leaves it early in training; with or without a ReLU after it."""
+    from pipeline.evaluate import OutputStats
+
+    rng = np.random.default_rng(3)
+    features = rng.normal(0.0, 1.0, (4, 8, 8, 6))
+    kernel = rng.normal(0.0, 1.0, (6, 2))
+    logits = features @ kernel
+    logits[..., 1] = logits[..., 0] - np.abs(logits[..., 1]) - 0.1
+    outputs = np.maximum(logits, 0.0) if activation == "relu" else logits
+    stats = OutputStats()
+    stats.update(outputs.astype(np.float32))
+    return {
+        "output_min": stats.low,
+        "output_max": stats.high,
+        "output_mean": stats.total / stats.count,
+        "zero_output_fraction": stats.zero_fraction,
+        "outputs_are_probabilities": stats.probabilities,
+        "outputs_bounded": stats.bounded,
+    }
+
+
+def test_logits_clipped_at_zero_point_at_the_classifier_activation():
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **classifier_outputs("relu")))
+    assert (record["category"], record["cause"]) == ("training", "clipped_logits")
+    assert record["fields"]["zero_output_share"] > 0.5
+    assert_evidence_from_fields(record)
+    # The same classifier without the ReLU: logits of both signs, a plain collapse.
+    assert verdict(**ALL_ZERO, **classifier_outputs("linear")) == ("training", "collapse_to_majority")
+    # Probabilities may underflow to exactly 0: they are not clipped logits.
+    assert verdict(**ALL_ZERO, **PROBABILITIES, zero_output_fraction=0.5, from_logits=False) != (
+        "training",
+        "clipped_logits",
     )
