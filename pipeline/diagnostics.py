@@ -58,8 +58,9 @@ CHANCE_IOU = 0.25
 # then means the statistics stored for inference are wrong. A healthy training finds validation foreground by the
 # epoch its training IoU passes about 0.5.
 LEARNED_TRAIN_IOU = 0.6
-# Raw outputs never below 0 with at least this share exactly 0 are logits clipped by an activation: a linear
-# classifier's logits take both signs and are exactly 0 almost nowhere.
+# Raw outputs never below 0, at least this share of them exactly 0 and the others not all whole numbers are logits
+# clipped by an activation: a linear classifier's logits take both signs and are exactly 0 almost nowhere, and
+# outputs cast or thresholded to whole numbers (post-processing folded into the model) are no logits at all.
 CLIPPED_SHARE = 0.05
 
 
@@ -81,6 +82,7 @@ class Evidence:
     outputs_bounded: bool
     saturated_fraction: float
     zero_output_fraction: float | None = None
+    fractional_output_fraction: float | None = None
     postprocess: str = "argmax"
     threshold: float | None = None
     max_foreground_probability: float | None = None
@@ -164,8 +166,9 @@ def fields(ev: Evidence) -> Fields:
         "output_kind": output_kind(ev),
         "double_softmax_ceiling": math.e / (math.e + max(ev.model_classes, 2) - 1),
         "saturated_share": ev.saturated_fraction,
-        "zero_output_share": ev.zero_output_fraction,
         "saturated_level": SATURATED,
+        "zero_output_share": ev.zero_output_fraction,
+        "fractional_output_share": ev.fractional_output_fraction,
         "postprocess": ev.postprocess,
         "threshold": ev.threshold,
         "max_foreground_probability": ev.max_foreground_probability,
@@ -491,17 +494,17 @@ def clipped_logits_rule(ev: Evidence, f: Fields) -> Finding | None:
     """Logits never below 0 and often exactly 0 went through an activation that clips them (a ReLU on the
     classifier): a foreground logit that the majority of background pixels push below 0 stops there with no gradient
     to bring it back, and argmax breaks a tie between two zeros toward class 0, background."""
-    share = f["zero_output_share"]
-    if ev.outputs_are_probabilities or share is None or ev.output_min != 0.0 or share < CLIPPED_SHARE:
+    if not clipped_logits(ev):
         return None
     return Finding(
         "training",
         "clipped_logits",
         [
-            f"{_pct(share)} of the raw outputs on the test images are exactly 0 and none is below 0 (raw outputs in "
-            f"[{_num(ev.output_min)}, {_num(ev.output_max)}]): an activation clips the logits at 0 (a ReLU on the "
-            "classifier; a linear classifier's logits take both signs), so a foreground logit pushed below 0 stays at "
-            "0 with no gradient to raise it, and argmax gives a tie between zeros to class 0 (background)"
+            f"{_pct(f['zero_output_share'])} of the raw outputs on the test images are exactly 0, none is below 0 "
+            f"and others take fractional values (raw outputs in [{_num(ev.output_min)}, {_num(ev.output_max)}]): an "
+            "activation clips the logits at 0 (a ReLU on the classifier; a linear classifier's logits take both "
+            "signs), so a foreground logit pushed below 0 stays at 0 with no gradient to raise it, and argmax gives "
+            "a tie between zeros to class 0 (background)"
         ],
     )
 
@@ -604,9 +607,19 @@ def observations(ev: Evidence, f: Fields) -> list[str]:
     ]
 
 
+def clipped_logits(ev: Evidence) -> bool:
+    """Outputs never below 0, often exactly 0 and otherwise not whole numbers (see CLIPPED_SHARE)."""
+    zeros, fractional = ev.zero_output_fraction, ev.fractional_output_fraction
+    if ev.outputs_are_probabilities or zeros is None or fractional is None:
+        return False
+    return ev.output_min == 0.0 and zeros >= CLIPPED_SHARE and fractional > 0.0
+
+
 def output_kind(ev: Evidence) -> str:
     if ev.outputs_are_probabilities:
         return "probabilities"
+    if clipped_logits(ev):
+        return "logits clipped at 0"
     if ev.outputs_bounded:
         return "bounded in the unit interval but not summing to one (rescaled)"
     return "logits"

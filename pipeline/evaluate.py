@@ -86,6 +86,7 @@ class OutputStats:
         self.saturated_softmax = 0
         self.pixels = 0
         self.zeros = 0
+        self.fractional = 0
         self.max_foreground_probability = 0.0
 
     def update(self, outputs: np.ndarray) -> None:
@@ -94,6 +95,7 @@ class OutputStats:
         self.total += float(outputs.sum(dtype=np.float64))
         self.count += outputs.size
         self.zeros += int(np.count_nonzero(outputs == 0.0))
+        self.fractional += int(np.count_nonzero(outputs != np.round(outputs)))
         self.worst_sum_error = max(self.worst_sum_error, float(np.abs(outputs.sum(axis=-1) - 1.0).max()))
         self.pixels += outputs.size // outputs.shape[-1]
         self.saturated_raw += int((outputs.max(axis=-1) >= diagnostics.SATURATED).sum())
@@ -122,6 +124,10 @@ class OutputStats:
     @property
     def zero_fraction(self) -> float:
         return self.zeros / self.count
+
+    @property
+    def fractional_fraction(self) -> float:
+        return self.fractional / self.count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +294,7 @@ def build_evidence(
         outputs_bounded=pred.outputs.bounded,
         saturated_fraction=pred.outputs.saturated_fraction,
         zero_output_fraction=pred.outputs.zero_fraction,
+        fractional_output_fraction=pred.outputs.fractional_fraction,
         postprocess=params.postprocess,
         threshold=params.threshold,
         max_foreground_probability=pred.outputs.max_foreground_probability,

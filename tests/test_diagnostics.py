@@ -164,7 +164,15 @@ VARIANTS = {
         "epochs_run": 2,
         "max_epochs": 2,
     },
-    "clipped": {**ALL_ZERO, "output_min": 0.0, "output_max": 0.283, "zero_output_fraction": 0.5},
+    "clipped": {
+        **ALL_ZERO,
+        "output_min": 0.0,
+        "output_max": 0.283,
+        "output_mean": 0.139,
+        "outputs_bounded": True,
+        "zero_output_fraction": 0.5,
+        "fractional_output_fraction": 0.5,
+    },
 }
 
 
@@ -548,17 +556,20 @@ def test_a_training_that_ended_while_still_learning_points_at_too_few_epochs():
     )
 
 
-def classifier_outputs(activation: str) -> dict[str, Any]:
-    """The evidence evaluation records for a 1x1 classifier over features in which the foreground logit lost to the
-    background's everywhere, as a class imbalance leaves it early in training; with or without a ReLU after it."""
-    from pipeline.evaluate import OutputStats
-
+def classifier_logits() -> np.ndarray:
+    """A 1x1 classifier over features in which the foreground logit lost to the background's everywhere, as a class
+    imbalance leaves it early in training."""
     rng = np.random.default_rng(3)
     features = rng.normal(0.0, 1.0, (4, 8, 8, 6))
-    kernel = rng.normal(0.0, 1.0, (6, 2))
-    logits = features @ kernel
+    logits = features @ rng.normal(0.0, 1.0, (6, 2))
     logits[..., 1] = logits[..., 0] - np.abs(logits[..., 1]) - 0.1
-    outputs = np.maximum(logits, 0.0) if activation == "relu" else logits
+    return logits
+
+
+def recorded(outputs: np.ndarray) -> dict[str, Any]:
+    """The evidence evaluation records for these raw outputs."""
+    from pipeline.evaluate import OutputStats
+
     stats = OutputStats()
     stats.update(outputs.astype(np.float32))
     return {
@@ -566,20 +577,37 @@ def classifier_outputs(activation: str) -> dict[str, Any]:
         "output_max": stats.high,
         "output_mean": stats.total / stats.count,
         "zero_output_fraction": stats.zero_fraction,
+        "fractional_output_fraction": stats.fractional_fraction,
         "outputs_are_probabilities": stats.probabilities,
         "outputs_bounded": stats.bounded,
     }
 
 
 def test_logits_clipped_at_zero_point_at_the_classifier_activation():
-    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **classifier_outputs("relu")))
+    logits = classifier_logits()
+    record = diagnose(dataclasses.replace(HEALTHY, **ALL_ZERO, **recorded(np.maximum(logits, 0.0))))
     assert (record["category"], record["cause"]) == ("training", "clipped_logits")
     assert record["fields"]["zero_output_share"] > 0.5
+    assert "clipped" in record["fields"]["output_kind"]
     assert_evidence_from_fields(record)
     # The same classifier without the ReLU: logits of both signs, a plain collapse.
-    assert verdict(**ALL_ZERO, **classifier_outputs("linear")) == ("training", "collapse_to_majority")
+    assert verdict(**ALL_ZERO, **recorded(logits)) == ("training", "collapse_to_majority")
     # Probabilities may underflow to exactly 0: they are not clipped logits.
-    assert verdict(**ALL_ZERO, **PROBABILITIES, zero_output_fraction=0.5, from_logits=False) != (
-        "training",
-        "clipped_logits",
-    )
+    probabilities = {**PROBABILITIES, "zero_output_fraction": 0.5, "fractional_output_fraction": 0.5}
+    assert verdict(**ALL_ZERO, **probabilities)[1] != "clipped_logits"
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        pytest.param(lambda logits: softmax(logits).astype(np.int32), id="probabilities-truncated"),
+        pytest.param(lambda logits: np.round(np.maximum(logits, 0.0)), id="clipped-and-rounded"),
+        pytest.param(lambda logits: np.where(logits < -1.0, logits, np.maximum(logits, 0.0)), id="zeros-and-negatives"),
+        pytest.param(lambda logits: np.abs(logits) * (np.arange(logits.size) > 0).reshape(logits.shape), id="one-zero"),
+    ],
+)
+def test_outputs_never_below_zero_for_other_reasons_are_not_clipped_logits(outputs):
+    """Whole numbers (outputs cast or thresholded inside the model), a floor other than 0, or zeros too rare to be
+    a clipped channel: none names the classifier's activation."""
+    evidence = recorded(outputs(classifier_logits()))
+    assert verdict(**ALL_ZERO, **evidence)[1] != "clipped_logits"
